@@ -1,0 +1,130 @@
+"""Cost model: how long a stage step, an activation hop and a weight load take.
+
+First version (issue 3): a roofline per decoder layer with efficiency factors, applied to the
+GPU's spec sheet. The calibration issue replaces the factors with measured profiles.
+
+Efficiency factors come from the measured H100 anchors in DESIGN.md (one Llama-2-7B layer, bf16,
+torch eager, H100 with 3.35 TB/s HBM and 989 TFLOP/s dense bf16 on the spec sheet):
+- compute: prefill 8x1024 tokens in 5.55 ms = 611 TFLOP/s, 1x2048 in 1.37 ms = 630 TFLOP/s
+  -> 0.63 of peak.
+- weight reads: decode batch 1 @ 512 context in 0.42 ms, almost all of it reading 405 MB of
+  weights -> 1.03 TB/s = 0.31 of HBM peak.
+- KV reads: decode time grows by 3.1-3.2 us per MB of KV read (batch 8 -> 32 -> 128 at 512-1024
+  context), i.e. 0.32 TB/s = 0.096 of HBM peak (eager attention re-reads and materialises KV).
+`tests/test_costmodel.py` checks the model against all seven anchors.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from .hardware import GPUSpec, LinkSpec
+from .models import ModelSpec
+
+
+@dataclass(frozen=True)
+class Roofline:
+    eff_compute: float = 0.63
+    eff_weight_bw: float = 0.31
+    eff_kv_bw: float = 0.096
+    step_overhead_s: float = 0.0  # per stage step; eager launch overheads are inside the per-layer anchors
+    sm_interference: float = 1.0  # slowdown per unit of tenant SM use (time-slicing, see `slowdown`)
+
+
+@dataclass(frozen=True)
+class BatchWork:
+    """One micro-batch, aggregated so a stage step is priced in O(1).
+
+    n_tokens: tokens computed this step (prefill chunk lengths + 1 per decode).
+    n_seqs: sequences in the batch (each gets one LM-head row on the last stage).
+    attn_pairs: sum over computed tokens of the context each attends to (causal).
+    kv_tokens: KV entries read by decoding sequences (their context after this step). Prefill
+        chunks attend through a fused kernel and are priced as compute (attn_pairs) plus the write.
+    """
+
+    n_tokens: int
+    n_seqs: int
+    attn_pairs: int
+    kv_tokens: int
+
+
+def slowdown(tenant_sm_frac: float, roofline: Roofline) -> float:
+    """A tenant busy a fraction u of the time delays our kernels by ~u when time-slicing the SMs
+    (assumption: the GPU alternates whole kernels between contexts, no MPS partitioning)."""
+    return 1.0 + roofline.sm_interference * tenant_sm_frac
+
+
+@dataclass(frozen=True)
+class StageShape:
+    """What the cost model needs to know about one stage."""
+
+    num_layers: int
+    has_embedding: bool
+    has_head: bool
+    gpu: GPUSpec
+    slowdown: float = 1.0
+
+
+class CostModel:
+    def __init__(self, model: ModelSpec, roofline: Roofline | None = None) -> None:
+        self.model = model
+        self.roofline = roofline or Roofline()
+
+    def layer_time(self, gpu: GPUSpec, w: BatchWork) -> float:
+        m, r = self.model, self.roofline
+        flops = w.n_tokens * m.flops_per_token_layer + w.attn_pairs * m.attn_flops_per_pair
+        t_compute = flops / (gpu.peak_flops * r.eff_compute)
+        streamed = m.layer_bytes + w.n_tokens * m.kv_bytes_per_token_layer  # weights + new KV written
+        decode_kv = w.kv_tokens * m.kv_bytes_per_token_layer
+        t_memory = streamed / (gpu.hbm_bytes_per_s * r.eff_weight_bw) + decode_kv / (gpu.hbm_bytes_per_s * r.eff_kv_bw)
+        return max(t_compute, t_memory)
+
+    def head_time(self, gpu: GPUSpec, n_seqs: int) -> float:
+        """LM head for the last token of each sequence: a vocab x hidden matmul."""
+        m, r = self.model, self.roofline
+        t_compute = 2 * n_seqs * m.vocab * m.hidden / (gpu.peak_flops * r.eff_compute)
+        t_memory = m.embedding_bytes / (gpu.hbm_bytes_per_s * r.eff_weight_bw)
+        return max(t_compute, t_memory)
+
+    def stage_time(self, s: StageShape, w: BatchWork) -> float:
+        t = s.num_layers * self.layer_time(s.gpu, w)
+        if s.has_head:
+            t += self.head_time(s.gpu, w.n_seqs)
+        return (t + self.roofline.step_overhead_s) * s.slowdown
+
+    def hop_time(self, link: LinkSpec, n_tokens: int) -> float:
+        return link.latency_s + n_tokens * self.model.activation_bytes_per_token / link.bytes_per_s
+
+    def return_time(self, link: LinkSpec, n_seqs: int) -> float:
+        """Sampled token ids travelling from the last stage back to the first (8 bytes each)."""
+        return link.latency_s + 8 * n_seqs / link.bytes_per_s
+
+
+@dataclass(frozen=True)
+class LoadRates:
+    """Weight-loading tiers (DESIGN.md): storage -> host memory -> GPU, or GPU <- peer GPU.
+
+    storage: 1.0 GB/s per server. Table 2 of the paper implies 0.64-1.15 GB/s per stage load for
+    OPT-66B on A100 (30/15/7.5/3.75 GB in 47.14/13.05/9.19/5.43 s); we take the round middle.
+    """
+
+    storage_bytes_per_s: float = 1.0e9
+
+
+class PipelineCost:
+    """Per-instance pricing: stage times and hop times for a fixed placement."""
+
+    def __init__(self, cost: CostModel, stages: list[StageShape], hops: list[LinkSpec], back: LinkSpec) -> None:
+        self.cost = cost
+        self.stages = stages
+        self.hops = hops  # hops[k]: stage k -> k+1
+        self.back = back  # last stage -> first stage (sampled tokens)
+
+    def stage_times(self, w: BatchWork) -> list[float]:
+        return [self.cost.stage_time(s, w) for s in self.stages]
+
+    def hop_times(self, n_tokens: int) -> list[float]:
+        return [self.cost.hop_time(h, n_tokens) for h in self.hops]
+
+    def return_time(self, n_seqs: int) -> float:
+        return 0.0 if not self.hops else self.cost.return_time(self.back, n_seqs)

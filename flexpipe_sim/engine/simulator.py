@@ -1,0 +1,196 @@
+"""Build a simulation from a Scenario, run it, and return the raw records.
+
+Processes (one generator each): the workload feeder, the controller (asks the policy every
+control interval and applies its actions), the monitor (samples queues and GPUs, expires stale
+requests), and per instance one process per micro-batch slot. Randomness: one SeedSequence from
+the scenario seed, spawned into independent streams for the cluster, the workload and the policy.
+"""
+
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass, field
+from typing import Callable
+
+import numpy as np
+import simpy
+
+from ..cluster import Cluster, build_cluster
+from ..costmodel import CostModel
+from ..hardware import LinkKind
+from ..policies import registry
+from ..policies.base import ClusterView, EngineLimits, GPUView, InstanceView, ModelView
+from ..scenario import Scenario
+from ..workload import Workload, build_workload
+from .gateway import Gateway
+from .request import Request
+from .transitions import Transitions
+
+ProgressFn = Callable[[float, int], None]  # (simulated seconds, requests done)
+
+
+@dataclass
+class RawResults:
+    scenario: Scenario
+    requests: list[Request]
+    samples: dict[str, list[float]]
+    launches: list[dict]
+    rejected: list[dict]
+    notes: list[str]
+    end_s: float
+    wall_s: float
+    cluster: Cluster
+    decide_wall_s: list[float] = field(default_factory=list)
+
+
+class Simulation:
+    def __init__(self, sc: Scenario, cost_models: dict[str, CostModel] | None = None) -> None:
+        self.sc = sc
+        seeds = np.random.SeedSequence(sc.seed).spawn(3)
+        rng_cluster, rng_workload, _rng_policy = (np.random.default_rng(s) for s in seeds)
+        c = sc.cluster
+        self.cluster = build_cluster(
+            servers=c.servers, gpus=c.gpus, gpu_kind=c.gpu, racks=c.racks, rdma_fraction=c.rdma_fraction,
+            host_memory_bytes=int(c.host_memory_gb * 1e9), host_cache_fraction=c.host_cache_fraction,
+            intra_link=LinkKind(c.intra_server_link), network_gbps=c.network_gbps, tenant_scale=c.tenant_scale,
+            rng=rng_cluster,
+        )
+        self.workload: Workload = build_workload(sc, rng_workload)
+        self.specs = {m.name: m.spec() for m in sc.models}
+        self.costs = cost_models or {name: CostModel(spec) for name, spec in self.specs.items()}
+        self.env = simpy.Environment()
+        self.requests: list[Request] = []
+        self.n_done = 0
+        self.all_done = self.env.event()
+        self.gateway = Gateway(list(self.specs), self._drop)
+        e = sc.engine
+        self.transitions = Transitions(
+            self.env, self.cluster, self.specs, self.costs, self.gateway, self._finish,
+            block_size=e.block_size, token_budget=e.token_budget, max_seqs=e.max_seqs,
+            gpu_memory_utilization=e.gpu_memory_utilization, workspace_bytes=int(e.workspace_gb * 2**30),
+            expected_output=self.workload.mean_output_tokens, prewarm=e.prewarm,
+        )
+        self.policy = registry.create(sc.policy.name, sc.policy.params, sc)
+        self.samples: dict[str, list[float]] = {
+            k: [] for k in ("time_s", "gpus_allocated", "busy_gpu_s", "gateway_queue", "instance_queue", "running", "done")
+        }
+        self.decide_wall_s: list[float] = []
+        self._model_views_static = self._static_model_facts()
+
+    # --- bookkeeping -----------------------------------------------------------------------
+    def _count_done(self) -> None:
+        self.n_done += 1
+        if self.n_done == len(self.workload) and not self.all_done.triggered:
+            self.all_done.succeed()
+
+    def _finish(self, r: Request) -> None:
+        self._count_done()
+
+    def _drop(self, r: Request, reason: str) -> None:
+        r.drop_reason = reason
+        self._count_done()
+
+    # --- processes ---------------------------------------------------------------------------
+    def _feeder(self):
+        w, env = self.workload, self.env
+        names = w.model_names
+        for i in range(len(w)):
+            t = float(w.arrival_s[i])
+            if t > env.now:
+                yield env.timeout(t - env.now)
+            r = Request(i, names[w.model_idx[i]], t, int(w.prompt_tokens[i]), int(w.output_tokens[i]))
+            self.requests.append(r)
+            self.gateway.arrive(r)
+
+    def _controller(self):
+        while True:
+            t0 = time.perf_counter()
+            actions = self.policy.decide(self.view())
+            self.decide_wall_s.append(time.perf_counter() - t0)
+            for a in actions:
+                self.transitions.apply(a)
+            yield self.env.timeout(self.sc.engine.control_interval_s)
+
+    def _monitor(self, progress: ProgressFn | None):
+        s, env = self.samples, self.env
+        every = self.sc.outputs.sample_interval_s
+        while True:
+            self.gateway.expire(env.now, self.sc.engine.max_queue_wait_s)
+            insts = list(self.transitions.instances.values())
+            s["time_s"].append(env.now)
+            s["gpus_allocated"].append(self.transitions.gpus_allocated)
+            s["busy_gpu_s"].append(sum(sum(i.busy_s) for i in insts))
+            s["gateway_queue"].append(self.gateway.queued)
+            s["instance_queue"].append(sum(len(i.waiting) for i in insts))
+            s["running"].append(sum(i.running for i in insts))
+            s["done"].append(self.n_done)
+            if progress:
+                progress(env.now, self.n_done)
+            yield env.timeout(every)
+
+    # --- the policy's view --------------------------------------------------------------------
+    def _static_model_facts(self) -> dict[str, tuple[float, float, float]]:
+        w = self.workload
+        facts = {}
+        for idx, name in enumerate(w.model_names):
+            mask = w.model_idx == idx
+            sub = Workload(w.arrival_s[mask], w.model_idx[mask], w.prompt_tokens[mask], w.output_tokens[mask],
+                           w.model_names, w.mean_output_tokens)
+            prompt = float(sub.prompt_tokens.mean()) if len(sub) else 0.0
+            facts[name] = (sub.peak_rate(), prompt, w.mean_output_tokens)
+        return facts
+
+    def view(self) -> ClusterView:
+        cl = self.cluster
+        hosting: dict[int, set[str]] = {}
+        for inst in self.transitions.instances.values():
+            for st in inst.stages:
+                hosting.setdefault(st.gpu, set()).add(inst.model)
+        gpus = tuple(
+            GPUView(g.id, g.server, g.rack, cl.servers[g.server].rdma, g.capacity_bytes, g.free_bytes,
+                    g.tenant_sm_frac, frozenset(hosting.get(g.id, ())))
+            for g in cl.gpus
+        )
+        instances = tuple(
+            InstanceView(i.id, i.model, i.state, tuple(s.gpu for s in i.stages),
+                         tuple((s.first_layer, s.end_layer) for s in i.stages), len(i.waiting), i.running)
+            for i in self.transitions.instances.values()
+        )
+        models = {}
+        for m in self.sc.models:
+            peak, prompt, output = self._model_views_static[m.name]
+            models[m.name] = ModelView(m.name, self.specs[m.name], self.costs[m.name], m.slo.ttft_s, m.slo.tpot_s,
+                                       len(self.gateway.queues[m.name]), peak, prompt, output)
+        e = self.sc.engine
+        limits = EngineLimits(e.block_size, e.token_budget, e.max_seqs, e.gpu_memory_utilization,
+                              int(e.workspace_gb * 2**30))
+        return ClusterView(self.env.now, gpus, instances, models, limits, cl.gpus[0].spec)
+
+    # --- run -----------------------------------------------------------------------------------
+    def run(self, progress: ProgressFn | None = None) -> RawResults:
+        t0 = time.perf_counter()
+        env = self.env
+        env.process(self._controller())
+        env.process(self._feeder())
+        env.process(self._monitor(progress))
+        limit = self.sc.horizon_s + self.sc.drain_s
+        end = env.any_of([self.all_done, env.timeout(limit)]) if len(self.workload) else env.timeout(0)
+        env.run(until=end)
+        end_s = max(env.now, self.sc.horizon_s)
+        for r in self.requests:
+            if not r.is_done:
+                r.drop_reason = "unfinished at end of drain"
+        # Requests the feeder never released (only if the run stopped early) are accounted too.
+        for i in range(len(self.requests), len(self.workload)):
+            w = self.workload
+            r = Request(i, w.model_names[w.model_idx[i]], float(w.arrival_s[i]), int(w.prompt_tokens[i]),
+                        int(w.output_tokens[i]), drop_reason="never released (run stopped)")
+            self.requests.append(r)
+        for g in self.cluster.gpus:
+            assert g.used_bytes <= g.capacity_bytes, f"GPU {g.id} over-committed"
+        if progress:
+            progress(end_s, len(self.requests))
+        notes = list(getattr(self.policy, "notes", []))
+        return RawResults(self.sc, self.requests, self.samples, self.transitions.launches,
+                          self.transitions.rejected, notes, end_s, time.perf_counter() - t0, self.cluster,
+                          self.decide_wall_s)

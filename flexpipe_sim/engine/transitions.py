@@ -1,0 +1,174 @@
+"""Carrying out policy actions with their costs: launch (allocate GPU memory, load weights), retire.
+
+Loading tiers (DESIGN.md): a stage whose layer range is in its server's host cache loads over
+pinned PCIe only (warm start); otherwise it reads from storage first (cold start). Stages load in
+parallel; the instance serves when its slowest stage is loaded. With `engine.prewarm`, the launches
+of the first control step are ready at t=0 (always-on capacity exists before the trace starts).
+"""
+
+from __future__ import annotations
+
+import itertools
+from dataclasses import dataclass, field
+from typing import Callable
+
+import simpy
+
+from ..cluster import Cluster
+from ..costmodel import CostModel, LoadRates, PipelineCost, StageShape, slowdown
+from ..models import ModelSpec
+from ..policies.base import Launch, Retire
+from .gateway import Gateway
+from .instance import Instance, StageInfo
+from .request import Request
+
+
+@dataclass
+class Transitions:
+    env: simpy.Environment
+    cluster: Cluster
+    specs: dict[str, ModelSpec]
+    costs: dict[str, CostModel]
+    gateway: Gateway
+    on_finish: Callable[[Request], None]
+    block_size: int
+    token_budget: int
+    max_seqs: int
+    gpu_memory_utilization: float
+    workspace_bytes: int
+    expected_output: float
+    prewarm: bool
+    load_rates: LoadRates = field(default_factory=LoadRates)
+    instances: dict[int, Instance] = field(default_factory=dict)
+    launches: list[dict] = field(default_factory=list)
+    rejected: list[dict] = field(default_factory=list)
+    gpu_stages: dict[int, int] = field(default_factory=dict)  # GPU id -> our stages on it
+    _ids: itertools.count = field(default_factory=itertools.count)
+
+    @property
+    def gpus_allocated(self) -> int:
+        return len(self.gpu_stages)
+
+    def apply(self, action: Launch | Retire) -> None:
+        if isinstance(action, Launch):
+            self.launch(action)
+        elif isinstance(action, Retire):
+            self.retire(action.instance_id)
+        else:
+            raise TypeError(f"unknown action {action!r}")
+
+    def _reject(self, action: object, reason: str) -> None:
+        self.rejected.append({"time_s": self.env.now, "action": repr(action), "reason": reason})
+
+    def _check(self, a: Launch, spec: ModelSpec) -> str | None:
+        gpus = [p.gpu for p in a.stages]
+        if len(set(gpus)) != len(gpus):
+            return "two stages of one model on one GPU"
+        if [p.first_layer for p in a.stages][0] != 0 or a.stages[-1].end_layer != spec.num_layers:
+            return "stages do not cover the model"
+        if any(p.end_layer != q.first_layer for p, q in zip(a.stages, a.stages[1:])):
+            return "stages are not contiguous"
+        for p in a.stages:
+            if not 0 <= p.gpu < len(self.cluster.gpus):
+                return f"no GPU {p.gpu}"
+            if any(owner.startswith(f"{a.model}/") for owner in self.cluster.gpus[p.gpu].allocations):
+                return f"GPU {p.gpu} already holds a stage of {a.model}"
+        return None
+
+    def launch(self, a: Launch) -> Instance | None:
+        spec = self.specs[a.model]
+        reason = self._check(a, spec)
+        if reason:
+            self._reject(a, reason)
+            return None
+        iid = next(self._ids)
+        infos: list[StageInfo] = []
+        for p in a.stages:
+            g = self.cluster.gpus[p.gpu]
+            n_layers = p.end_layer - p.first_layer
+            fixed = spec.stage_weight_bytes(p.first_layer, p.end_layer) + self.workspace_bytes
+            alloc = int(g.free_bytes * self.gpu_memory_utilization)
+            blocks = (alloc - fixed) // (self.block_size * spec.kv_bytes_per_token_layer * n_layers)
+            if blocks * self.block_size < spec.max_context:
+                self._reject(a, f"GPU {p.gpu}: not enough free memory for stage layers {p.first_layer}-{p.end_layer}")
+                for done in infos:
+                    self._free_stage(a.model, iid, done.gpu)
+                return None
+            g.allocate(f"{a.model}/{iid}", alloc)
+            self.gpu_stages[p.gpu] = self.gpu_stages.get(p.gpu, 0) + 1
+            infos.append(StageInfo(p.gpu, p.first_layer, p.end_layer, int(blocks), alloc))
+        cost = self.costs[a.model]
+        shapes = [
+            StageShape(
+                s.end_layer - s.first_layer,
+                s.first_layer == 0,
+                s.end_layer == spec.num_layers,
+                self.cluster.gpus[s.gpu].spec,
+                slowdown(self.cluster.gpus[s.gpu].tenant_sm_frac, cost.roofline),
+            )
+            for s in infos
+        ]
+        hops = [self.cluster.link_between(x.gpu, y.gpu) for x, y in zip(infos, infos[1:])]
+        back = self.cluster.link_between(infos[-1].gpu, infos[0].gpu) if len(infos) > 1 else None
+        inst = Instance(
+            self.env, iid, a.model, infos, PipelineCost(cost, shapes, hops, back),
+            block_size=self.block_size, token_budget=self.token_budget, max_seqs=self.max_seqs,
+            expected_output=self.expected_output, on_finish=self.on_finish,
+        )
+        self.instances[iid] = inst
+        self.env.process(self._load(inst, spec))
+        return inst
+
+    def _load_seconds(self, inst: Instance, spec: ModelSpec) -> tuple[float, int]:
+        """Parallel stage loads; returns (seconds until the slowest stage is in, cold stages)."""
+        worst, cold = 0.0, 0
+        for s in inst.stages:
+            g = self.cluster.gpus[s.gpu]
+            nbytes = spec.stage_weight_bytes(s.first_layer, s.end_layer)
+            cache = self.cluster.servers[g.server].host_cache
+            key = (spec.name, s.first_layer, s.end_layer)
+            t = nbytes / g.spec.host_link_bytes_per_s
+            if not cache.contains(key):
+                t += nbytes / self.load_rates.storage_bytes_per_s
+                cold += 1
+            cache.touch(key, nbytes)
+            worst = max(worst, t)
+        return worst, cold
+
+    def _load(self, inst: Instance, spec: ModelSpec):
+        requested = self.env.now
+        load_s, cold = self._load_seconds(inst, spec)
+        if self.prewarm and requested == 0.0:
+            load_s = 0.0
+        if load_s > 0:
+            yield self.env.timeout(load_s)
+        self.launches.append(
+            {"instance": inst.id, "model": inst.model, "stages": len(inst.stages), "requested_s": requested,
+             "ready_s": self.env.now, "load_s": load_s, "cold_stages": cold,
+             "gpus": " ".join(str(s.gpu) for s in inst.stages), "kv_tokens": inst.kv.capacity_tokens}
+        )
+        inst.start()
+        self.gateway.add(inst)
+
+    def _free_stage(self, model: str, iid: int, gpu: int) -> None:
+        self.cluster.gpus[gpu].release(f"{model}/{iid}")
+        self.gpu_stages[gpu] -= 1
+        if self.gpu_stages[gpu] == 0:
+            del self.gpu_stages[gpu]
+
+    def retire(self, iid: int) -> None:
+        inst = self.instances.get(iid)
+        if inst is None or inst.state != "ready":
+            self._reject(Retire(iid), "no ready instance with that id")
+            return
+        self.gateway.remove(inst)
+        inst.retire()
+        self.env.process(self._release_when_drained(inst))
+
+    def _release_when_drained(self, inst: Instance):
+        if inst.running or inst.waiting:
+            yield inst.drained
+        for s in inst.stages:
+            self._free_stage(inst.model, inst.id, s.gpu)
+        inst.state = "retired"
+        del self.instances[inst.id]

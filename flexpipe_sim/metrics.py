@@ -1,0 +1,162 @@
+"""Per-request records and GPU samples -> tables and a summary (DESIGN.md "Metrics").
+
+TTFT = first token - arrival. TPOT = (finish - first token) / (output tokens - 1), for requests with
+more than one output token. E2E = finish - arrival. A request meets its SLO when it finished with
+TTFT <= ttft_s and TPOT <= tpot_s (a one-token request has no TPOT and is judged on TTFT alone).
+Goodput = requests that met their SLO per second of the arrival horizon. GPU reservation = the
+always-on floor (fewest GPUs allocated at any sample after the first launch) as % of the peak.
+Resource efficiency = goodput per average allocated GPU (the paper gives no formula, §9.4).
+"""
+
+from __future__ import annotations
+
+import math
+from typing import Any
+
+import numpy as np
+import pandas as pd
+
+from .engine.simulator import RawResults
+
+SCHEMA_VERSION = 1
+_PCTS = (50, 90, 99)
+
+
+def requests_frame(raw: RawResults) -> pd.DataFrame:
+    """One row per request, the schema shared by the simulator and the live backend."""
+    rs = raw.requests
+    df = pd.DataFrame(
+        {
+            "id": np.fromiter((r.id for r in rs), np.int64, len(rs)),
+            "model": [r.model for r in rs],
+            "arrival_s": np.fromiter((r.arrival_s for r in rs), float, len(rs)),
+            "admitted_s": np.fromiter((r.admitted_s for r in rs), float, len(rs)),
+            "first_token_s": np.fromiter((r.first_token_s for r in rs), float, len(rs)),
+            "finish_s": np.fromiter((r.finish_s for r in rs), float, len(rs)),
+            "prompt_tokens": np.fromiter((r.prompt_tokens for r in rs), np.int64, len(rs)),
+            "output_tokens": np.fromiter((r.output_tokens for r in rs), np.int64, len(rs)),
+            "generated_tokens": np.fromiter((r.generated for r in rs), np.int64, len(rs)),
+            "instance": np.fromiter((r.instance_id for r in rs), np.int64, len(rs)),
+            "preemptions": np.fromiter((r.preemptions for r in rs), np.int64, len(rs)),
+            "compute_s": np.fromiter((r.compute_s for r in rs), float, len(rs)),
+            "comm_s": np.fromiter((r.comm_s for r in rs), float, len(rs)),
+            "drop_reason": [r.drop_reason for r in rs],
+        }
+    ).sort_values("id", kind="stable", ignore_index=True)
+    slo = {m.name: (m.slo.ttft_s, m.slo.tpot_s) for m in raw.scenario.models}
+    df["ttft_s"] = df.first_token_s - df.arrival_s
+    df["e2e_s"] = df.finish_s - df.arrival_s
+    multi = df.output_tokens > 1
+    df["tpot_s"] = np.where(multi, (df.finish_s - df.first_token_s) / (df.output_tokens - 1).clip(lower=1), np.nan)
+    df["queue_s"] = df.e2e_s - df.compute_s - df.comm_s  # waiting anywhere: gateway, instance, pipeline bubbles
+    ttft_slo = df.model.map(lambda m: slo[m][0])
+    tpot_slo = df.model.map(lambda m: slo[m][1])
+    finished = df.drop_reason == ""
+    df["met_slo"] = finished & (df.ttft_s <= ttft_slo) & (~multi | (df.tpot_s <= tpot_slo))
+    return df
+
+
+def timeseries_frame(raw: RawResults) -> pd.DataFrame:
+    ts = pd.DataFrame(raw.samples)
+    dt = ts.time_s.diff()
+    ts["gpu_busy_frac"] = (ts.busy_gpu_s.diff() / (dt * ts.gpus_allocated.where(ts.gpus_allocated > 0))).clip(0, 1)
+    return ts
+
+
+def _stats(x: pd.Series) -> dict[str, float | None]:
+    v = x.dropna().to_numpy()
+    if len(v) == 0:
+        return {"mean": None, **{f"p{p}": None for p in _PCTS}}
+    out: dict[str, float | None] = {"mean": float(v.mean())}
+    for p, q in zip(_PCTS, np.percentile(v, _PCTS)):
+        out[f"p{p}"] = float(q)
+    return out
+
+
+def _round(obj: Any) -> Any:
+    """Round floats so summaries are stable text (and byte-identical for the same seed)."""
+    if isinstance(obj, float):
+        return None if math.isnan(obj) else round(obj, 6)
+    if isinstance(obj, dict):
+        return {k: _round(v) for k, v in obj.items()}
+    if isinstance(obj, list):
+        return [_round(v) for v in obj]
+    return obj
+
+
+def _block(df: pd.DataFrame, horizon_s: float) -> dict[str, Any]:
+    fin = df[df.drop_reason == ""]
+    return {
+        "requests": int(len(df)),
+        "finished": int(len(fin)),
+        "dropped": int(len(df) - len(fin)),
+        "ttft_s": _stats(fin.ttft_s),
+        "tpot_s": _stats(fin.tpot_s),
+        "e2e_s": _stats(fin.e2e_s),
+        "breakdown_mean_s": {
+            "queue": float(fin.queue_s.mean()) if len(fin) else None,
+            "compute": float(fin.compute_s.mean()) if len(fin) else None,
+            "comm": float(fin.comm_s.mean()) if len(fin) else None,
+        },
+        "slo_attainment": float(df.met_slo.mean()) if len(df) else None,
+        "goodput_rps": float(df.met_slo.sum() / horizon_s),
+        "throughput_rps": float(len(fin) / horizon_s),
+        "preemptions": int(df.preemptions.sum()),
+    }
+
+
+def summarize(raw: RawResults, df: pd.DataFrame, ts: pd.DataFrame) -> dict[str, Any]:
+    sc = raw.scenario
+    horizon = sc.horizon_s
+    alloc = ts.gpus_allocated.to_numpy()
+    t = ts.time_s.to_numpy()
+    gpu_s = float(np.sum(alloc[:-1] * np.diff(t))) if len(t) > 1 else 0.0
+    after = alloc[np.argmax(alloc > 0):] if (alloc > 0).any() else alloc
+    peak = int(alloc.max()) if len(alloc) else 0
+    floor = int(after.min()) if len(after) else 0
+    busy = float(ts.busy_gpu_s.iloc[-1]) if len(ts) else 0.0
+    overall = _block(df, horizon)
+    avg_gpus = gpu_s / raw.end_s if raw.end_s > 0 else 0.0
+    drops = df.drop_reason[df.drop_reason != ""].value_counts().to_dict()
+    summary = {
+        "schema_version": SCHEMA_VERSION,
+        "scenario": sc.name,
+        "policy": sc.policy.name,
+        "seed": sc.seed,
+        "horizon_s": horizon,
+        "simulated_s": raw.end_s,
+        "overall": overall,
+        "per_model": {m: _block(g, horizon) for m, g in df.groupby("model", sort=True)} if len(sc.models) > 1 else {},
+        "drop_reasons": {k: int(v) for k, v in sorted(drops.items())},
+        "gpus": {
+            "cluster": len(raw.cluster.gpus),
+            "peak_allocated": peak,
+            "always_on": floor,
+            "reservation_pct_of_peak": 100.0 * floor / peak if peak else None,
+            "allocated_gpu_s": gpu_s,
+            "busy_gpu_s": busy,
+            "busy_frac_of_allocated": busy / gpu_s if gpu_s else None,
+            "resource_efficiency_goodput_per_gpu": overall["goodput_rps"] / avg_gpus if avg_gpus else None,
+        },
+        "instances": {
+            "launched": len(raw.launches),
+            "rejected_actions": len(raw.rejected),
+            "cold_starts": int(sum(1 for x in raw.launches if x["cold_stages"] and x["load_s"] > 0)),
+        },
+        "notes": raw.notes,
+    }
+    # Wall-clock numbers vary between runs; they go to run_info (see `run_info`), so that
+    # summary.json is byte-identical for the same scenario and seed.
+    return _round(summary)
+
+
+def run_info(raw: RawResults) -> dict[str, Any]:
+    d = raw.decide_wall_s
+    return {
+        "wall_s": round(raw.wall_s, 3),
+        "simulated_requests_per_wall_s": round(len(raw.requests) / raw.wall_s, 1) if raw.wall_s > 0 else None,
+        "policy_decision_ms": {
+            "mean": round(1e3 * float(np.mean(d)), 4) if d else None,
+            "max": round(1e3 * float(np.max(d)), 4) if d else None,
+        },
+    }

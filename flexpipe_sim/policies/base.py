@@ -1,0 +1,99 @@
+"""What a policy sees (ClusterView) and what it may ask for (Actions).
+
+A policy is pure decision code: `decide(view) -> list[Action]`. It never charges itself a cost,
+never touches SimPy or torch, and cannot mutate the view (everything here is frozen). The backend
+carries actions out and pays their costs, so every policy meets the same physics.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Protocol
+
+from ..costmodel import CostModel
+from ..models import ModelSpec
+
+
+@dataclass(frozen=True)
+class GPUView:
+    id: int
+    server: int
+    rack: int
+    rdma: bool
+    capacity_bytes: int
+    free_bytes: int
+    tenant_sm_frac: float
+    models: frozenset[str]  # models with a stage on this GPU
+
+
+@dataclass(frozen=True)
+class InstanceView:
+    id: int
+    model: str
+    state: str  # "loading", "ready", "draining"
+    gpus: tuple[int, ...]
+    layer_ranges: tuple[tuple[int, int], ...]
+    queued: int
+    running: int
+
+
+@dataclass(frozen=True)
+class ModelView:
+    name: str
+    spec: ModelSpec
+    cost: CostModel  # read-only estimator; pricing a hypothetical step charges nothing
+    ttft_slo_s: float
+    tpot_slo_s: float
+    gateway_queue: int
+    peak_rate: float  # historical peak arrival rate for this model (req/s over 60 s windows)
+    mean_prompt_tokens: float
+    mean_output_tokens: float
+
+
+@dataclass(frozen=True)
+class EngineLimits:
+    block_size: int
+    token_budget: int
+    max_seqs: int
+    gpu_memory_utilization: float
+    workspace_bytes: int
+
+
+@dataclass(frozen=True)
+class ClusterView:
+    now: float
+    gpus: tuple[GPUView, ...]
+    instances: tuple[InstanceView, ...]
+    models: dict[str, ModelView]
+    engine: EngineLimits
+    gpu_kind: object  # hardware.GPUSpec of the cluster's GPUs
+
+    def instances_of(self, model: str) -> list[InstanceView]:
+        return [i for i in self.instances if i.model == model]
+
+
+@dataclass(frozen=True)
+class StagePlan:
+    first_layer: int
+    end_layer: int  # exclusive
+    gpu: int
+
+
+@dataclass(frozen=True)
+class Launch:
+    model: str
+    stages: tuple[StagePlan, ...]
+
+
+@dataclass(frozen=True)
+class Retire:
+    instance_id: int
+
+
+Action = Launch | Retire
+
+
+class Policy(Protocol):
+    name: str
+
+    def decide(self, view: ClusterView) -> list[Action]: ...

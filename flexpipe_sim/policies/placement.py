@@ -1,0 +1,65 @@
+"""Placement helpers shared by policies: which GPU hosts each stage of a new pipeline.
+
+Rules every placement obeys (DESIGN.md): a stage fits in the GPU's free memory (weights, workspace
+and KV for at least one full-context request, within gpu_memory_utilization), and two stages of one
+model never share a GPU. Among fitting GPUs, a stage goes next to the previous stage (same server,
+then same rack, then an RDMA server), then to the GPU whose tenants use the least SM time, then to
+the one with most free memory.
+"""
+
+from __future__ import annotations
+
+from ..models import ModelSpec
+from .base import ClusterView, EngineLimits, GPUView, Launch, StagePlan
+
+
+def stage_need_bytes(spec: ModelSpec, first: int, end: int, eng: EngineLimits) -> int:
+    """Smallest footprint a stage can run with: weights + workspace + KV of one full-context request."""
+    kv_one = spec.max_context * spec.kv_bytes_per_token_layer * (end - first)
+    return spec.stage_weight_bytes(first, end) + eng.workspace_bytes + kv_one
+
+
+def usable_bytes(free_bytes: int, eng: EngineLimits) -> int:
+    return int(free_bytes * eng.gpu_memory_utilization)
+
+
+def _proximity(prev: GPUView | None, g: GPUView) -> int:
+    if prev is None:
+        return 0
+    if g.server == prev.server:
+        return 0
+    if g.rack == prev.rack and g.rdma and prev.rdma:
+        return 1
+    if g.rdma and prev.rdma:
+        return 2
+    return 3
+
+
+def place_pipeline(
+    view: ClusterView,
+    model: str,
+    ranges: list[tuple[int, int]],
+    taken: set[int],
+) -> Launch | None:
+    """Greedy placement of one pipeline; `taken` holds GPUs already promised in this decision
+    (updated on success). Returns None when some stage fits nowhere."""
+    spec = view.models[model].spec
+    eng = view.engine
+    chosen: list[GPUView] = []
+    for first, end in ranges:
+        need = stage_need_bytes(spec, first, end, eng)
+        prev = chosen[-1] if chosen else None
+        fits = [
+            g
+            for g in view.gpus
+            if g.id not in taken
+            and model not in g.models
+            and all(g.id != c.id for c in chosen)
+            and usable_bytes(g.free_bytes, eng) >= need
+        ]
+        if not fits:
+            return None
+        best = min(fits, key=lambda g: (_proximity(prev, g), round(g.tenant_sm_frac, 2), -g.free_bytes, g.id))
+        chosen.append(best)
+    taken.update(g.id for g in chosen)
+    return Launch(model, tuple(StagePlan(f, e, g.id) for (f, e), g in zip(ranges, chosen)))

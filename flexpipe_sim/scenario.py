@@ -1,0 +1,233 @@
+"""Scenario files: the pydantic schema, `load_scenario(path, overrides)`, and clear errors.
+
+Everything a run depends on is in the scenario (plus the seed), so a scenario file and a seed
+reproduce a run exactly. Unknown keys, wrong types and impossible values raise `ScenarioError`,
+whose message names the file and the key; the CLI prints it and exits with code 2.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any, Literal
+
+import yaml
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
+
+from .hardware import GPUS
+from .models import CATALOGUE, ModelSpec
+
+
+class ScenarioError(ValueError):
+    """A scenario that cannot run, with a message meant for the person who wrote it."""
+
+
+class _Strict(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+
+class ClusterConfig(_Strict):
+    servers: int = Field(42, ge=1, description="number of servers (paper: 42)")
+    gpus: int = Field(82, ge=1, description="total GPUs, spread evenly over servers (paper: 82)")
+    gpu: str = Field("a100-80gb", description="GPU kind from the catalogue (paper names only A100)")
+    max_gpus_per_server: int = Field(8, ge=1, le=16, description="physical slots per server")
+    racks: int = Field(6, ge=1, description="racks the servers are spread over (assumption: 7 servers per rack)")
+    rdma_fraction: float = Field(0.8, ge=0, le=1, description="share of servers with RDMA NICs (paper: 'some')")
+    network_gbps: float = Field(100.0, gt=0, description="inter-server network line rate (paper: 100 Gbps)")
+    intra_server_link: Literal["nvlink", "pcie"] = "pcie"
+    host_memory_gb: float = Field(256.0, gt=0, description="host memory per server (paper: >= 256 GB)")
+    host_cache_fraction: float = Field(0.5, gt=0, le=1, description="share of host memory for the weight cache")
+    tenant_scale: float = Field(1.0, ge=0, le=1, description="background tenant load, 1 = paper Table 1, 0 = none")
+
+    @model_validator(mode="after")
+    def _consistent(self) -> "ClusterConfig":
+        if self.gpu not in GPUS:
+            raise ValueError(f"gpu: unknown GPU kind {self.gpu!r}; known kinds: {', '.join(sorted(GPUS))}")
+        if self.gpus < self.servers:
+            raise ValueError(f"gpus: {self.gpus} GPUs cannot populate {self.servers} servers (at least 1 each)")
+        if self.gpus > self.servers * self.max_gpus_per_server:
+            raise ValueError(
+                f"gpus: {self.gpus} GPUs on {self.servers} servers needs more than "
+                f"max_gpus_per_server={self.max_gpus_per_server} per server"
+            )
+        if self.racks > self.servers:
+            raise ValueError(f"racks: {self.racks} racks for {self.servers} servers")
+        return self
+
+
+class ShapeConfig(_Strict):
+    """A model given by shape instead of by catalogue name."""
+
+    num_layers: int = Field(gt=0)
+    hidden: int = Field(gt=0)
+    num_heads: int = Field(gt=0)
+    num_kv_heads: int = Field(gt=0)
+    intermediate: int = Field(gt=0)
+    vocab: int = Field(gt=0)
+    max_context: int = Field(gt=0)
+    mlp: Literal["swiglu", "gelu"] = "swiglu"
+    dtype_bytes: int = Field(2, ge=1, le=4)
+
+    @model_validator(mode="after")
+    def _divisible(self) -> "ShapeConfig":
+        if self.hidden % self.num_heads:
+            raise ValueError("hidden must be a multiple of num_heads")
+        if self.num_heads % self.num_kv_heads:
+            raise ValueError("num_heads must be a multiple of num_kv_heads")
+        return self
+
+
+class SloConfig(_Strict):
+    """Per-model latency objectives; a request meets its SLO when both hold (goodput counts those)."""
+
+    ttft_s: float = Field(gt=0, description="time to first token")
+    tpot_s: float = Field(gt=0, description="time per output token after the first")
+
+
+class ModelConfig(_Strict):
+    name: str
+    shape: ShapeConfig | None = None
+    slo: SloConfig
+    share: float = Field(1.0, gt=0, description="relative share of the traffic")
+
+    @model_validator(mode="after")
+    def _known(self) -> "ModelConfig":
+        if self.shape is None and self.name not in CATALOGUE:
+            raise ValueError(
+                f"name: unknown model {self.name!r}; give a 'shape' or use one of {', '.join(sorted(CATALOGUE))}"
+            )
+        return self
+
+    def spec(self) -> ModelSpec:
+        if self.shape is None:
+            return CATALOGUE[self.name]
+        return ModelSpec(name=self.name, **self.shape.model_dump())
+
+
+class FixedLengthConfig(_Strict):
+    prompt_tokens: int = Field(gt=0)
+    output_tokens: int = Field(gt=0)
+
+
+class WorkloadConfig(_Strict):
+    arrivals: Literal["poisson", "gamma"] = "gamma"
+    rate: float = Field(gt=0, description="mean arrival rate, requests per second")
+    cv: float = Field(1.0, gt=0, description="coefficient of variation of inter-arrival times (gamma)")
+    lengths: Literal["azure-conv", "azure-code"] | FixedLengthConfig = "azure-conv"
+
+
+class PolicyConfig(_Strict):
+    name: str = "static"
+    params: dict[str, Any] = Field(default_factory=dict)
+
+
+class EngineConfig(_Strict):
+    """Per-instance serving engine (vLLM-like continuous batching). Defaults: vLLM's."""
+
+    block_size: int = Field(16, ge=1, description="tokens per KV block (vLLM default)")
+    token_budget: int = Field(2048, ge=1, description="tokens computed per micro-batch step (vLLM max_num_batched_tokens)")
+    max_seqs: int = Field(256, ge=1, description="sequences per micro-batch (vLLM max_num_seqs)")
+    gpu_memory_utilization: float = Field(0.9, gt=0, le=1, description="share of a GPU's free memory a stage may take")
+    workspace_gb: float = Field(1.5, ge=0, description="activation workspace + CUDA context per stage")
+    max_queue_wait_s: float = Field(120.0, gt=0, description="requests waiting longer before admission are dropped")
+    control_interval_s: float = Field(1.0, gt=0, description="how often the policy is asked to decide")
+    prewarm: bool = Field(True, description="instances launched at t=0 are already loaded (always-on capacity)")
+
+
+class OutputConfig(_Strict):
+    dir: str = Field("results/{name}", description="results folder; {name} is the scenario name")
+    format: Literal["parquet", "csv"] = "parquet"
+    plots: bool = True
+    sample_interval_s: float = Field(1.0, gt=0, description="time-series sampling period")
+
+
+class Scenario(_Strict):
+    name: str = Field(pattern=r"^[A-Za-z0-9_.-]+$")
+    seed: int = Field(0, ge=0)
+    horizon_s: float = Field(gt=0, description="arrivals stop here")
+    drain_s: float = Field(300.0, ge=0, description="extra time to finish in-flight requests")
+    cluster: ClusterConfig = ClusterConfig()
+    models: list[ModelConfig] = Field(min_length=1)
+    workload: WorkloadConfig
+    policy: PolicyConfig = PolicyConfig()
+    engine: EngineConfig = EngineConfig()
+    outputs: OutputConfig = OutputConfig()
+
+    @model_validator(mode="after")
+    def _cross_checks(self) -> "Scenario":
+        from .policies import registry  # local: policies import nothing from here at module level
+
+        names = [m.name for m in self.models]
+        if len(set(names)) != len(names):
+            raise ValueError("models: the same model is listed twice")
+        gpu = GPUS[self.cluster.gpu]
+        workspace = self.engine.workspace_gb * 2**30
+        for i, m in enumerate(self.models):
+            spec = m.spec()
+            smallest = spec.layer_bytes + spec.embedding_bytes + workspace
+            if smallest > gpu.memory_bytes * self.engine.gpu_memory_utilization:
+                raise ValueError(
+                    f"models.{i}: {spec.name} cannot fit on any {gpu.name}: even one layer with its "
+                    f"embedding needs {smallest / 2**30:.1f} GiB of {gpu.memory_bytes / 2**30:.0f} GiB"
+                )
+        registry.validate_params(self.policy.name, self.policy.params, self)
+        return self
+
+
+def _set_path(raw: dict, dotted: str, value: Any) -> None:
+    keys = dotted.split(".")
+    node: Any = raw
+    for k in keys[:-1]:
+        if isinstance(node, list):
+            node = node[int(k)]
+        else:
+            node = node.setdefault(k, {})
+    last = keys[-1]
+    if isinstance(node, list):
+        node[int(last)] = value
+    else:
+        node[last] = value
+
+
+def apply_overrides(raw: dict, overrides: list[str]) -> dict:
+    """`--set a.b.c=value`: value is parsed as YAML (numbers, booleans, lists)."""
+    for item in overrides:
+        if "=" not in item:
+            raise ScenarioError(f"--set {item!r}: expected key=value")
+        key, text = item.split("=", 1)
+        try:
+            _set_path(raw, key.strip(), yaml.safe_load(text))
+        except (IndexError, ValueError, TypeError, AttributeError) as e:
+            raise ScenarioError(f"--set {item!r}: no such key ({e})") from None
+    return raw
+
+
+def _format(e: ValidationError, source: str) -> str:
+    lines = [f"{source}: invalid scenario"]
+    for err in e.errors():
+        loc = ".".join(str(x) for x in err["loc"]) or "(top level)"
+        msg = err["msg"].removeprefix("Value error, ")
+        if err["type"] == "extra_forbidden":
+            msg = "unknown key (check the spelling; see docs/scenarios.md)"
+        lines.append(f"  {loc}: {msg}")
+    return "\n".join(lines)
+
+
+def parse_scenario(raw: Any, source: str = "<scenario>", overrides: list[str] | None = None) -> Scenario:
+    if not isinstance(raw, dict):
+        raise ScenarioError(f"{source}: a scenario must be a YAML mapping, got {type(raw).__name__}")
+    raw = apply_overrides(raw, overrides or [])
+    try:
+        return Scenario.model_validate(raw)
+    except ValidationError as e:
+        raise ScenarioError(_format(e, source)) from None
+
+
+def load_scenario(path: str | Path, overrides: list[str] | None = None) -> Scenario:
+    p = Path(path)
+    if not p.is_file():
+        raise ScenarioError(f"{p}: no such scenario file")
+    try:
+        raw = yaml.safe_load(p.read_text())
+    except yaml.YAMLError as e:
+        raise ScenarioError(f"{p}: not valid YAML: {e}") from None
+    return parse_scenario(raw, str(p), overrides)
