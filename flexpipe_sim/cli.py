@@ -32,7 +32,7 @@ def _load(path: Path, overrides: list[str], seed: Optional[int] = None) -> Scena
     try:
         return load_scenario(path, overrides)
     except ScenarioError as e:
-        err.print(f"[bold red]error:[/] {e}", highlight=False)
+        err.print(f"[bold red]error:[/] {e}", highlight=False, soft_wrap=True)
         raise typer.Exit(2) from None
 
 
@@ -63,7 +63,7 @@ def run(
         try:
             result = run_scenario(sc, out, progress=progress)
         except ScenarioError as e:
-            err.print(f"[bold red]error:[/] {e}", highlight=False)
+            err.print(f"[bold red]error:[/] {e}", highlight=False, soft_wrap=True)
             raise typer.Exit(2) from None
         bar.update(task, total=result.summary["overall"]["requests"])
     console.print(summary_table(result.summary))

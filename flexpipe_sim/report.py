@@ -19,6 +19,7 @@ from typing import Any
 
 import pandas as pd
 import yaml
+from rich.console import Group
 from rich.table import Table
 
 
@@ -48,6 +49,7 @@ def write_plots(out: Path, df: pd.DataFrame, ts: pd.DataFrame, title: str) -> li
     import matplotlib
 
     matplotlib.use("Agg")
+    import matplotlib.ticker
     import matplotlib.pyplot as plt
     import numpy as np
 
@@ -62,6 +64,7 @@ def write_plots(out: Path, df: pd.DataFrame, ts: pd.DataFrame, title: str) -> li
         ax.set_xscale("log")
         ax.set_xlabel(f"{label} (s, log scale)")
         ax.set_ylabel("fraction of finished requests")
+        ax.xaxis.set_minor_formatter(matplotlib.ticker.NullFormatter())
         ax.grid(alpha=0.3, which="both")
     axes[0].legend(fontsize=8)
     fig.suptitle(f"{title}: latency CDFs ({len(fin)} finished, {len(df) - len(fin)} dropped)")
@@ -103,28 +106,34 @@ def _ms(x: float | None) -> str:
     return "-" if x is None else f"{1e3 * x:,.1f}"
 
 
-def summary_table(summary: dict[str, Any]) -> Table:
+def summary_table(summary: dict[str, Any]) -> Group:
+    """Two tables: latency percentiles, then the run's counts, SLOs and GPU use."""
     o, g = summary["overall"], summary["gpus"]
-    t = Table(title=f"{summary['scenario']} · policy {summary['policy']} · seed {summary['seed']}")
-    t.add_column("metric")
-    t.add_column("mean", justify="right")
-    t.add_column("p50", justify="right")
-    t.add_column("p90", justify="right")
-    t.add_column("p99", justify="right")
-    for key, label in (("ttft_s", "TTFT (ms)"), ("tpot_s", "TPOT (ms)"), ("e2e_s", "E2E (ms)")):
-        s = o[key]
-        t.add_row(label, _ms(s["mean"]), _ms(s["p50"]), _ms(s["p90"]), _ms(s["p99"]))
-    t.add_section()
+    lat = Table(title=f"{summary['scenario']} · policy {summary['policy']} · seed {summary['seed']}")
+    lat.add_column("latency (ms)")
+    for c in ("mean", "p50", "p90", "p99"):
+        lat.add_column(c, justify="right")
+    for key, label in (("ttft_s", "TTFT"), ("tpot_s", "TPOT"), ("e2e_s", "E2E")):
+        st = o[key]
+        lat.add_row(label, _ms(st["mean"]), _ms(st["p50"]), _ms(st["p90"]), _ms(st["p99"]))
     b = o["breakdown_mean_s"]
-    t.add_row("E2E breakdown (ms)", f"queue {_ms(b['queue'])}", f"compute {_ms(b['compute'])}", f"comm {_ms(b['comm'])}", "")
-    t.add_row("requests", f"{o['requests']:,}", f"finished {o['finished']:,}", f"dropped {o['dropped']:,}",
-              f"preempted {o['preemptions']:,}")
+    lat.add_row("E2E = queue + compute + comm", "", _ms(b["queue"]), _ms(b["compute"]), _ms(b["comm"]), style="dim")
+
+    run = Table(show_header=False)
+    run.add_column("what")
+    run.add_column("value", justify="right")
     att = o["slo_attainment"]
-    t.add_row("SLO attainment", "-" if att is None else f"{100 * att:.1f}%", f"goodput {o['goodput_rps']:.2f}/s",
-              f"thruput {o['throughput_rps']:.2f}/s", "")
-    res = g["reservation_pct_of_peak"]
-    busy = g["busy_frac_of_allocated"]
-    t.add_row("GPUs", f"peak {g['peak_allocated']}/{g['cluster']}", f"always-on {g['always_on']}",
-              "-" if res is None else f"reserv. {res:.0f}%", "-" if busy is None else f"busy {100 * busy:.0f}%")
-    t.add_row("GPU-seconds", f"{g['allocated_gpu_s']:,.0f}", f"busy {g['busy_gpu_s']:,.0f}", "", "")
-    return t
+    run.add_row("requests", f"{o['requests']:,} ({o['finished']:,} finished, {o['dropped']:,} dropped)")
+    run.add_row("preemptions", f"{o['preemptions']:,}")
+    run.add_row("SLO attainment", "-" if att is None else f"{100 * att:.1f}%")
+    run.add_row("goodput / throughput", f"{o['goodput_rps']:.2f} / {o['throughput_rps']:.2f} req/s")
+    res, busy = g["reservation_pct_of_peak"], g["busy_frac_of_allocated"]
+    run.add_row("GPUs peak / always-on / cluster", f"{g['peak_allocated']} / {g['always_on']} / {g['cluster']}")
+    run.add_row("GPU reservation (% of peak)", "-" if res is None else f"{res:.0f}%")
+    run.add_row("GPU-seconds allocated / busy", f"{g['allocated_gpu_s']:,.0f} / {g['busy_gpu_s']:,.0f}"
+                + ("" if busy is None else f" ({100 * busy:.0f}%)"))
+    eff = g["resource_efficiency_goodput_per_gpu"]
+    run.add_row("goodput per allocated GPU", "-" if eff is None else f"{eff:.3f} req/s")
+    for reason, n in summary["drop_reasons"].items():
+        run.add_row(f"dropped: {reason}", f"{n:,}", style="yellow")
+    return Group(lat, run)

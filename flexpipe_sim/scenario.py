@@ -204,11 +204,11 @@ def apply_overrides(raw: dict, overrides: list[str]) -> dict:
 def _format(e: ValidationError, source: str) -> str:
     lines = [f"{source}: invalid scenario"]
     for err in e.errors():
-        loc = ".".join(str(x) for x in err["loc"]) or "(top level)"
+        loc = ".".join(str(x) for x in err["loc"])
         msg = err["msg"].removeprefix("Value error, ")
         if err["type"] == "extra_forbidden":
             msg = "unknown key (check the spelling; see docs/scenarios.md)"
-        lines.append(f"  {loc}: {msg}")
+        lines.append(f"  {loc}: {msg}" if loc else f"  {msg}")  # cross-checks name their own keys
     return "\n".join(lines)
 
 

@@ -70,7 +70,9 @@ class SlotBatcher:
         r.slot = -1
         self.waiting.appendleft(r)  # first in line again, as vLLM does
 
-    def schedule(self, now: float, admit: bool) -> Batch | None:
+    def schedule(self, now: float, admit: bool, growth_reserve: int = 0) -> Batch | None:
+        """`growth_reserve`: blocks to leave free when admitting (one per running sequence of the
+        instance, so admissions do not immediately force preemptions: vLLM v0's watermark idea)."""
         budget = self.token_budget
         items: list[tuple[Request, int]] = []
         i = 0
@@ -89,7 +91,7 @@ class SlotBatcher:
         while admit and self.waiting and budget > 0 and len(self.running) < self.max_seqs:
             r = self.waiting[0]
             n = min(r.num_tokens - r.num_computed, budget)
-            if not self.kv.try_grow(r.id, r.num_computed + n, reserve=self.kv.watermark):
+            if not self.kv.try_grow(r.id, r.num_computed + n, reserve=self.kv.watermark + growth_reserve):
                 break
             self.waiting.popleft()
             if r.admitted_s != r.admitted_s:  # NaN: first admission

@@ -99,6 +99,14 @@ class Instance:
         self.state = "draining"
         self._wake_slots()
 
+    def abort_all(self) -> None:
+        """End of run: release the KV of everything still running (already marked dropped)."""
+        for slot in self.slots:
+            for r in slot.running:
+                self.kv.free(r.id)
+            slot.running.clear()
+        self.waiting.clear()
+
     # --- the pipeline ------------------------------------------------------------------------
     def _wake_slots(self) -> None:
         for k, ev in enumerate(self._wake):
@@ -123,7 +131,7 @@ class Instance:
     def _slot_loop(self, k: int):
         env, slot = self.env, self.slots[k]
         while True:
-            batch = slot.schedule(env.now, admit=True)
+            batch = slot.schedule(env.now, admit=True, growth_reserve=self.running)
             if self.waiting and any(self._wake):
                 self._wake_slots()  # preemptions refilled the queue: let idle slots try
             if batch is None:

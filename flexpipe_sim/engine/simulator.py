@@ -180,6 +180,8 @@ class Simulation:
         for r in self.requests:
             if not r.is_done:
                 r.drop_reason = "unfinished at end of drain"
+        for inst in self.transitions.instances.values():
+            inst.abort_all()  # the run is over: in-flight requests give their KV back
         # Requests the feeder never released (only if the run stopped early) are accounted too.
         for i in range(len(self.requests), len(self.workload)):
             w = self.workload

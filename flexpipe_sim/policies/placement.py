@@ -13,10 +13,11 @@ from ..models import ModelSpec
 from .base import ClusterView, EngineLimits, GPUView, Launch, StagePlan
 
 
-def stage_need_bytes(spec: ModelSpec, first: int, end: int, eng: EngineLimits) -> int:
-    """Smallest footprint a stage can run with: weights + workspace + KV of one full-context request."""
-    kv_one = spec.max_context * spec.kv_bytes_per_token_layer * (end - first)
-    return spec.stage_weight_bytes(first, end) + eng.workspace_bytes + kv_one
+def stage_need_bytes(spec: ModelSpec, first: int, end: int, eng: EngineLimits, kv_tokens: int = 0) -> int:
+    """Footprint a stage needs: weights + workspace + KV for `kv_tokens` tokens (at least one
+    full-context request, the least any stage can run with)."""
+    kv = max(kv_tokens, spec.max_context) * spec.kv_bytes_per_token_layer * (end - first)
+    return spec.stage_weight_bytes(first, end) + eng.workspace_bytes + kv
 
 
 def usable_bytes(free_bytes: int, eng: EngineLimits) -> int:
@@ -40,14 +41,16 @@ def place_pipeline(
     model: str,
     ranges: list[tuple[int, int]],
     taken: set[int],
+    kv_tokens: int = 0,
 ) -> Launch | None:
     """Greedy placement of one pipeline; `taken` holds GPUs already promised in this decision
-    (updated on success). Returns None when some stage fits nowhere."""
+    (updated on success); every stage gets room for `kv_tokens` tokens of KV. Returns None when
+    some stage fits nowhere."""
     spec = view.models[model].spec
     eng = view.engine
     chosen: list[GPUView] = []
     for first, end in ranges:
-        need = stage_need_bytes(spec, first, end, eng)
+        need = stage_need_bytes(spec, first, end, eng, kv_tokens)
         prev = chosen[-1] if chosen else None
         fits = [
             g

@@ -53,11 +53,8 @@ class StaticPolicy:
         self._placed = False
         self.notes: list[str] = []  # what the policy could not do, surfaced in the run summary
 
-    def replicas_for(self, view: ClusterView, model: str, ranges: list[tuple[int, int]]) -> int:
-        if isinstance(self.p.replicas, int):
-            return self.p.replicas
-        if isinstance(self.p.replicas, dict) and model in self.p.replicas:
-            return self.p.replicas[model]
+    def plan(self, view: ClusterView, model: str, ranges: list[tuple[int, int]]) -> tuple[int, int]:
+        """(replicas, KV tokens each stage must hold) for one model."""
         mv = view.models[model]
         mean_sm = sum(g.tenant_sm_frac for g in view.gpus) / len(view.gpus)
         shapes = [
@@ -65,8 +62,14 @@ class StaticPolicy:
             for f, e in ranges
         ]
         batch = self.p.target_batch or slo_batch(mv, shapes, view.engine.max_seqs, self.p.slo_headroom)
+        # KV for every micro-batch's sequences at their full length, so the sized batch never preempts.
+        kv_tokens = int(batch * len(ranges) * (mv.mean_prompt_tokens + mv.mean_output_tokens))
+        if isinstance(self.p.replicas, int):
+            return self.p.replicas, kv_tokens
+        if isinstance(self.p.replicas, dict) and model in self.p.replicas:
+            return self.p.replicas[model], kv_tokens
         rate = replica_rate(mv, shapes, batch)
-        return max(1, math.ceil(self.p.fraction * mv.peak_rate / rate))
+        return max(1, math.ceil(self.p.fraction * mv.peak_rate / rate)), kv_tokens
 
     def decide(self, view: ClusterView) -> list[Action]:
         if self._placed:
@@ -76,9 +79,12 @@ class StaticPolicy:
         taken: set[int] = set()
         for model, mv in view.models.items():
             ranges = mv.spec.even_split(self.p.depth(model))
-            wanted = self.replicas_for(view, model, ranges)
+            wanted, kv_tokens = self.plan(view, model, ranges)
             for placed in range(wanted):
-                launch = place_pipeline(view, model, ranges, taken)
+                # Room for the sized batch where possible, else the minimum (one full-context request).
+                launch = place_pipeline(view, model, ranges, taken, kv_tokens) or place_pipeline(
+                    view, model, ranges, taken
+                )
                 if launch is None:
                     self.notes.append(f"static: placed {placed} of {wanted} {model} replicas; no room for more")
                     break
