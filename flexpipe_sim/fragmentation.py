@@ -51,11 +51,11 @@ MEMORY_C1 = QuantileCurve(
     value=(0.0, 0.10, 0.2878, 0.30, 0.839, 0.9909, 1.0),
 )
 
-# Table 1, cluster C1: SM-use fraction. (0.30, 0.0): idle tenants that hold memory but no SM time;
-# (0.82, 0.30) from 31.26% of GPUs in 10-30%; (0.92, 0.40) and the 0.95 top set the mean to 16.9%.
+# Table 1, cluster C1: SM-use fraction. (0.35, 0.0): idle tenants that hold memory but no SM time;
+# (0.82, 0.30) from 31.26% of GPUs in 10-30%; (0.90, 0.40) and the 0.90 top set the mean to 17.0%.
 SM_C1 = QuantileCurve(
-    u=(0.0, 0.30, 0.5, 0.82, 0.92, 0.95, 1.0),
-    value=(0.0, 0.0, 0.0916, 0.30, 0.40, 0.8053, 0.95),
+    u=(0.0, 0.35, 0.5, 0.82, 0.90, 0.95, 1.0),
+    value=(0.0, 0.0, 0.0916, 0.30, 0.40, 0.8053, 0.90),
 )
 
 TABLE1_C1 = {

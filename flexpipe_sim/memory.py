@@ -44,12 +44,13 @@ class BlockManager:
 
     def grow(self, req_id: int, n_tokens: int) -> None:
         """Extend the request's table to cover n_tokens in total (allocates only what is missing)."""
-        table = self.tables.setdefault(req_id, [])
+        table = self.tables.get(req_id, [])
         need = self.blocks_for(n_tokens) - len(table)
         if need <= 0:
             return
         if need > len(self._free):
-            raise OutOfBlocks(f"need {need} blocks, {len(self._free)} free")
+            raise OutOfBlocks(f"need {need} blocks, {len(self._free)} free")  # and nothing changed
+        self.tables[req_id] = table
         for _ in range(need):
             b = self._free.popleft()
             self._ref[b] += 1

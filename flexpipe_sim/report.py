@@ -116,8 +116,6 @@ def summary_table(summary: dict[str, Any]) -> Group:
     for key, label in (("ttft_s", "TTFT"), ("tpot_s", "TPOT"), ("e2e_s", "E2E")):
         st = o[key]
         lat.add_row(label, _ms(st["mean"]), _ms(st["p50"]), _ms(st["p90"]), _ms(st["p99"]))
-    b = o["breakdown_mean_s"]
-    lat.add_row("E2E = queue + compute + comm", "", _ms(b["queue"]), _ms(b["compute"]), _ms(b["comm"]), style="dim")
 
     run = Table(show_header=False)
     run.add_column("what")
@@ -125,6 +123,8 @@ def summary_table(summary: dict[str, Any]) -> Group:
     att = o["slo_attainment"]
     run.add_row("requests", f"{o['requests']:,} ({o['finished']:,} finished, {o['dropped']:,} dropped)")
     run.add_row("preemptions", f"{o['preemptions']:,}")
+    b = o["breakdown_mean_s"]
+    run.add_row("mean E2E = queue + compute + comm (ms)", f"{_ms(b['queue'])} + {_ms(b['compute'])} + {_ms(b['comm'])}")
     run.add_row("SLO attainment", "-" if att is None else f"{100 * att:.1f}%")
     run.add_row("goodput / throughput", f"{o['goodput_rps']:.2f} / {o['throughput_rps']:.2f} req/s")
     res, busy = g["reservation_pct_of_peak"], g["busy_frac_of_allocated"]

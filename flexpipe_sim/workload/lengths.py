@@ -1,7 +1,8 @@
 """Prompt and output lengths.
 
 Default: the Azure LLM inference trace 2023 (Splitwise, Patel et al. ISCA 2024, CC-BY 4.0) as
-empirical quantile tables at every 2.5th percentile, computed with numpy's linear percentiles from
+empirical quantile tables (every 2.5th percentile, and finer in the tail: 97.5, 98, 98.5, 99, 99.5,
+99.9, 100), computed with numpy's linear percentiles from
 the full conversation and code files (19,366 and 8,819 rows; ../shared/traces/azure_llm_2023).
 Sampling inverts the table with linear interpolation. Prompt and output are joined by a Gaussian
 copula whose correlation is the normal-score correlation of the trace (conv 0.014, code -0.013), so
@@ -15,7 +16,7 @@ from dataclasses import dataclass
 import numpy as np
 from scipy.special import ndtr
 
-_Q = np.linspace(0.0, 1.0, 41)
+_Q = np.concatenate([np.arange(0.0, 0.975, 0.025), [0.975, 0.98, 0.985, 0.99, 0.995, 0.999, 1.0]])
 
 
 @dataclass(frozen=True)
@@ -24,6 +25,9 @@ class LengthTable:
     prompt: tuple[int, ...]
     output: tuple[int, ...]
     rho: float
+
+    def __post_init__(self) -> None:
+        assert len(self.prompt) == len(_Q) == len(self.output), "one value per quantile knot"
 
     def sample(self, n: int, rng: np.random.Generator) -> tuple[np.ndarray, np.ndarray]:
         z1 = rng.standard_normal(n)
@@ -41,9 +45,10 @@ AZURE_CONV = LengthTable(
     "azure-conv",
     prompt=(2, 120, 181, 200, 207, 235, 372, 379, 387, 393, 396, 400, 403, 407, 414, 428, 703, 922, 984, 1005,
             1020, 1034, 1045, 1058, 1071, 1083, 1097, 1112, 1130, 1153, 1189, 1277, 1315, 1434, 1876, 2309,
-            2734, 4075, 4083, 4092, 14050),
+            2734, 4075, 4083, 4092, 4098, 4110, 4142, 4831, 6179, 14050),
     output=(7, 28, 41, 48, 54, 60, 67, 72, 77, 82, 85, 88, 91, 93, 96, 99, 103, 108, 113, 120, 129, 139, 151,
-            162, 177, 195, 217, 373, 384, 391, 395, 396, 400, 406, 411, 416, 424, 430, 451, 522, 1000),
+            162, 177, 195, 217, 373, 384, 391, 395, 396, 400, 406, 411, 416, 424, 430, 451, 522, 540, 571, 601,
+            643, 954, 1000),
     rho=0.014,
 )
 
@@ -51,9 +56,9 @@ AZURE_CODE = LengthTable(
     "azure-code",
     prompt=(3, 44, 75, 102, 147, 185, 232, 299, 386, 484, 578, 679, 770, 863, 939, 1016, 1075, 1153, 1261,
             1370, 1469, 1585, 1690, 1798, 1909, 2048, 2164, 2305, 2433, 2578, 2744, 2942, 3192, 3538, 3920,
-            4434, 5188, 6097, 7303, 7435, 7437),
+            4434, 5188, 6097, 7303, 7435, 7436, 7436, 7436, 7436, 7437, 7437),
     output=(6, 6, 6, 6, 7, 7, 7, 8, 8, 9, 9, 9, 9, 10, 10, 11, 11, 12, 12, 13, 13, 14, 14, 15, 16, 16, 18, 19,
-            20, 22, 24, 26, 29, 33, 39, 46, 55, 69, 90, 145, 1899),
+            20, 22, 24, 26, 29, 33, 39, 46, 55, 69, 90, 145, 171, 201, 251, 359, 825, 1899),
     rho=-0.013,
 )
 
