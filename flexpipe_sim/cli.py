@@ -10,6 +10,9 @@ from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 
 from .scenario import Scenario, ScenarioError, load_scenario
+from .workload.loaders import TraceError
+
+FORMAT_HELP = "Trace format: auto, azure-llm, mooncake, azure-functions, servegen or generic."
 
 app = typer.Typer(
     help="Simulate FlexPipe-style serverless LLM serving on a fragmented GPU cluster.",
@@ -19,6 +22,8 @@ app = typer.Typer(
 )
 cluster_app = typer.Typer(help="Inspect the cluster a scenario builds.", no_args_is_help=True)
 app.add_typer(cluster_app, name="cluster")
+trace_app = typer.Typer(help="Inspect request traces and convert them to the generic CSV.", no_args_is_help=True)
+app.add_typer(trace_app, name="trace")
 
 console = Console()
 err = Console(stderr=True)
@@ -62,7 +67,7 @@ def run(
 
         try:
             result = run_scenario(sc, out, progress=progress)
-        except ScenarioError as e:
+        except (ScenarioError, TraceError) as e:
             err.print(f"[bold red]error:[/] {e}", highlight=False, soft_wrap=True)
             raise typer.Exit(2) from None
         bar.update(task, total=result.summary["overall"]["requests"])
@@ -90,6 +95,51 @@ def cluster_stats(
 
     sc = _load(scenario, set_, seed)
     console.print(cluster_stats_table(sc))
+
+
+@trace_app.command("stats")
+def trace_stats(
+    source: Path = typer.Argument(..., help="A trace file (or ServeGen folder), or a scenario YAML whose workload to analyse."),
+    fmt: str = typer.Option("auto", "--format", "-f", help=FORMAT_HELP),
+    out: Path = typer.Option(Path("results/trace-stats"), "--out", "-o", help="Folder for the PNG and JSON."),
+    seed: int = typer.Option(0, "--seed", help="Seed for traces that need randomness (per-minute expansion, ServeGen)."),
+    set_: list[str] = typer.Option([], "--set", help=SET_HELP),
+) -> None:
+    """Rows, span, rate, IAT CV, burstiness, IDC at 1/10/60 s, peak/mean per minute, length percentiles;
+    writes a PNG of arrivals over time and length histograms, and the numbers as JSON."""
+    from .report import write_json
+    from .tracecli import stats_table, trace_stats as compute
+
+    try:
+        name, st, png = compute(source, fmt, set_, out, seed)
+    except (ScenarioError, TraceError) as e:
+        err.print(f"[bold red]error:[/] {e}", highlight=False, soft_wrap=True)
+        raise typer.Exit(2) from None
+    console.print(stats_table(name, st))
+    write_json(png.with_suffix(".json"), st)
+    console.print(f"plot: {png}  ·  numbers: {png.with_suffix('.json')}")
+
+
+@trace_app.command("convert")
+def trace_convert(
+    source: Path = typer.Argument(..., help="A trace file in any supported format."),
+    dest: Path = typer.Argument(..., help="Output CSV (timestamp,prompt_tokens,output_tokens[,model]); .gz compresses."),
+    fmt: str = typer.Option("auto", "--format", "-f", help=FORMAT_HELP),
+    lengths: str = typer.Option("azure-conv", "--lengths", help="For traces without lengths: azure-conv or azure-code table."),
+    seed: int = typer.Option(0, "--seed", help="Seed for expansion and for sampled lengths."),
+) -> None:
+    """Convert a trace to the generic CSV that scenarios and other tools read."""
+    from .tracecli import convert
+
+    if lengths not in ("azure-conv", "azure-code"):
+        err.print("[bold red]error:[/] --lengths must be azure-conv or azure-code")
+        raise typer.Exit(2)
+    try:
+        n = convert(source, dest, fmt, lengths, seed)
+    except TraceError as e:
+        err.print(f"[bold red]error:[/] {e}", highlight=False, soft_wrap=True)
+        raise typer.Exit(2) from None
+    console.print(f"wrote {n:,} requests to {dest}")
 
 
 def main() -> None:

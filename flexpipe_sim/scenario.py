@@ -8,13 +8,16 @@ whose message names the file and the key; the CLI prints it and exits with code 
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Any, Literal
+from typing import Annotated, Any, Literal
 
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
 
 from .hardware import GPUS
 from .models import CATALOGUE, ModelSpec
+from .paths import resolve_data_path
+
+TRACE_FORMATS = ("auto", "azure-llm", "mooncake", "azure-functions", "servegen", "generic")
 
 
 class ScenarioError(ValueError):
@@ -103,16 +106,119 @@ class ModelConfig(_Strict):
         return ModelSpec(name=self.name, **self.shape.model_dump())
 
 
+def _must_exist(path: str) -> str:
+    if not Path(path).exists():
+        raise ValueError(f"no such file or folder: {path} (relative paths are looked up next to the "
+                         "scenario, then in the working directory; traces/... also in the bundled traces)")
+    return path
+
+
+class PoissonArrivals(_Strict):
+    kind: Literal["poisson"]
+    rate: float = Field(gt=0, description="requests per second")
+
+
+class GammaArrivals(_Strict):
+    """Gamma renewal process: IATs ~ Gamma(1/cv^2, cv^2/rate)."""
+
+    kind: Literal["gamma"]
+    rate: float = Field(gt=0, description="requests per second")
+    cv: float = Field(1.0, gt=0, description="coefficient of variation of inter-arrival times")
+
+
+class MMPPArrivals(_Strict):
+    """Markov-modulated Poisson bursts: state i emits at rates[i] for Exp(mean_sojourn_s[i])."""
+
+    kind: Literal["mmpp"]
+    rates: list[Annotated[float, Field(ge=0)]] = Field(min_length=2)
+    mean_sojourn_s: list[Annotated[float, Field(gt=0)]] = Field(min_length=2)
+    rate: float | None = Field(None, gt=0, description="rescale time so the mean rate is this")
+
+    @model_validator(mode="after")
+    def _same_length(self) -> "MMPPArrivals":
+        if len(self.rates) != len(self.mean_sojourn_s):
+            raise ValueError("rates and mean_sojourn_s need one entry per state")
+        if not any(self.rates):
+            raise ValueError("rates: at least one state must emit requests")
+        return self
+
+
+class TraceArrivals(_Strict):
+    """Replay a trace file: cut from start_s, optionally reshape to a CV, time-scale to a rate."""
+
+    kind: Literal["trace"]
+    path: str
+    format: Literal[TRACE_FORMATS] = "auto"  # type: ignore[valid-type]
+    start_s: float = Field(0.0, ge=0, description="skip the trace before this offset")
+    rate: float | None = Field(None, gt=0, description="time-scale to this mean rate (keeps the CV)")
+    cv: float | None = Field(None, gt=0, description="reshape inter-arrival times to this CV")
+    top: int | None = Field(None, ge=1, description="azure-functions: busiest N functions; servegen: first N clients")
+    expand: Literal["uniform", "equidistant"] = "uniform"
+
+    @model_validator(mode="after")
+    def _exists(self) -> "TraceArrivals":
+        _must_exist(self.path)
+        return self
+
+
+class DiurnalConfig(_Strict):
+    """Modulate any arrival process by 1 + amplitude * sin(2 pi t / period_s + phase)."""
+
+    period_s: float = Field(86400.0, gt=0)
+    amplitude: float = Field(0.5, ge=0, lt=1)
+    phase: float = 0.0
+
+
 class FixedLengthConfig(_Strict):
+    kind: Literal["fixed"] = "fixed"
     prompt_tokens: int = Field(gt=0)
     output_tokens: int = Field(gt=0)
 
 
+class TraceLengths(_Strict):
+    """Resample (prompt, output) pairs from a trace file that has lengths."""
+
+    kind: Literal["trace"]
+    path: str
+    format: Literal[TRACE_FORMATS] = "auto"  # type: ignore[valid-type]
+
+    @model_validator(mode="after")
+    def _exists(self) -> "TraceLengths":
+        _must_exist(self.path)
+        return self
+
+
+class ServeGenLengths(_Strict):
+    """Prompt and output PMFs from a ServeGen chunk-<client>-dataset.json(.gz)."""
+
+    kind: Literal["servegen"]
+    path: str
+
+    @model_validator(mode="after")
+    def _exists(self) -> "ServeGenLengths":
+        _must_exist(self.path)
+        return self
+
+
+Arrivals = Annotated[PoissonArrivals | GammaArrivals | MMPPArrivals | TraceArrivals, Field(discriminator="kind")]
+LengthSpec = Annotated[FixedLengthConfig | TraceLengths | ServeGenLengths, Field(discriminator="kind")]
+
+
 class WorkloadConfig(_Strict):
-    arrivals: Literal["poisson", "gamma"] = "gamma"
-    rate: float = Field(gt=0, description="mean arrival rate, requests per second")
-    cv: float = Field(1.0, gt=0, description="coefficient of variation of inter-arrival times (gamma)")
-    lengths: Literal["azure-conv", "azure-code"] | FixedLengthConfig = "azure-conv"
+    arrivals: Arrivals
+    diurnal: DiurnalConfig | None = None
+    lengths: Literal["azure-conv", "azure-code", "from-trace"] | LengthSpec = "azure-conv"
+    assign: Literal["random", "by-key"] = Field(
+        "random", description="random: each request to a model by share; by-key: whole functions/clients/"
+                              "trace models to models, balanced by volume and share")
+
+    @model_validator(mode="after")
+    def _from_trace(self) -> "WorkloadConfig":
+        if self.lengths == "from-trace" and self.arrivals.kind != "trace":
+            raise ValueError("lengths: 'from-trace' needs arrivals of kind 'trace'")
+        if self.assign == "by-key" and self.arrivals.kind != "trace":
+            raise ValueError("assign: 'by-key' needs arrivals of kind 'trace'")
+        return self
 
 
 class PolicyConfig(_Strict):
@@ -212,10 +318,22 @@ def _format(e: ValidationError, source: str) -> str:
     return "\n".join(lines)
 
 
-def parse_scenario(raw: Any, source: str = "<scenario>", overrides: list[str] | None = None) -> Scenario:
+def _resolve_paths(raw: dict, base_dir: Path | None) -> None:
+    w = raw.get("workload")
+    if not isinstance(w, dict):
+        return
+    for key in ("arrivals", "lengths"):
+        block = w.get(key)
+        if isinstance(block, dict) and isinstance(block.get("path"), str):
+            block["path"] = resolve_data_path(block["path"], base_dir)
+
+
+def parse_scenario(raw: Any, source: str = "<scenario>", overrides: list[str] | None = None,
+                   base_dir: Path | None = None) -> Scenario:
     if not isinstance(raw, dict):
         raise ScenarioError(f"{source}: a scenario must be a YAML mapping, got {type(raw).__name__}")
     raw = apply_overrides(raw, overrides or [])
+    _resolve_paths(raw, base_dir)
     try:
         return Scenario.model_validate(raw)
     except ValidationError as e:
@@ -230,4 +348,4 @@ def load_scenario(path: str | Path, overrides: list[str] | None = None) -> Scena
         raw = yaml.safe_load(p.read_text())
     except yaml.YAMLError as e:
         raise ScenarioError(f"{p}: not valid YAML: {e}") from None
-    return parse_scenario(raw, str(p), overrides)
+    return parse_scenario(raw, str(p), overrides, p.resolve().parent)

@@ -14,7 +14,7 @@ def small_raw(**changes) -> dict:
         "drain_s": 120,
         "cluster": {"servers": 8, "gpus": 16, "gpu": "a100-80gb"},
         "models": [{"name": "llama2-7b", "slo": {"ttft_s": 2.0, "tpot_s": 0.1}}],
-        "workload": {"arrivals": "gamma", "rate": 4.0, "cv": 2.0, "lengths": "azure-conv"},
+        "workload": {"arrivals": {"kind": "gamma", "rate": 4.0, "cv": 2.0}, "lengths": "azure-conv"},
         "policy": {"name": "static", "params": {"stages": 2}},
         "outputs": {"format": "csv", "plots": False},
     }

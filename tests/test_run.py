@@ -59,7 +59,7 @@ def test_conservation_under_kv_pressure_with_preemption_and_drops():
         "models": [{"name": "kvheavy", "shape": shape, "slo": {"ttft_s": 1.0, "tpot_s": 0.1}}],
         "cluster.gpu": "l40s", "cluster.tenant_scale": 0.0,
         "engine": {"gpu_memory_utilization": 0.14, "max_queue_wait_s": 5.0},
-        "workload.rate": 12.0, "policy.params": {"stages": 1, "replicas": 1},
+        "workload.arrivals.rate": 12.0, "policy.params": {"stages": 1, "replicas": 1},
     })
     sim = Simulation(parse_scenario(raw_sc))
     raw = sim.run()
@@ -100,7 +100,7 @@ def test_run_writes_every_output(tmp_path, write_scenario):
 
 def test_set_overrides_change_the_run(tmp_path, write_scenario):
     path = write_scenario(small_raw())
-    res = runner.invoke(app, ["run", str(path), "-o", str(tmp_path / "o"), "-q", "--set", "workload.rate=1",
+    res = runner.invoke(app, ["run", str(path), "-o", str(tmp_path / "o"), "-q", "--set", "workload.arrivals.rate=1",
                               "--set", "outputs.format=csv"])
     assert res.exit_code == 0, res.output
     df = pd.read_csv(tmp_path / "o" / "requests.csv")
@@ -137,3 +137,12 @@ def test_scenario_matches_its_golden_summary(name):
     golden = json.loads((ROOT / "scenarios" / "golden" / f"{name}.summary.json").read_text())
     # If a change is intended, regenerate with `python -m tests.regen_golden` and say why in the commit.
     assert_close(got, golden)
+
+
+@pytest.mark.parametrize("path", sorted((ROOT / "scenarios" / "examples").glob("*.yaml")), ids=lambda p: p.stem)
+def test_example_scenarios_run(path):
+    sc = load_scenario(path, ["horizon_s=60", "drain_s=60"])
+    sim = Simulation(sc)
+    raw = sim.run()
+    check_conservation(sim, raw)
+    assert len(raw.requests) > 10

@@ -14,7 +14,7 @@ runner = CliRunner()
 CASES = {
     "unknown top-level key": ({"horizn_s": 10}, "horizn_s: unknown key"),
     "unknown nested key": ({"cluster.gpu_kind": "a100-80gb"}, "cluster.gpu_kind: unknown key"),
-    "negative rate": ({"workload.rate": -3}, "workload.rate"),
+    "negative rate": ({"workload.arrivals.rate": -3}, "workload.arrivals.gamma.rate"),
     "zero horizon": ({"horizon_s": 0}, "horizon_s"),
     "wrong type": ({"cluster.servers": "many"}, "cluster.servers"),
     "unknown GPU": ({"cluster.gpu": "v100"}, "unknown GPU kind 'v100'"),
@@ -31,7 +31,9 @@ CASES = {
     "unknown policy parameter": ({"policy": {"name": "static", "params": {"stagez": 2}}}, "policy.params.stagez"),
     "more stages than layers": ({"policy": {"name": "static", "params": {"stages": 64}}}, "cannot make 64 stages"),
     "missing SLO": ({"models": [{"name": "llama2-7b"}]}, "models.0.slo: Field required"),
-    "negative CV": ({"workload.cv": -1}, "workload.cv"),
+    "negative CV": ({"workload.arrivals.cv": -1}, "workload.arrivals.gamma.cv"),
+    "unknown arrival kind": ({"workload.arrivals": {"kind": "weibull", "rate": 1}}, "workload.arrivals"),
+    "missing trace file": ({"workload.arrivals": {"kind": "trace", "path": "nope.csv"}}, "no such file or folder: nope.csv"),
     "bad output format": ({"outputs.format": "xlsx"}, "outputs.format"),
 }
 
@@ -58,7 +60,7 @@ def test_not_yaml_and_missing_file(tmp_path):
 
 def test_bad_set_override(write_scenario):
     path = write_scenario(small_raw())
-    res = runner.invoke(app, ["run", str(path), "--set", "workload.rate=-1"])
-    assert res.exit_code == 2 and "workload.rate" in res.output
+    res = runner.invoke(app, ["run", str(path), "--set", "workload.arrivals.rate=-1"])
+    assert res.exit_code == 2 and "workload.arrivals.gamma.rate" in res.output
     res = runner.invoke(app, ["run", str(path), "--set", "workload.rate"])
     assert res.exit_code == 2 and "expected key=value" in res.output

@@ -47,3 +47,43 @@ def test_lengths_follow_the_azure_trace(name):
         for q, want in zip((50, 90, 99), pcts):
             assert np.percentile(v, q) == pytest.approx(want, rel=0.03)
     assert prompt.min() >= 1 and output.min() >= 1
+
+
+@settings(max_examples=30, deadline=None)
+@given(rate=st.floats(0.5, 50), cv=st.floats(0.3, 6), horizon=st.floats(20, 400), seed=st.integers(0, 2**31))
+def test_gamma_arrivals_sorted_and_count_near_rate(rate, cv, horizon, seed):
+    t = gamma_arrivals(rate, cv, horizon, np.random.default_rng(seed))
+    assert np.all(np.diff(t) >= 0) and (len(t) == 0 or (t[0] >= 0 and t[-1] < horizon))
+    expected = rate * horizon
+    # count variance of a renewal process ~ cv^2 * expected
+    assert abs(len(t) - expected) < 8 * cv * np.sqrt(expected) + 2
+
+
+def test_mmpp_mean_rate_and_burstiness():
+    from flexpipe_sim.workload.arrivals import iat_cv, mmpp_arrivals, mmpp_mean_rate
+
+    t = mmpp_arrivals([1.0, 40.0], [50.0, 5.0], 200_000, np.random.default_rng(3))
+    assert len(t) / 200_000 == pytest.approx(mmpp_mean_rate([1.0, 40.0], [50.0, 5.0]), rel=0.03)
+    assert iat_cv(t) > 1.5  # bursts make it far burstier than Poisson
+
+
+def test_diurnal_warp_keeps_count_and_modulates_rate():
+    from flexpipe_sim.workload.arrivals import diurnal_warp
+
+    t = poisson_arrivals(50.0, 4000.0, np.random.default_rng(0))
+    w = diurnal_warp(t, period_s=1000.0, amplitude=0.5)
+    assert len(w) == len(t) and np.all(np.diff(w) >= 0)
+    phase = (w % 1000.0) / 1000.0
+    first, second = (phase < 0.5).sum(), (phase >= 0.5).sum()  # sin > 0 in the first half-period
+    assert first / second == pytest.approx((1 + 0.5 * 2 / np.pi) / (1 - 0.5 * 2 / np.pi), rel=0.05)
+
+
+def test_by_key_assignment_keeps_functions_whole_and_balances_shares():
+    from flexpipe_sim.workload.generate import assign_by_key
+
+    rng = np.random.default_rng(0)
+    keys = np.array([f"f{i}" for i in rng.zipf(1.5, 20_000) % 200], dtype=object)
+    idx = assign_by_key(keys, ["a", "b"], np.array([3.0, 1.0]))
+    for k in set(keys):
+        assert len(set(idx[keys == k])) == 1
+    assert (idx == 0).mean() == pytest.approx(0.75, abs=0.1)

@@ -78,3 +78,74 @@ class FixedLengths:
     @property
     def mean_output(self) -> float:
         return float(self.output_tokens)
+
+
+@dataclass(frozen=True)
+class EmpiricalLengths:
+    """Resample (prompt, output) pairs of a trace jointly, so their dependence is exactly the source's."""
+
+    prompt: np.ndarray
+    output: np.ndarray
+
+    def sample(self, n: int, rng: np.random.Generator) -> tuple[np.ndarray, np.ndarray]:
+        idx = rng.integers(0, len(self.prompt), n)
+        return self.prompt[idx].astype(np.int64), self.output[idx].astype(np.int64)
+
+    @property
+    def mean_output(self) -> float:
+        return float(self.output.mean())
+
+
+@dataclass(frozen=True)
+class PMFLengths:
+    """Independent prompt and output lengths from probability mass functions (ServeGen publishes
+    them separately, so no correlation is available to keep)."""
+
+    prompt_values: np.ndarray
+    prompt_probs: np.ndarray
+    output_values: np.ndarray
+    output_probs: np.ndarray
+
+    def sample(self, n: int, rng: np.random.Generator) -> tuple[np.ndarray, np.ndarray]:
+        p = rng.choice(self.prompt_values, size=n, p=self.prompt_probs)
+        o = rng.choice(self.output_values, size=n, p=self.output_probs)
+        return np.maximum(1, p).astype(np.int64), np.maximum(1, o).astype(np.int64)
+
+    @property
+    def mean_output(self) -> float:
+        return float(np.dot(self.output_values, self.output_probs))
+
+
+def load_servegen_lengths(path) -> PMFLengths:
+    """A ServeGen `chunk-<client>-dataset.json(.gz)`: PMFs per 6-hour window, pooled over windows."""
+    import ast
+    import json
+    from pathlib import Path
+
+    from .loaders import TraceError, _read_text
+
+    path = Path(path)
+    try:
+        data = json.loads(_read_text(path))
+    except json.JSONDecodeError as e:
+        raise TraceError(path, f"not JSON ({e.msg})", e.lineno) from None
+    pools: dict[str, dict[int, float]] = {"input_tokens": {}, "output_tokens": {}}
+    for window, fields in data.items():
+        for name, pool in pools.items():
+            if name not in fields:
+                raise TraceError(path, f"window {window}: no {name!r} field")
+            try:
+                pmf = ast.literal_eval(fields[name])
+            except (ValueError, SyntaxError):
+                raise TraceError(path, f"window {window}: {name} is not a dict literal") from None
+            for value, prob in pmf.items():
+                pool[int(value)] = pool.get(int(value), 0.0) + float(prob)
+
+    def arrays(pool: dict[int, float]) -> tuple[np.ndarray, np.ndarray]:
+        v = np.array(sorted(pool), dtype=np.int64)
+        p = np.array([pool[k] for k in sorted(pool)])
+        return v, p / p.sum()
+
+    pv, pp = arrays(pools["input_tokens"])
+    ov, op = arrays(pools["output_tokens"])
+    return PMFLengths(pv, pp, ov, op)

@@ -1,0 +1,76 @@
+"""`flexpipe-sim trace stats|convert`: look at a trace (or a scenario's workload) and convert traces
+to the generic CSV."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+from rich.table import Table
+
+from .workload.loaders import Trace, load_trace
+from .workload.stats import plot_stream, stream_stats
+
+
+def scenario_stream(path: Path, overrides: list[str]) -> tuple[str, np.ndarray, np.ndarray, np.ndarray]:
+    from .scenario import load_scenario
+    from .workload import build_workload
+
+    sc = load_scenario(path, overrides)
+    rng = np.random.default_rng(np.random.SeedSequence(sc.seed).spawn(3)[1])  # the simulator's workload stream
+    w = build_workload(sc, rng)
+    return sc.name, w.arrival_s, w.prompt_tokens, w.output_tokens
+
+
+def stats_table(name: str, st: dict) -> Table:
+    t = Table(title=f"trace stats: {name}", show_header=False)
+    t.add_column("statistic")
+    t.add_column("value", justify="right")
+    t.add_row("rows", f"{st['rows']:,}")
+    t.add_row("span", f"{st['span_s']:,.0f} s")
+    t.add_row("mean rate", f"{st['mean_rate_per_s']:.3f} req/s")
+    t.add_row("IAT mean / p50 / p99", f"{st['iat_mean_s']:.3f} / {st['iat_p50_s']:.3f} / {st['iat_p99_s']:.3f} s")
+    t.add_row("IAT CV", f"{st['iat_cv']:.2f}")
+    t.add_row("burstiness B", f"{st['burstiness']:.2f}")
+    t.add_row("IDC at 1 s / 10 s / 60 s", f"{st['idc_1s']:.2f} / {st['idc_10s']:.2f} / {st['idc_60s']:.2f}")
+    t.add_row("peak/mean of per-minute counts", f"{st['peak_to_mean_per_minute']:.2f}")
+    for name_, label in (("prompt_tokens", "prompt tokens"), ("output_tokens", "output tokens")):
+        if name_ in st:
+            v = st[name_]
+            t.add_row(f"{label}: mean, p50, p90, p99, max",
+                      f"{v['mean']:,.1f} · {v['p50']:,.0f} · {v['p90']:,.0f} · {v['p99']:,.0f} · {v['max']:,}")
+    if "prompt_output_correlation" in st:
+        t.add_row("prompt/output correlation", f"{st['prompt_output_correlation']:.2f}")
+    return t
+
+
+def trace_stats(path: Path, fmt: str, overrides: list[str], plot_dir: Path, seed: int) -> tuple[str, dict, Path]:
+    if path.suffix in (".yaml", ".yml"):
+        name, t, p, o = scenario_stream(path, overrides)
+    else:
+        tr = load_trace(path, fmt, np.random.default_rng(seed))
+        name, t, p, o = path.name, tr.arrival_s, tr.prompt_tokens, tr.output_tokens
+    st = stream_stats(t, p, o)
+    plot_dir.mkdir(parents=True, exist_ok=True)
+    stem = name.replace(".gz", "").replace(".", "_")
+    png = plot_stream(plot_dir / f"{stem}.png", name, t, p, o)
+    return name, st, png
+
+
+def convert(src: Path, dst: Path, fmt: str, lengths: str, seed: int) -> int:
+    """Write the generic CSV. Traces without lengths get them from a built-in table (`lengths`)."""
+    from .workload.lengths import TABLES
+
+    rng = np.random.default_rng(seed)
+    tr: Trace = load_trace(src, fmt, rng)
+    if tr.has_lengths:
+        prompt, output = tr.prompt_tokens, tr.output_tokens
+    else:
+        prompt, output = TABLES[lengths].sample(len(tr), rng)
+    df = pd.DataFrame({"timestamp": np.round(tr.arrival_s, 6), "prompt_tokens": prompt, "output_tokens": output})
+    if tr.key is not None:
+        df["model"] = tr.key
+    dst.parent.mkdir(parents=True, exist_ok=True)
+    df.to_csv(dst, index=False, compression="gzip" if dst.suffix == ".gz" else None)
+    return len(df)
