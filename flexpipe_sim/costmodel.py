@@ -69,15 +69,20 @@ class CostModel:
     def __init__(self, model: ModelSpec, roofline: Roofline | None = None) -> None:
         self.model = model
         self.roofline = roofline or Roofline()
+        # Shape constants, read on every step.
+        self._flops_tok = model.flops_per_token_layer
+        self._flops_pair = model.attn_flops_per_pair
+        self._layer_bytes = model.layer_bytes
+        self._kvb = model.kv_bytes_per_token_layer
 
     def layer_time(self, gpu: GPUSpec, w: BatchWork) -> float:
-        m, r = self.model, self.roofline
-        flops = w.n_tokens * m.flops_per_token_layer + w.attn_pairs * m.attn_flops_per_pair
+        r = self.roofline
+        flops = w.n_tokens * self._flops_tok + w.attn_pairs * self._flops_pair
         t_compute = flops / (gpu.peak_flops * r.eff_compute)
-        streamed = m.layer_bytes + w.n_tokens * m.kv_bytes_per_token_layer  # weights + new KV written
-        decode_kv = w.kv_tokens * m.kv_bytes_per_token_layer
+        streamed = self._layer_bytes + w.n_tokens * self._kvb  # weights + new KV written
+        decode_kv = w.kv_tokens * self._kvb
         t_memory = streamed / (gpu.hbm_bytes_per_s * r.eff_weight_bw) + decode_kv / (gpu.hbm_bytes_per_s * r.eff_kv_bw)
-        return max(t_compute, t_memory)
+        return t_compute if t_compute > t_memory else t_memory
 
     def head_time(self, gpu: GPUSpec, n_seqs: int) -> float:
         """LM head for the last token of each sequence: a vocab x hidden matmul."""
@@ -121,7 +126,19 @@ class PipelineCost:
         self.back = back  # last stage -> first stage (sampled tokens)
 
     def stage_times(self, w: BatchWork) -> list[float]:
-        return [self.cost.stage_time(s, w) for s in self.stages]
+        # Same result as [cost.stage_time(s, w) for s in stages], pricing a layer once per GPU kind.
+        layer: dict[str, float] = {}
+        out = []
+        oh = self.cost.roofline.step_overhead_s
+        for s in self.stages:
+            t = layer.get(s.gpu.name)
+            if t is None:
+                t = layer[s.gpu.name] = self.cost.layer_time(s.gpu, w)
+            t = s.num_layers * t
+            if s.has_head:
+                t += self.cost.head_time(s.gpu, w.n_seqs)
+            out.append((t + oh) * s.slowdown)
+        return out
 
     def hop_times(self, n_tokens: int) -> list[float]:
         return [self.cost.hop_time(h, n_tokens) for h in self.hops]

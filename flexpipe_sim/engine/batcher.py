@@ -36,23 +36,23 @@ class KVSet:
     def capacity_tokens(self) -> int:
         return min(m.num_blocks for m in self.managers) * self.block_size
 
-    def _missing(self, req_id: int, total_tokens: int) -> int:
-        held = len(self.managers[0].tables.get(req_id, ()))
-        return -(-total_tokens // self.block_size) - held
-
-    def try_grow(self, req_id: int, total_tokens: int, reserve: int = 0) -> bool:
-        need = self._missing(req_id, total_tokens)
-        if need <= 0:
+    def try_grow(self, r: Request, total_tokens: int, reserve: int = 0) -> bool:
+        """Make the request's blocks cover `total_tokens` on every stage, or change nothing."""
+        if total_tokens <= r.kv_tokens:
             return True
+        bs = self.block_size
+        need = -(-total_tokens // bs) - r.kv_tokens // bs
         if any(m.num_free < need + reserve for m in self.managers):
             return False
         for m in self.managers:
-            m.grow(req_id, total_tokens)
+            m.grow(r.id, total_tokens)
+        r.kv_tokens = -(-total_tokens // bs) * bs
         return True
 
-    def free(self, req_id: int) -> None:
+    def free(self, r: Request) -> None:
         for m in self.managers:
-            m.free(req_id)
+            m.free(r.id)
+        r.kv_tokens = 0
 
 
 class SlotBatcher:
@@ -64,44 +64,73 @@ class SlotBatcher:
         self.max_seqs = max_seqs
 
     def preempt(self, r: Request) -> None:
-        self.kv.free(r.id)
+        self.kv.free(r)
         r.num_computed = 0
         r.preemptions += 1
         r.slot = -1
         self.waiting.appendleft(r)  # first in line again, as vLLM does
 
+    def _grow_or_preempt(self, r: Request, total_tokens: int) -> bool:
+        """Grow r's KV, preempting the slot's newest requests until it fits; False if r itself went."""
+        while not self.kv.try_grow(r, total_tokens):
+            victim = self.running.pop()
+            self.preempt(victim)
+            if victim is r:
+                return False
+        return True
+
     def schedule(self, now: float, admit: bool, growth_reserve: int = 0) -> Batch | None:
         """`growth_reserve`: blocks to leave free when admitting (one per running sequence of the
-        instance, so admissions do not immediately force preemptions: vLLM v0's watermark idea)."""
+        instance, so admissions do not immediately force preemptions: vLLM v0's watermark idea).
+
+        The batch's cost summary (BatchWork) is accumulated in the same pass: tokens, causal
+        attention pairs (token j of a chunk starting at c sees c + j + 1 positions), and the KV
+        read by decodes (their whole context, through the paged-attention path)."""
         budget = self.token_budget
         items: list[tuple[Request, int]] = []
+        n_tokens = attn = kv_read = 0
+        has_decode = False
+        running, kv = self.running, self.kv
         i = 0
-        while i < len(self.running) and budget > 0:
-            r = self.running[i]
-            n = min(r.num_tokens - r.num_computed, budget)
-            while not self.kv.try_grow(r.id, r.num_computed + n):
-                victim = self.running.pop()
-                self.preempt(victim)
-                if victim is r:
-                    break
-            else:
-                items.append((r, n))
-                budget -= n
-                i += 1
-        while admit and self.waiting and budget > 0 and len(self.running) < self.max_seqs:
-            r = self.waiting[0]
-            n = min(r.num_tokens - r.num_computed, budget)
-            if not self.kv.try_grow(r.id, r.num_computed + n, reserve=self.kv.watermark + growth_reserve):
-                break
-            self.waiting.popleft()
-            if r.admitted_s != r.admitted_s:  # NaN: first admission
-                r.admitted_s = now
-            self.running.append(r)
+        while i < len(running) and budget > 0:
+            r = running[i]
+            c = r.num_computed
+            n = r.num_tokens - c
+            if n > budget:
+                n = budget
+            if c + n > r.kv_tokens and not self._grow_or_preempt(r, c + n):
+                continue  # r itself was preempted (it was the newest); nothing after it remains
             items.append((r, n))
             budget -= n
+            n_tokens += n
+            if n == 1:
+                attn += c + 1
+                if c > 0:
+                    kv_read += c + 1
+                    has_decode = has_decode or r.generated > 0
+            else:
+                attn += n * c + n * (n + 1) // 2
+            i += 1
+        if admit:
+            reserve = kv.watermark + growth_reserve
+            waiting = self.waiting
+            while waiting and budget > 0 and len(running) < self.max_seqs:
+                r = waiting[0]
+                c = r.num_computed
+                n = min(r.num_tokens - c, budget)
+                if not kv.try_grow(r, c + n, reserve=reserve):
+                    break
+                waiting.popleft()
+                if r.admitted_s != r.admitted_s:  # NaN: first admission
+                    r.admitted_s = now
+                running.append(r)
+                items.append((r, n))
+                budget -= n
+                n_tokens += n
+                attn += n * c + n * (n + 1) // 2
         if not items:
             return None
-        return Batch(items, _work(items), any(n == 1 and r.generated > 0 for r, n in items))
+        return Batch(items, BatchWork(n_tokens, len(items), attn, kv_read), has_decode)
 
     def postprocess(self, batch: Batch, now: float, compute_s: float, comm_s: float) -> list[Request]:
         """Advance token counts; returns the requests that finished (their KV is already freed)."""
@@ -112,23 +141,13 @@ class SlotBatcher:
             r.comm_s += comm_s
             if r.num_computed == r.num_tokens:
                 r.generated += 1
+                r.num_tokens += 1
                 if r.generated == 1:
                     r.first_token_s = now
                 if r.generated >= r.output_tokens:
                     r.finish_s = now
-                    self.kv.free(r.id)
+                    self.kv.free(r)
                     finished.append(r)
         if finished:
-            self.running = [r for r in self.running if not r.is_finished]
+            self.running = [r for r in self.running if r.generated < r.output_tokens]
         return finished
-
-
-def _work(items: list[tuple[Request, int]]) -> BatchWork:
-    n_tokens = attn = kv_read = 0
-    for r, n in items:
-        c = r.num_computed
-        n_tokens += n
-        attn += n * c + n * (n + 1) // 2  # causal: token j of the chunk sees c + j + 1 positions
-        if n == 1 and c > 0:
-            kv_read += c + 1  # a decode reads its whole context through the paged-attention path
-    return BatchWork(n_tokens=n_tokens, n_seqs=len(items), attn_pairs=attn, kv_tokens=kv_read)

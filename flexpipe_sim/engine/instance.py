@@ -103,7 +103,7 @@ class Instance:
         """End of run: release the KV of everything still running (already marked dropped)."""
         for slot in self.slots:
             for r in slot.running:
-                self.kv.free(r.id)
+                self.kv.free(r)
             slot.running.clear()
         self.waiting.clear()
 

@@ -21,6 +21,8 @@ class Request:
     output_tokens: int
     num_computed: int = 0
     generated: int = 0
+    num_tokens: int = 0  # prompt + generated; kept as a field (read every step on the hot path)
+    kv_tokens: int = 0  # tokens the request's KV blocks can hold (blocks held x block size)
     admitted_s: float = math.nan
     first_token_s: float = math.nan
     finish_s: float = math.nan
@@ -33,10 +35,7 @@ class Request:
 
     def __post_init__(self) -> None:
         assert self.prompt_tokens >= 1 and self.output_tokens >= 1
-
-    @property
-    def num_tokens(self) -> int:
-        return self.prompt_tokens + self.generated
+        self.num_tokens = self.prompt_tokens + self.generated
 
     @property
     def is_finished(self) -> bool:
