@@ -1,0 +1,97 @@
+"""A pipeline stage: a contiguous range of decoder layers on one device with its own paged KV cache.
+The first stage embeds token ids; the last holds the final norm and the LM head."""
+
+from __future__ import annotations
+
+from dataclasses import replace
+
+import torch
+from torch import nn
+
+from .kvcache import PagedKVCache
+from .model import Block, ModelArgs, RMSNorm, StepMeta, Transformer, rope_tables
+
+
+class Stage(nn.Module):
+    def __init__(self, args: ModelArgs, first: int, end: int, device: str | torch.device, *,
+                 kv_blocks: int, block_size: int, dtype: torch.dtype = torch.float32) -> None:
+        super().__init__()
+        assert 0 <= first < end <= args.n_layers
+        self.args, self.first, self.end = args, first, end
+        self.device = torch.device(device)
+        self.dtype = dtype
+        self.layers = nn.ModuleList(Block(args) for _ in range(first, end))
+        self.tok_embeddings = nn.Embedding(args.vocab_size, args.dim) if first == 0 else None
+        self.norm = RMSNorm(args.dim, args.norm_eps) if end == args.n_layers else None
+        self.output = nn.Linear(args.dim, args.vocab_size, bias=False) if end == args.n_layers else None
+        self.to(device=self.device, dtype=dtype)
+        self.rope = rope_tables(args, self.device)
+        self.cache = PagedKVCache(end - first, kv_blocks, block_size, args.n_kv_heads, args.head_dim, dtype, self.device)
+
+    @property
+    def is_first(self) -> bool:
+        return self.first == 0
+
+    @property
+    def is_last(self) -> bool:
+        return self.end == self.args.n_layers
+
+    @property
+    def weight_bytes(self) -> int:
+        return sum(p.numel() * p.element_size() for p in self.parameters())
+
+    def load_from(self, state: dict[str, torch.Tensor]) -> int:
+        """Copy this stage's weights from a full-model state dict (Transformer names, any device,
+        e.g. a pinned host cache). Returns bytes copied."""
+        n = 0
+        with torch.no_grad():
+            for name, p in self.named_parameters():
+                src = state[_full_name(name, self.first)]
+                p.copy_(src, non_blocking=True)
+                n += p.numel() * p.element_size()
+        return n
+
+    @torch.no_grad()
+    def forward(self, x: torch.Tensor, meta: StepMeta) -> torch.Tensor:
+        """x: token ids [T] (first stage) or hidden states [T, dim]. Returns hidden [T, dim], or for
+        the last stage logits [B, vocab] at each sequence's last new token."""
+        m = self._local_meta(meta)
+        h = self.tok_embeddings(x.to(self.device)) if self.is_first else x.to(self.device, self.dtype)
+        for i, layer in enumerate(self.layers):
+            h = layer(h, m, self.rope, self.cache.k[i], self.cache.v[i])
+        if not self.is_last:
+            return h
+        h = self.norm(h[m.last_token_index])
+        return self.output(h).float()
+
+    def _local_meta(self, meta: StepMeta) -> StepMeta:
+        """Slots and block tables from this stage's own cache (tables differ between stages)."""
+        slots: list[int] = []
+        start = 0
+        for rid, n, ctx in zip(meta.req_ids, meta.seq_lens, meta.ctx_lens):
+            slots.extend(self.cache.slots(rid, ctx - n, n))
+            start += n
+        tables = [self.cache.table(rid) for rid in meta.req_ids]
+        return replace(meta, positions=meta.positions.to(self.device),
+                       slots=torch.tensor(slots, dtype=torch.long, device=self.device), block_tables=tables)
+
+
+def _full_name(stage_name: str, first: int) -> str:
+    if stage_name.startswith("layers."):
+        _, idx, rest = stage_name.split(".", 2)
+        return f"layers.{first + int(idx)}.{rest}"
+    return stage_name
+
+
+def split_model(model: Transformer, cuts: list[int], devices: list[str | torch.device], *, kv_blocks: int,
+                block_size: int) -> list[Stage]:
+    """Stages for layer boundaries `cuts` (e.g. [0, 3, 8, 16] -> 3 stages), one device each."""
+    assert cuts[0] == 0 and cuts[-1] == model.args.n_layers and len(devices) == len(cuts) - 1
+    dtype = next(model.parameters()).dtype
+    state = model.state_dict()
+    stages = []
+    for (a, b), dev in zip(zip(cuts, cuts[1:]), devices):
+        st = Stage(model.args, a, b, dev, kv_blocks=kv_blocks, block_size=block_size, dtype=dtype)
+        st.load_from(state)
+        stages.append(st)
+    return stages
