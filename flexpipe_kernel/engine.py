@@ -70,9 +70,17 @@ class PipelineEngine:
         self._next_id = 0
         self.on_token = on_token  # streaming: called with (request id, token id) as tokens appear
         self.steps = 0
+        self.stage_runs = 0
 
     def now(self) -> float:
         return self._clock() - self._t0
+
+    def add_slots(self, n: int) -> None:
+        """More micro-batch slots (after a split); running requests stay in theirs."""
+        for _ in range(max(0, n)):
+            s0 = self.slots[0]
+            self.slots.append(SlotBatcher(self.kv, self.waiting, s0.token_budget, s0.max_seqs))
+            self.busy.append(False)
 
     # --- requests ----------------------------------------------------------------------------
     def add_request(self, prompt: list[int], max_new_tokens: int, req_id: int | None = None) -> int:
@@ -95,8 +103,11 @@ class PipelineEngine:
         return sum(len(s.running) for s in self.slots)
 
     # --- one wavefront step ---------------------------------------------------------------------
-    def step(self) -> None:
-        self._start_micro_batch()
+    def step(self, start_new: bool = True) -> None:
+        """One wavefront tick. `start_new=False` only advances what is in flight (draining)."""
+        if start_new:
+            self._start_micro_batch()
+        self.stage_runs = len(self.inflight)  # stages working in this tick (one micro-batch each)
         for mb in sorted(self.inflight, key=lambda m: -m.stage):
             out = self.stages[mb.stage](mb.x, mb.meta)
             mb.stage += 1
