@@ -101,8 +101,8 @@ def rope_tables(args: ModelArgs, device: torch.device | str) -> tuple[torch.Tens
 
 def apply_rope(x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor, positions: torch.Tensor) -> torch.Tensor:
     """x: [T, heads, head_dim], rotate-half convention (as Hugging Face Llama)."""
-    c = cos[positions].unsqueeze(1)  # [T, 1, D/2]
-    s = sin[positions].unsqueeze(1)
+    c = cos.index_select(0, positions).unsqueeze(1)  # [T, 1, D/2]; index_select: far faster than [] on CPU
+    s = sin.index_select(0, positions).unsqueeze(1)
     x1, x2 = x.float().chunk(2, dim=-1)
     out = torch.cat([x1 * c - x2 * s, x2 * c + x1 * s], dim=-1)
     return out.type_as(x)
@@ -130,8 +130,8 @@ class Attention(nn.Module):
         bs = cache_k.shape[1]
         flat_k = cache_k.view(-1, self.n_kv_heads, self.head_dim)  # [num_blocks * block_size, kvh, D]
         flat_v = cache_v.view(-1, self.n_kv_heads, self.head_dim)
-        flat_k[meta.slots] = k
-        flat_v[meta.slots] = v
+        flat_k.index_copy_(0, meta.slots, k)
+        flat_v.index_copy_(0, meta.slots, v)
         out = paged_attention(q, flat_k, flat_v, meta, bs)  # [T, H, D]
         return self.wo(out.reshape(T, self.n_heads * self.head_dim))
 
@@ -141,27 +141,50 @@ def paged_attention(q: torch.Tensor, flat_k: torch.Tensor, flat_v: torch.Tensor,
     """Causal attention of each sequence's new queries over its whole cached context.
 
     q: [T, H, D]; flat_k/v: [slots, KVH, D]. Query j of a sequence with c cached tokens sits at
-    position c + j and sees positions 0..c+j. Per sequence: gather its context through its block
-    table, expand KV heads to query heads (GQA), and run scaled_dot_product_attention.
+    position c + j and sees positions 0..c+j. KV is gathered block by block through the block
+    table; grouped-query heads are handled by folding each KV head's query group into the query
+    axis (no KV expansion). A decode-only batch (one new token per sequence) runs as one padded
+    batched call; otherwise one call per sequence.
     """
-    H, D = q.shape[1], q.shape[2]
-    group = H // flat_k.shape[1]
+    T, H, D = q.shape
+    kvh = flat_k.shape[1]
+    group = H // kvh
+    k_blocks = flat_k.view(-1, block_size, kvh, D)  # [num_blocks, block_size, KVH, D]
+    v_blocks = flat_v.view(-1, block_size, kvh, D)
+    scale = 1.0 / math.sqrt(D)
+    if all(n == 1 for n in meta.seq_lens):
+        return _decode_attention(q, k_blocks, v_blocks, meta, scale)
     outs = []
     start = 0
     for n, ctx, table in zip(meta.seq_lens, meta.ctx_lens, meta.block_tables):
-        blocks = torch.tensor(table, device=q.device)
-        idx = (blocks[:, None] * block_size + torch.arange(block_size, device=q.device)).reshape(-1)[:ctx]
-        k = flat_k[idx].repeat_interleave(group, dim=1)  # [ctx, H, D]
-        v = flat_v[idx].repeat_interleave(group, dim=1)
-        qi = q[start:start + n]  # [n, H, D]
-        # mask[j, p] = p <= (ctx - n) + j
-        qpos = torch.arange(ctx - n, ctx, device=q.device)[:, None]
-        mask = torch.arange(ctx, device=q.device)[None, :] <= qpos  # [n, ctx]
-        o = F.scaled_dot_product_attention(qi.transpose(0, 1), k.transpose(0, 1), v.transpose(0, 1),
-                                           attn_mask=mask, scale=1.0 / math.sqrt(D))
-        outs.append(o.transpose(0, 1))
+        idx = torch.tensor(table[: -(-ctx // block_size)], device=q.device)
+        k = k_blocks.index_select(0, idx).flatten(0, 1)[:ctx].permute(1, 0, 2)  # [KVH, ctx, D]
+        v = v_blocks.index_select(0, idx).flatten(0, 1)[:ctx].permute(1, 0, 2)
+        qi = q[start:start + n].view(n, kvh, group, D).permute(1, 2, 0, 3).reshape(kvh, group * n, D)
+        if n == ctx:  # a whole prompt from position 0: plain causal
+            mask = torch.ones(n, ctx, dtype=torch.bool, device=q.device).tril()
+        else:  # mask[j, p] = p <= (ctx - n) + j
+            mask = torch.arange(ctx, device=q.device)[None, :] <= torch.arange(ctx - n, ctx, device=q.device)[:, None]
+        o = F.scaled_dot_product_attention(qi, k, v, attn_mask=mask.repeat(group, 1), scale=scale)
+        outs.append(o.view(kvh, group, n, D).permute(2, 0, 1, 3).reshape(n, H, D))
         start += n
     return torch.cat(outs, dim=0)
+
+
+def _decode_attention(q: torch.Tensor, k_blocks: torch.Tensor, v_blocks: torch.Tensor, meta: StepMeta,
+                      scale: float) -> torch.Tensor:
+    """B sequences, one query each: pad every context to the longest, mask the padding."""
+    B, H, D = q.shape
+    bs, kvh = k_blocks.shape[1], k_blocks.shape[2]
+    nb = max(-(-c // bs) for c in meta.ctx_lens)
+    tables = torch.tensor([t[:nb] + [0] * (nb - len(t[:nb])) for t in meta.block_tables], device=q.device)
+    k = k_blocks.index_select(0, tables.view(-1)).view(B, nb * bs, kvh, D).transpose(1, 2)  # [B, KVH, L, D]
+    v = v_blocks.index_select(0, tables.view(-1)).view(B, nb * bs, kvh, D).transpose(1, 2)
+    ctx = torch.tensor(meta.ctx_lens, device=q.device)
+    mask = (torch.arange(nb * bs, device=q.device)[None, :] < ctx[:, None])[:, None, None, :]  # [B, 1, 1, L]
+    qg = q.view(B, kvh, H // kvh, D)  # each KV head's query group
+    o = F.scaled_dot_product_attention(qg, k, v, attn_mask=mask, scale=scale)
+    return o.reshape(B, H, D)
 
 
 class FeedForward(nn.Module):

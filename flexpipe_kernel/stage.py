@@ -20,11 +20,15 @@ class Stage(nn.Module):
         self.args, self.first, self.end = args, first, end
         self.device = torch.device(device)
         self.dtype = dtype
-        self.layers = nn.ModuleList(Block(args) for _ in range(first, end))
-        self.tok_embeddings = nn.Embedding(args.vocab_size, args.dim) if first == 0 else None
-        self.norm = RMSNorm(args.dim, args.norm_eps) if end == args.n_layers else None
-        self.output = nn.Linear(args.dim, args.vocab_size, bias=False) if end == args.n_layers else None
-        self.to(device=self.device, dtype=dtype)
+        # Built on the meta device and then given real (uninitialised) memory: a stage's weights
+        # always come from load_from / a transfer, so default random init would be wasted time.
+        with torch.device("meta"):
+            self.layers = nn.ModuleList(Block(args) for _ in range(first, end))
+            self.tok_embeddings = nn.Embedding(args.vocab_size, args.dim) if first == 0 else None
+            self.norm = RMSNorm(args.dim, args.norm_eps) if end == args.n_layers else None
+            self.output = nn.Linear(args.dim, args.vocab_size, bias=False) if end == args.n_layers else None
+        self.to(dtype=dtype)
+        self.to_empty(device=self.device)
         self.rope = rope_tables(args, self.device)
         self.cache = PagedKVCache(end - first, kv_blocks, block_size, args.n_kv_heads, args.head_dim, dtype, self.device)
 
