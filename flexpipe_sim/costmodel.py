@@ -38,6 +38,7 @@ class BatchWork:
     n_tokens: tokens computed this step (prefill chunk lengths + 1 per decode).
     n_seqs: sequences in the batch (each gets one LM-head row on the last stage).
     attn_pairs: sum over computed tokens of the context each attends to (causal).
+    n_decode: how many of the sequences are decodes (kv_tokens / n_decode is their mean context).
     kv_tokens: KV entries read by decoding sequences (their context after this step). Prefill
         chunks attend through a fused kernel and are priced as compute (attn_pairs) plus the write.
     """
@@ -46,6 +47,7 @@ class BatchWork:
     n_seqs: int
     attn_pairs: int
     kv_tokens: int
+    n_decode: int = 0  # sequences decoding one token (the rest of n_tokens are prefill tokens)
 
 
 def slowdown(tenant_sm_frac: float, roofline: Roofline) -> float:
@@ -104,6 +106,59 @@ class CostModel:
         """Sampled token ids travelling from the last stage back to the first (8 bytes each)."""
         return link.latency_s + 8 * n_seqs / link.bytes_per_s
 
+    def host_to_gpu_bytes_per_s(self, gpu: GPUSpec) -> float:
+        return gpu.host_link_bytes_per_s
+
+    def describe(self) -> str:
+        return f"roofline ({self.model.name}: spec sheet x efficiencies fitted to the H100 anchors)"
+
+
+class ProfileCostModel(CostModel):
+    """Stage times from a calibration profile (flexpipe_sim/profiles.py) measured by our kernel.
+
+    A mixed step of P prefill tokens and D decodes at mean context C costs, per layer,
+    prefill(P + D) + [decode(D, C) - decode(D, C_min)]: the linear layers see all P + D tokens
+    once, and the decodes add their attention over context (the part of a decode step that grows
+    with C). A pure decode step is decode(D, C); a pure prefill, prefill(P)."""
+
+    def __init__(self, model: ModelSpec, profile, roofline: Roofline | None = None) -> None:
+        super().__init__(model, roofline)
+        profile.check_model(model)
+        self.profile = profile
+        self._c_min = float(profile.raw["decode"]["context"][0])
+        head = profile.raw.get("head")
+        self._head = (head["batch"], head["s"]) if head else None
+        self._overhead = float(profile.raw.get("overheads", {}).get("stage_step_s", 0.0))
+
+    def layer_time(self, gpu: GPUSpec, w: BatchWork) -> float:
+        pr = self.profile
+        d = w.n_decode
+        p = w.n_tokens - d
+        if d == 0:
+            return pr.prefill_layer_s(p)
+        ctx = max(w.kv_tokens / d, 1.0)
+        if p == 0:
+            return pr.decode_layer_s(d, ctx)
+        attn = max(0.0, pr.decode_layer_s(d, ctx) - pr.decode_layer_s(d, self._c_min))
+        return pr.prefill_layer_s(p + d) + attn
+
+    def head_time(self, gpu: GPUSpec, n_seqs: int) -> float:
+        if self._head is None:
+            return super().head_time(gpu, n_seqs)
+        import numpy as np
+
+        return float(np.interp(n_seqs, self._head[0], self._head[1]))
+
+    def stage_time(self, s: StageShape, w: BatchWork) -> float:
+        return super().stage_time(s, w) + self._overhead * s.slowdown
+
+    def host_to_gpu_bytes_per_s(self, gpu: GPUSpec) -> float:
+        rate = self.profile.raw["links"].get("host_to_device_pinned_Bps")
+        return float(rate) if rate else gpu.host_link_bytes_per_s
+
+    def describe(self) -> str:
+        return self.profile.describe()
+
 
 @dataclass(frozen=True)
 class LoadRates:
@@ -127,6 +182,8 @@ class PipelineCost:
 
     def stage_times(self, w: BatchWork) -> list[float]:
         # Same result as [cost.stage_time(s, w) for s in stages], pricing a layer once per GPU kind.
+        if type(self.cost) is not CostModel:
+            return [self.cost.stage_time(s, w) for s in self.stages]
         layer: dict[str, float] = {}
         out = []
         oh = self.cost.roofline.step_overhead_s

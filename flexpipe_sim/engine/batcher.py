@@ -88,7 +88,7 @@ class SlotBatcher:
         read by decodes (their whole context, through the paged-attention path)."""
         budget = self.token_budget
         items: list[tuple[Request, int]] = []
-        n_tokens = attn = kv_read = 0
+        n_tokens = attn = kv_read = n_decode = 0
         has_decode = False
         running, kv = self.running, self.kv
         i = 0
@@ -107,6 +107,7 @@ class SlotBatcher:
                 attn += c + 1
                 if c > 0:
                     kv_read += c + 1
+                    n_decode += 1
                     has_decode = has_decode or r.generated > 0
             else:
                 attn += n * c + n * (n + 1) // 2
@@ -130,7 +131,7 @@ class SlotBatcher:
                 attn += n * c + n * (n + 1) // 2
         if not items:
             return None
-        return Batch(items, BatchWork(n_tokens, len(items), attn, kv_read), has_decode)
+        return Batch(items, BatchWork(n_tokens, len(items), attn, kv_read, n_decode), has_decode)
 
     def postprocess(self, batch: Batch, now: float, compute_s: float, comm_s: float) -> list[Request]:
         """Advance token counts; returns the requests that finished (their KV is already freed)."""

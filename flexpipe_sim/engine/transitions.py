@@ -127,7 +127,7 @@ class Transitions:
             nbytes = spec.stage_weight_bytes(s.first_layer, s.end_layer)
             cache = self.cluster.servers[g.server].host_cache
             key = (spec.name, s.first_layer, s.end_layer)
-            t = nbytes / g.spec.host_link_bytes_per_s
+            t = nbytes / self.costs[spec.name].host_to_gpu_bytes_per_s(g.spec)
             if not cache.contains(key):
                 t += nbytes / self.load_rates.storage_bytes_per_s
                 cold += 1

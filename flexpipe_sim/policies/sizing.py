@@ -15,7 +15,7 @@ from .base import ModelView
 def replica_rate(mv: ModelView, stages: list[StageShape], batch: int) -> float:
     """Requests per second one replica sustains at a decode batch of `batch` per micro-batch."""
     ctx = int(mv.mean_prompt_tokens + mv.mean_output_tokens / 2)
-    decode = BatchWork(n_tokens=batch, n_seqs=batch, attn_pairs=batch * ctx, kv_tokens=batch * ctx)
+    decode = BatchWork(n_tokens=batch, n_seqs=batch, attn_pairs=batch * ctx, kv_tokens=batch * ctx, n_decode=batch)
     p = int(mv.mean_prompt_tokens)
     prefill = BatchWork(n_tokens=p, n_seqs=1, attn_pairs=p * (p + 1) // 2, kv_tokens=0)
     t_decode = max(mv.cost.stage_time(s, decode) for s in stages)  # bottleneck stage, per B tokens
@@ -33,7 +33,7 @@ def slo_batch(mv: ModelView, stages: list[StageShape], max_seqs: int, headroom: 
     ctx = int(mv.mean_prompt_tokens + mv.mean_output_tokens / 2)
     best = 1
     for b in range(1, max_seqs + 1):
-        w = BatchWork(n_tokens=b, n_seqs=b, attn_pairs=b * ctx, kv_tokens=b * ctx)
+        w = BatchWork(n_tokens=b, n_seqs=b, attn_pairs=b * ctx, kv_tokens=b * ctx, n_decode=b)
         times = [mv.cost.stage_time(s, w) for s in stages]
         if max(sum(times), len(times) * max(times)) > headroom * mv.tpot_slo_s:
             break

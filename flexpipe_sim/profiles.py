@@ -1,0 +1,195 @@
+"""Calibration profiles: the file format (docs/profiles.md), reading with clear errors, and the
+interpolation the cost model uses. Torch-free: the kernel writes profiles, the simulator reads them.
+
+Stage step time per layer is looked up from measured grids:
+- prefill: one sequence of N new tokens from position 0, grid over N;
+- decode: B sequences with one new token at context C each, grid over B x C.
+Inside a grid: piecewise-linear in log N (prefill) and bilinear in (log B, log C) (decode) on log
+times, which is monotone wherever the data is. Outside: a roofline-shaped least-squares fit,
+t = a + b*N (prefill), t = a + b*B + c*B*C (decode), with a counted warning.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import warnings
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from .models import ModelSpec
+
+FORMAT = "flexpipe-profile"
+VERSION = 1
+SHAPE_KEYS = ("hidden", "num_heads", "num_kv_heads", "intermediate", "vocab", "dtype_bytes")
+
+
+class ProfileError(ValueError):
+    """A profile that cannot be used, with the file and the reason."""
+
+
+class ExtrapolationWarning(UserWarning):
+    pass
+
+
+@dataclass
+class Profile:
+    raw: dict[str, Any]
+    path: str = "<memory>"
+    extrapolations: int = 0  # lookups outside the measured grid (each also warned once)
+    _warned: set = field(default_factory=set)
+
+    # --- identity --------------------------------------------------------------------------------
+    @property
+    def name(self) -> str:
+        return self.raw["name"]
+
+    @property
+    def kind(self) -> str:
+        return self.raw["kind"]  # measured | anchors | derived
+
+    @property
+    def gpu_kind(self) -> str:
+        return self.raw["device"]["kind"]
+
+    @property
+    def model(self) -> dict[str, Any]:
+        return self.raw["model"]
+
+    def describe(self) -> str:
+        src = self.raw.get("derived_from")
+        extra = f" from {src}" if src else ""
+        return f"profile {self.name} ({self.kind}{extra}; {self.raw['device']['name']})"
+
+    def check_model(self, spec: ModelSpec) -> None:
+        """The profile must be for this model's layer shape (the layer count may differ)."""
+        bad = [k for k in SHAPE_KEYS if int(self.model.get(k, -1)) != int(getattr(spec, k))]
+        if bad:
+            have = ", ".join(f"{k}={self.model.get(k)}" for k in bad)
+            want = ", ".join(f"{k}={getattr(spec, k)}" for k in bad)
+            raise ProfileError(f"{self.path}: profile is for another model shape ({have}); {spec.name} has {want}")
+
+    # --- lookups -----------------------------------------------------------------------------------
+    def _warn(self, what: str) -> None:
+        self.extrapolations += 1
+        if what not in self._warned:
+            self._warned.add(what)
+            warnings.warn(f"{self.path}: {what} is outside the measured grid; using the fitted roofline",
+                          ExtrapolationWarning, stacklevel=3)
+
+    def prefill_layer_s(self, tokens: float) -> float:
+        g = self.raw["prefill"]
+        n = np.asarray(g["tokens"], float)
+        t = np.asarray(g["layer_s"], float)
+        if n[0] <= tokens <= n[-1]:
+            return float(np.exp(np.interp(math.log(tokens), np.log(n), np.log(t))))
+        self._warn(f"prefill of {tokens:.0f} tokens")
+        a, b = self._fit("prefill")
+        return max(a + b * tokens, float(t.min()))
+
+    def decode_layer_s(self, batch: float, context: float) -> float:
+        g = self.raw["decode"]
+        bs, cs = np.asarray(g["batch"], float), np.asarray(g["context"], float)
+        t = np.asarray(g["layer_s"], float)  # [len(batch), len(context)]
+        if bs[0] <= batch <= bs[-1] and cs[0] <= context <= cs[-1]:
+            lb, lc = math.log(batch), math.log(context)
+            i = int(np.clip(np.searchsorted(np.log(bs), lb) - 1, 0, len(bs) - 2)) if len(bs) > 1 else 0
+            j = int(np.clip(np.searchsorted(np.log(cs), lc) - 1, 0, len(cs) - 2)) if len(cs) > 1 else 0
+            return float(np.exp(_bilinear(np.log(bs), np.log(cs), np.log(t), i, j, lb, lc)))
+        self._warn(f"decode batch {batch:.0f} at context {context:.0f}")
+        a, b, c = self._fit("decode")
+        return max(a + b * batch + c * batch * context, float(t.min()))
+
+    def _fit(self, which: str) -> tuple[float, ...]:
+        cache = self.raw.setdefault("_fit", {})
+        if which in cache:
+            return cache[which]
+        if which == "prefill":
+            g = self.raw["prefill"]
+            n, t = np.asarray(g["tokens"], float), np.asarray(g["layer_s"], float)
+            sol = np.linalg.lstsq(np.stack([np.ones_like(n), n], 1), t, rcond=None)[0]
+        else:
+            g = self.raw["decode"]
+            B, C = np.meshgrid(np.asarray(g["batch"], float), np.asarray(g["context"], float), indexing="ij")
+            t = np.asarray(g["layer_s"], float)
+            X = np.stack([np.ones(B.size), B.ravel(), (B * C).ravel()], 1)
+            sol = np.linalg.lstsq(X, t.ravel(), rcond=None)[0]
+        cache[which] = tuple(float(x) for x in sol)
+        return cache[which]
+
+    def rate(self, key: str) -> float:
+        return float(self.raw["links"][key])
+
+
+def _bilinear(x: np.ndarray, y: np.ndarray, z: np.ndarray, i: int, j: int, xv: float, yv: float) -> float:
+    if len(x) == 1 and len(y) == 1:
+        return float(z[0, 0])
+    if len(x) == 1:
+        return float(np.interp(yv, y, z[0]))
+    if len(y) == 1:
+        return float(np.interp(xv, x, z[:, 0]))
+    tx = (xv - x[i]) / (x[i + 1] - x[i])
+    ty = (yv - y[j]) / (y[j + 1] - y[j])
+    return float((1 - tx) * (1 - ty) * z[i, j] + tx * (1 - ty) * z[i + 1, j]
+                 + (1 - tx) * ty * z[i, j + 1] + tx * ty * z[i + 1, j + 1])
+
+
+def _need(d: dict, key: str, path: str, where: str = "") -> Any:
+    if not isinstance(d, dict) or key not in d:
+        raise ProfileError(f"{path}: missing {where}{key}")
+    return d[key]
+
+
+def validate(raw: Any, path: str) -> dict[str, Any]:
+    if not isinstance(raw, dict) or raw.get("format") != FORMAT:
+        raise ProfileError(f"{path}: not a flexpipe profile (no \"format\": \"{FORMAT}\")")
+    if raw.get("version") != VERSION:
+        raise ProfileError(f"{path}: profile version {raw.get('version')!r}; this flexpipe reads version {VERSION}")
+    for key in ("name", "kind", "device", "model", "prefill", "decode", "links"):
+        _need(raw, key, path)
+    if raw["kind"] not in ("measured", "anchors", "derived"):
+        raise ProfileError(f"{path}: kind must be measured, anchors or derived, got {raw['kind']!r}")
+    _need(raw["device"], "kind", path, "device.")
+    for k in SHAPE_KEYS:
+        _need(raw["model"], k, path, "model.")
+    p, d = raw["prefill"], raw["decode"]
+    n = np.asarray(_need(p, "tokens", path, "prefill."), float)
+    tp = np.asarray(_need(p, "layer_s", path, "prefill."), float)
+    b = np.asarray(_need(d, "batch", path, "decode."), float)
+    c = np.asarray(_need(d, "context", path, "decode."), float)
+    td = np.asarray(_need(d, "layer_s", path, "decode."), float)
+    if n.ndim != 1 or len(n) < 2 or tp.shape != n.shape:
+        raise ProfileError(f"{path}: prefill.tokens and prefill.layer_s must be equal-length lists (>= 2 points)")
+    if td.shape != (len(b), len(c)):
+        raise ProfileError(f"{path}: decode.layer_s must be a {len(b)} x {len(c)} grid (batch x context)")
+    for name, arr in (("prefill.tokens", n), ("decode.batch", b), ("decode.context", c)):
+        if (arr <= 0).any() or (np.diff(arr) <= 0).any():
+            raise ProfileError(f"{path}: {name} must be positive and increasing")
+    if (tp <= 0).any() or (td <= 0).any() or not np.isfinite(tp).all() or not np.isfinite(td).all():
+        raise ProfileError(f"{path}: times must be positive and finite")
+    return raw
+
+
+def load_profile(path: str | Path) -> Profile:
+    p = Path(path)
+    try:
+        text = p.read_text()
+    except OSError as e:
+        raise ProfileError(f"{p}: cannot read ({e.strerror or e})") from None
+    try:
+        raw = json.loads(text)
+    except json.JSONDecodeError as e:
+        raise ProfileError(f"{p}: corrupt or truncated JSON ({e.msg} at line {e.lineno})") from None
+    return Profile(validate(raw, str(p)), str(p))
+
+
+def save_profile(raw: dict[str, Any], path: str | Path) -> Path:
+    validate(raw, str(path))
+    p = Path(path)
+    p.parent.mkdir(parents=True, exist_ok=True)
+    clean = {k: v for k, v in raw.items() if not k.startswith("_")}
+    p.write_text(json.dumps(clean, indent=1) + "\n")
+    return p
