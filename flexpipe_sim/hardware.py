@@ -37,6 +37,10 @@ GPUS: dict[str, GPUSpec] = {
         GPUSpec("h100-pcie", 80 * GiB, 2.0e12, 756e12, _GEN5_H2D, 300e9),
         GPUSpec("h200", 141 * GB, 4.8e12, 989e12, _GEN5_H2D, 450e9),
         GPUSpec("l40s", 48 * GiB, 0.864e12, 362e12, _GEN4_H2D, 0.0),
+        # A CPU socket as a "device", so a CPU-measured profile (calibrate/profiles/cpu-tiny.json)
+        # can drive a simulation that the CPU kernel can be compared with. Nominal numbers of a
+        # 2-core cloud VM: 16 GiB, ~20 GB/s memory copy, ~0.2 TFLOP/s fp32.
+        GPUSpec("cpu", 16 * GiB, 20e9, 0.2e12, 10e9, 0.0),
     ]
 }
 

@@ -143,6 +143,7 @@ def summarize(raw: RawResults, df: pd.DataFrame, ts: pd.DataFrame) -> dict[str, 
             "rejected_actions": len(raw.rejected),
             "cold_starts": int(sum(1 for x in raw.launches if x["cold_stages"] and x["load_s"] > 0)),
         },
+        "cost_models": raw.cost_models,
         "notes": raw.notes,
     }
     # Wall-clock numbers vary between runs; they go to run_info (see `run_info`), so that

@@ -31,6 +31,8 @@ def resolve_data_path(value: str, base_dir: Path | None) -> str:
     candidates.append(Path.cwd() / p)
     if p.parts and p.parts[0] == "traces":
         candidates.append(traces_dir().joinpath(*p.parts[1:]))
+    if p.parts and p.parts[0] == "calibrate":
+        candidates.append(traces_dir().parent / p)  # the shipped profiles sit beside the traces
     for c in candidates:
         if c.exists():
             return str(c.resolve())

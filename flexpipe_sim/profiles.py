@@ -5,8 +5,9 @@ Stage step time per layer is looked up from measured grids:
 - prefill: one sequence of N new tokens from position 0, grid over N;
 - decode: B sequences with one new token at context C each, grid over B x C.
 Inside a grid: piecewise-linear in log N (prefill) and bilinear in (log B, log C) (decode) on log
-times, which is monotone wherever the data is. Outside: a roofline-shaped least-squares fit,
-t = a + b*N (prefill), t = a + b*B + c*B*C (decode), with a counted warning.
+times, which is monotone wherever the data is. Below a grid's smallest size, the smallest size's
+time (a step never gets cheaper than its fixed weight read). Above the largest: a roofline-shaped
+least-squares fit, t = a + b*N (prefill), t = a + b*B + c*B*C (decode), counted and warned once.
 """
 
 from __future__ import annotations
@@ -73,20 +74,20 @@ class Profile:
             raise ProfileError(f"{self.path}: profile is for another model shape ({have}); {spec.name} has {want}")
 
     # --- lookups -----------------------------------------------------------------------------------
-    def _warn(self, what: str) -> None:
+    def _warn(self, region: str, what: str) -> None:
         self.extrapolations += 1
-        if what not in self._warned:
-            self._warned.add(what)
-            warnings.warn(f"{self.path}: {what} is outside the measured grid; using the fitted roofline",
-                          ExtrapolationWarning, stacklevel=3)
+        if region not in self._warned:
+            self._warned.add(region)
+            warnings.warn(f"{self.path}: {what} is beyond the measured grid; using the fitted roofline "
+                          "(warned once; the run's notes count all such lookups)", ExtrapolationWarning, stacklevel=3)
 
     def prefill_layer_s(self, tokens: float) -> float:
         g = self.raw["prefill"]
         n = np.asarray(g["tokens"], float)
         t = np.asarray(g["layer_s"], float)
-        if n[0] <= tokens <= n[-1]:
-            return float(np.exp(np.interp(math.log(tokens), np.log(n), np.log(t))))
-        self._warn(f"prefill of {tokens:.0f} tokens")
+        if tokens <= n[-1]:
+            return float(np.exp(np.interp(math.log(max(tokens, n[0])), np.log(n), np.log(t))))
+        self._warn("prefill", f"prefill of {tokens:.0f} tokens")
         a, b = self._fit("prefill")
         return max(a + b * tokens, float(t.min()))
 
@@ -94,12 +95,12 @@ class Profile:
         g = self.raw["decode"]
         bs, cs = np.asarray(g["batch"], float), np.asarray(g["context"], float)
         t = np.asarray(g["layer_s"], float)  # [len(batch), len(context)]
-        if bs[0] <= batch <= bs[-1] and cs[0] <= context <= cs[-1]:
-            lb, lc = math.log(batch), math.log(context)
+        if batch <= bs[-1] and context <= cs[-1]:
+            lb, lc = math.log(max(batch, bs[0])), math.log(max(context, cs[0]))
             i = int(np.clip(np.searchsorted(np.log(bs), lb) - 1, 0, len(bs) - 2)) if len(bs) > 1 else 0
             j = int(np.clip(np.searchsorted(np.log(cs), lc) - 1, 0, len(cs) - 2)) if len(cs) > 1 else 0
             return float(np.exp(_bilinear(np.log(bs), np.log(cs), np.log(t), i, j, lb, lc)))
-        self._warn(f"decode batch {batch:.0f} at context {context:.0f}")
+        self._warn("decode", f"decode batch {batch:.0f} at context {context:.0f}")
         a, b, c = self._fit("decode")
         return max(a + b * batch + c * batch * context, float(t.min()))
 

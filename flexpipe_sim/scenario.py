@@ -239,6 +239,20 @@ class EngineConfig(_Strict):
     prewarm: bool = Field(True, description="instances launched at t=0 are already loaded (always-on capacity)")
 
 
+class CostConfig(_Strict):
+    """Where stage times come from: a calibration profile per model (measured, anchors or derived;
+    its GPU kind must be the cluster's), else the roofline of costmodel.py."""
+
+    profiles: dict[str, str] = Field(default_factory=dict, description="model name -> profile JSON")
+
+    @model_validator(mode="after")
+    def _exist(self) -> "CostConfig":
+        for model, path in self.profiles.items():
+            if not Path(path).is_file():
+                raise ValueError(f"profiles.{model}: no such profile file: {path}")
+        return self
+
+
 class OutputConfig(_Strict):
     dir: str = Field("results/{name}", description="results folder; {name} is the scenario name")
     format: Literal["parquet", "csv"] = "parquet"
@@ -256,6 +270,7 @@ class Scenario(_Strict):
     workload: WorkloadConfig
     policy: PolicyConfig = PolicyConfig()
     engine: EngineConfig = EngineConfig()
+    cost: CostConfig = CostConfig()
     outputs: OutputConfig = OutputConfig()
 
     @model_validator(mode="after")
@@ -275,6 +290,9 @@ class Scenario(_Strict):
                     f"models.{i}: {spec.name} cannot fit on any {gpu.name}: even one layer with its "
                     f"embedding needs {smallest / 2**30:.1f} GiB of {gpu.memory_bytes / 2**30:.0f} GiB"
                 )
+        for model in self.cost.profiles:
+            if model not in names:
+                raise ValueError(f"cost.profiles.{model}: no such model in models ({', '.join(names)})")
         registry.validate_params(self.policy.name, self.policy.params, self)
         return self
 
@@ -319,6 +337,10 @@ def _format(e: ValidationError, source: str) -> str:
 
 
 def _resolve_paths(raw: dict, base_dir: Path | None) -> None:
+    cost = raw.get("cost")
+    if isinstance(cost, dict) and isinstance(cost.get("profiles"), dict):
+        cost["profiles"] = {k: resolve_data_path(v, base_dir) if isinstance(v, str) else v
+                            for k, v in cost["profiles"].items()}
     w = raw.get("workload")
     if not isinstance(w, dict):
         return

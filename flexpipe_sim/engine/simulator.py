@@ -16,7 +16,7 @@ import numpy as np
 import simpy
 
 from ..cluster import Cluster, build_cluster
-from ..costmodel import CostModel
+from ..costmodel import CostModel, ProfileCostModel
 from ..hardware import LinkKind
 from ..policies import registry
 from ..policies.base import ClusterView, EngineLimits, GPUView, InstanceView, ModelView
@@ -41,6 +41,7 @@ class RawResults:
     wall_s: float
     cluster: Cluster
     decide_wall_s: list[float] = field(default_factory=list)
+    cost_models: dict[str, str] = field(default_factory=dict)
 
 
 class Simulation:
@@ -57,7 +58,7 @@ class Simulation:
         )
         self.workload: Workload = build_workload(sc, rng_workload)
         self.specs = {m.name: m.spec() for m in sc.models}
-        self.costs = cost_models or {name: CostModel(spec) for name, spec in self.specs.items()}
+        self.costs = cost_models or self._cost_models()
         self.env = simpy.Environment()
         self.requests: list[Request] = []
         self.n_done = 0
@@ -76,6 +77,23 @@ class Simulation:
         }
         self.decide_wall_s: list[float] = []
         self._model_views_static = self._static_model_facts()
+
+    def _cost_models(self) -> dict[str, CostModel]:
+        from ..profiles import ProfileError, load_profile
+
+        costs: dict[str, CostModel] = {}
+        for name, spec in self.specs.items():
+            path = self.sc.cost.profiles.get(name)
+            if path is None:
+                costs[name] = CostModel(spec)
+                continue
+            prof = load_profile(path)
+            if prof.gpu_kind != self.sc.cluster.gpu:
+                raise ProfileError(
+                    f"{path}: profile is for {prof.gpu_kind}, the cluster's GPUs are {self.sc.cluster.gpu}; derive one "
+                    f"with: flexpipe-sim calibrate --derive {path} --gpu {self.sc.cluster.gpu}")
+            costs[name] = ProfileCostModel(spec, prof)
+        return costs
 
     # --- bookkeeping -----------------------------------------------------------------------
     def _count_done(self) -> None:
@@ -193,6 +211,11 @@ class Simulation:
         if progress:
             progress(end_s, len(self.requests))
         notes = list(getattr(self.policy, "notes", []))
+        for name, cost in self.costs.items():
+            prof = getattr(cost, "profile", None)
+            if prof is not None and prof.extrapolations:
+                notes.append(f"{name}: {prof.extrapolations:,} stage-time lookups fell outside {prof.name}'s grid "
+                             "(fitted roofline used)")
         return RawResults(self.sc, self.requests, self.samples, self.transitions.launches,
                           self.transitions.rejected, notes, end_s, time.perf_counter() - t0, self.cluster,
-                          self.decide_wall_s)
+                          self.decide_wall_s, {n: c.describe() for n, c in self.costs.items()})
