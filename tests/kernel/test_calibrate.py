@@ -107,6 +107,6 @@ def test_interpolation_is_monotone_where_the_data_is():
         row = [p.decode_layer_s(b, c) for c in torch.linspace(64, 4096, 100).tolist()]
         assert all(x <= y + 1e-15 for x, y in zip(row, row[1:]))
     assert p.extrapolations == 0
-    with pytest.warns(UserWarning, match="outside the measured grid"):
+    with pytest.warns(UserWarning, match="beyond the measured grid"):
         assert p.decode_layer_s(256, 4096) > p.decode_layer_s(64, 4096)
     assert p.extrapolations == 1
