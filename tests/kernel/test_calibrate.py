@@ -21,12 +21,12 @@ TINY32 = ModelSpec("tiny-fp32", 4, 256, 8, 4, 688, 1024, 2048, dtype_bytes=4)
 
 @pytest.fixture(scope="module")
 def profile(tmp_path_factory):
-    raw = calibrate("tiny", "cpu", quick=True, repeats=9)
+    raw = calibrate("tiny", "cpu", quick=True, repeats=9, passes=5)
     path = save_profile(raw, tmp_path_factory.mktemp("prof") / "cpu-tiny.json")
     return load_profile(path)
 
 
-def held_out_times(shapes: list[tuple[int, int, int]], passes: int = 3) -> list[float]:
+def held_out_times(shapes: list[tuple[int, int, int]], passes: int = 5) -> list[float]:
     """Measured like the profile: median over `passes` sweeps of per-sweep medians."""
     args = replace(PRESETS["tiny"], n_layers=4)
     st = Stage(args, 1, 3, "cpu", kv_blocks=2048, block_size=16)
