@@ -62,6 +62,7 @@ class SlotBatcher:
         self.running: list[Request] = []
         self.token_budget = token_budget
         self.max_seqs = max_seqs
+        self.sampled = 0  # tokens sampled by this slot's steps
 
     def preempt(self, r: Request) -> None:
         self.kv.free(r)
@@ -143,6 +144,7 @@ class SlotBatcher:
             if r.num_computed == r.num_tokens:
                 r.generated += 1
                 r.num_tokens += 1
+                self.sampled += 1
                 if r.generated == 1:
                     r.first_token_s = now
                 if r.generated >= r.output_tokens:

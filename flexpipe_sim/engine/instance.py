@@ -68,11 +68,81 @@ class Instance:
         self.steps = 0
         self._on_finish = on_finish
         self.drained = env.event()
+        self.n_active = n_slots  # slots in use (a merge retires the extra ones)
+        self.inflight = 0  # micro-batches between submission and completion
+        self.retired_busy_s = 0.0  # busy GPU-seconds of stages replaced by refactoring
+        self.paused = False
+        self.refactoring = False  # a refactor is under way (engine/refactor.py)
+        self._resume: simpy.Event | None = None
+        self._drained_inflight: simpy.Event | None = None
+        self._slot_args = (token_budget, max_seqs)
+
+    @property
+    def tokens_generated(self) -> int:
+        """Tokens sampled so far (a refactor's dirty set between KV copy rounds)."""
+        return sum(s.sampled for s in self.slots)
+
+    @property
+    def busy_total_s(self) -> float:
+        return self.retired_busy_s + sum(self.busy_s)
+
+    # --- refactoring support (engine/refactor.py drives these) ---------------------------------
+    def pause(self):
+        """Stop starting micro-batches; the returned event fires when none is in flight."""
+        self.paused = True
+        self._resume = self.env.event()
+        self._drained_inflight = self.env.event()
+        if self.inflight == 0:
+            self._drained_inflight.succeed()
+        return self._drained_inflight
+
+    def switch(self, stages: list[StageInfo], cost: PipelineCost, block_size: int) -> int:
+        """Swap in new stages (paused, nothing in flight). Running requests keep their KV, now in
+        the new stages' pools; returns how many had to be preempted for lack of room there."""
+        assert self.paused and self.inflight == 0
+        running = [r for s in self.slots[: self.n_active] for r in s.running]
+        old = self.kv
+        self.retired_busy_s += sum(self.busy_s)
+        self.stages, self.cost = stages, cost
+        self.kv = KVSet([BlockManager(s.kv_blocks, block_size) for s in stages],
+                        watermark_blocks=max(1, min(s.kv_blocks for s in stages) // 100))
+        n_new = len(stages)
+        while len(self.slots) < n_new:
+            self.slots.append(SlotBatcher(self.kv, self.waiting, *self._slot_args))
+            self._wake.append(None)
+            self.env.process(self._slot_loop(len(self.slots) - 1))
+        for slot in self.slots:
+            slot.kv = self.kv
+        for k in range(n_new, self.n_active):  # merge: fold the extra slots' requests into the rest
+            for i, r in enumerate(self.slots[k].running):
+                self.slots[i % n_new].running.append(r)
+            self.slots[k].running = []
+        self.n_active = n_new
+        preempted = 0
+        for slot in self.slots[:n_new]:
+            keep = []
+            for r in slot.running:
+                tokens = r.kv_tokens
+                old.free(r)
+                if self.kv.try_grow(r, tokens):
+                    keep.append(r)
+                else:
+                    r.num_computed, r.slot = 0, -1
+                    r.preemptions += 1
+                    self.waiting.appendleft(r)
+                    preempted += 1
+            slot.running = keep
+        self.stage_free_at = [self.env.now] * n_new
+        self.busy_s = [0.0] * n_new
+        self.paused = False
+        self._resume.succeed()
+        self._wake_slots()
+        return preempted
 
     # --- gateway side -------------------------------------------------------------------------
     @property
     def running(self) -> int:
-        return sum(len(s.running) for s in self.slots)
+        return sum(len(s.running) for s in self.slots[: self.n_active])
 
     def work_of(self, r: Request) -> float:
         return r.prompt_tokens + self.expected_output
@@ -129,8 +199,14 @@ class Instance:
         return t, sum(st), sum(hops)
 
     def _slot_loop(self, k: int):
-        env, slot = self.env, self.slots[k]
+        env = self.env
         while True:
+            if k >= self.n_active:  # retired by a merge
+                return
+            if self.paused:
+                yield self._resume
+                continue
+            slot = self.slots[k]
             batch = slot.schedule(env.now, admit=True, growth_reserve=self.running)
             if self.waiting and any(self._wake):
                 self._wake_slots()  # preemptions refilled the queue: let idle slots try
@@ -145,8 +221,13 @@ class Instance:
                 continue
             back = self.cost.return_time(batch.work.n_seqs) if batch.has_decode else 0.0
             done, compute, comm = self._submit(env.now + back, batch)
+            self.inflight += 1
             yield env.timeout(done - env.now)
+            self.inflight -= 1
+            if self.paused and self.inflight == 0 and not self._drained_inflight.triggered:
+                self._drained_inflight.succeed()
             self.steps += 1
+
             finished = slot.postprocess(batch, env.now, compute, comm + back)
             for r in finished:
                 self.outstanding_work -= self.work_of(r)

@@ -137,7 +137,7 @@ class Simulation:
             insts = list(self.transitions.instances.values())
             s["time_s"].append(env.now)
             s["gpus_allocated"].append(self.transitions.gpus_allocated)
-            s["busy_gpu_s"].append(sum(sum(i.busy_s) for i in insts))
+            s["busy_gpu_s"].append(self.transitions.retired_busy_s + sum(i.busy_total_s for i in insts))
             s["gateway_queue"].append(self.gateway.queued)
             s["instance_queue"].append(sum(len(i.waiting) for i in insts))
             s["running"].append(sum(i.running for i in insts))

@@ -17,7 +17,7 @@ import simpy
 from ..cluster import Cluster
 from ..costmodel import CostModel, LoadRates, PipelineCost, StageShape, slowdown
 from ..models import ModelSpec
-from ..policies.base import Launch, Retire
+from ..policies.base import Launch, Refactor, Retire, StagePlan
 from .gateway import Gateway
 from .instance import Instance, StageInfo
 from .request import Request
@@ -42,6 +42,8 @@ class Transitions:
     instances: dict[int, Instance] = field(default_factory=dict)
     launches: list[dict] = field(default_factory=list)
     rejected: list[dict] = field(default_factory=list)
+    refactors: list[dict] = field(default_factory=list)
+    retired_busy_s: float = 0.0  # busy GPU-seconds of instances already retired
     gpu_stages: dict[int, int] = field(default_factory=dict)  # GPU id -> our stages on it
     _ids: itertools.count = field(default_factory=itertools.count)
 
@@ -54,64 +56,82 @@ class Transitions:
             self.launch(action)
         elif isinstance(action, Retire):
             self.retire(action.instance_id)
+        elif isinstance(action, Refactor):
+            self.refactor(action)
         else:
             raise TypeError(f"unknown action {action!r}")
 
     def _reject(self, action: object, reason: str) -> None:
         self.rejected.append({"time_s": self.env.now, "action": repr(action), "reason": reason})
 
-    def _check(self, a: Launch, spec: ModelSpec) -> str | None:
-        gpus = [p.gpu for p in a.stages]
+    def _check(self, model: str, stages: tuple[StagePlan, ...], spec: ModelSpec,
+               own: dict[int, StageInfo] | None = None) -> str | None:
+        """Plan sanity; `own`: the refactored instance's stages, whose GPUs an unchanged stage may keep."""
+        gpus = [p.gpu for p in stages]
         if len(set(gpus)) != len(gpus):
             return "two stages of one model on one GPU"
-        if [p.first_layer for p in a.stages][0] != 0 or a.stages[-1].end_layer != spec.num_layers:
+        if stages[0].first_layer != 0 or stages[-1].end_layer != spec.num_layers:
             return "stages do not cover the model"
-        if any(p.end_layer != q.first_layer for p, q in zip(a.stages, a.stages[1:])):
+        if any(p.end_layer != q.first_layer or p.first_layer >= p.end_layer for p, q in zip(stages, stages[1:])):
             return "stages are not contiguous"
-        for p in a.stages:
+        for p in stages:
             if not 0 <= p.gpu < len(self.cluster.gpus):
                 return f"no GPU {p.gpu}"
-            if any(owner.startswith(f"{a.model}/") for owner in self.cluster.gpus[p.gpu].allocations):
-                return f"GPU {p.gpu} already holds a stage of {a.model}"
+            kept = own is not None and p.gpu in own and (own[p.gpu].first_layer, own[p.gpu].end_layer) == (p.first_layer, p.end_layer)
+            if not kept and any(o.startswith(f"{model}/") for o in self.cluster.gpus[p.gpu].allocations):
+                return f"GPU {p.gpu} already holds a stage of {model}"
         return None
 
-    def launch(self, a: Launch) -> Instance | None:
-        spec = self.specs[a.model]
-        reason = self._check(a, spec)
-        if reason:
-            self._reject(a, reason)
-            return None
-        iid = next(self._ids)
+    def _alloc_stages(self, model: str, iid: int, stages: tuple[StagePlan, ...],
+                      own: dict[int, StageInfo] | None = None) -> list[StageInfo] | str:
+        """GPU memory for each stage (weights, workspace, KV with what is left within
+        gpu_memory_utilization of the free memory); unchanged own stages are reused. All or nothing."""
+        spec = self.specs[model]
         infos: list[StageInfo] = []
-        for p in a.stages:
+        fresh: list[int] = []
+        for p in stages:
+            if own is not None and p.gpu in own and (own[p.gpu].first_layer, own[p.gpu].end_layer) == (p.first_layer, p.end_layer):
+                infos.append(own[p.gpu])
+                continue
             g = self.cluster.gpus[p.gpu]
             n_layers = p.end_layer - p.first_layer
             fixed = spec.stage_weight_bytes(p.first_layer, p.end_layer) + self.workspace_bytes
             alloc = int(g.free_bytes * self.gpu_memory_utilization)
             blocks = (alloc - fixed) // (self.block_size * spec.kv_bytes_per_token_layer * n_layers)
             if blocks * self.block_size < spec.max_context:
-                self._reject(a, f"GPU {p.gpu}: not enough free memory for stage layers {p.first_layer}-{p.end_layer}")
-                for done in infos:
-                    self._free_stage(a.model, iid, done.gpu)
-                return None
-            g.allocate(f"{a.model}/{iid}", alloc)
+                for gpu in fresh:
+                    self._free_stage(model, iid, gpu)
+                return f"GPU {p.gpu}: not enough free memory for stage layers {p.first_layer}-{p.end_layer}"
+            g.allocate(f"{model}/{iid}", alloc)
             self.gpu_stages[p.gpu] = self.gpu_stages.get(p.gpu, 0) + 1
+            fresh.append(p.gpu)
             infos.append(StageInfo(p.gpu, p.first_layer, p.end_layer, int(blocks), alloc))
-        cost = self.costs[a.model]
+        return infos
+
+    def pipeline_cost(self, model: str, infos: list[StageInfo]) -> PipelineCost:
+        spec, cost = self.specs[model], self.costs[model]
         shapes = [
-            StageShape(
-                s.end_layer - s.first_layer,
-                s.first_layer == 0,
-                s.end_layer == spec.num_layers,
-                self.cluster.gpus[s.gpu].spec,
-                slowdown(self.cluster.gpus[s.gpu].tenant_sm_frac, cost.roofline),
-            )
+            StageShape(s.end_layer - s.first_layer, s.first_layer == 0, s.end_layer == spec.num_layers,
+                       self.cluster.gpus[s.gpu].spec, slowdown(self.cluster.gpus[s.gpu].tenant_sm_frac, cost.roofline))
             for s in infos
         ]
         hops = [self.cluster.link_between(x.gpu, y.gpu) for x, y in zip(infos, infos[1:])]
         back = self.cluster.link_between(infos[-1].gpu, infos[0].gpu) if len(infos) > 1 else None
+        return PipelineCost(cost, shapes, hops, back)
+
+    def launch(self, a: Launch) -> Instance | None:
+        spec = self.specs[a.model]
+        reason = self._check(a.model, a.stages, spec)
+        if reason:
+            self._reject(a, reason)
+            return None
+        iid = next(self._ids)
+        infos = self._alloc_stages(a.model, iid, a.stages)
+        if isinstance(infos, str):
+            self._reject(a, infos)
+            return None
         inst = Instance(
-            self.env, iid, a.model, infos, PipelineCost(cost, shapes, hops, back),
+            self.env, iid, a.model, infos, self.pipeline_cost(a.model, infos),
             block_size=self.block_size, token_budget=self.token_budget, max_seqs=self.max_seqs,
             expected_output=self.expected_output, on_finish=self.on_finish,
         )
@@ -119,25 +139,28 @@ class Transitions:
         self.env.process(self._load(inst, spec))
         return inst
 
-    def _load_seconds(self, inst: Instance, spec: ModelSpec) -> tuple[float, int]:
-        """Parallel stage loads; returns (seconds until the slowest stage is in, cold stages)."""
-        worst, cold = 0.0, 0
-        for s in inst.stages:
+    def load_seconds(self, model: str, stages: list[StageInfo]) -> tuple[float, int, int]:
+        """Parallel stage loads: (seconds until the slowest stage is in, cold stages, bytes). A stage
+        whose layers are in its server's host cache comes over PCIe only; else from storage first."""
+        spec = self.specs[model]
+        worst, cold, total = 0.0, 0, 0
+        for s in stages:
             g = self.cluster.gpus[s.gpu]
             nbytes = spec.stage_weight_bytes(s.first_layer, s.end_layer)
             cache = self.cluster.servers[g.server].host_cache
             key = (spec.name, s.first_layer, s.end_layer)
-            t = nbytes / self.costs[spec.name].host_to_gpu_bytes_per_s(g.spec)
+            t = nbytes / self.costs[model].host_to_gpu_bytes_per_s(g.spec)
             if not cache.contains(key):
                 t += nbytes / self.load_rates.storage_bytes_per_s
                 cold += 1
             cache.touch(key, nbytes)
             worst = max(worst, t)
-        return worst, cold
+            total += nbytes
+        return worst, cold, total
 
     def _load(self, inst: Instance, spec: ModelSpec):
         requested = self.env.now
-        load_s, cold = self._load_seconds(inst, spec)
+        load_s, cold, _ = self.load_seconds(inst.model, inst.stages)
         if self.prewarm and requested == 0.0:
             load_s = 0.0
         if load_s > 0:
@@ -156,10 +179,29 @@ class Transitions:
         if self.gpu_stages[gpu] == 0:
             del self.gpu_stages[gpu]
 
+    def refactor(self, a: Refactor) -> None:
+        from .refactor import refactor_process
+
+        inst = self.instances.get(a.instance_id)
+        if inst is None or inst.state != "ready" or inst.refactoring:
+            self._reject(a, "no ready instance with that id (or one already refactoring)")
+            return
+        own = {s.gpu: s for s in inst.stages}
+        reason = self._check(inst.model, a.stages, self.specs[inst.model], own)
+        if reason:
+            self._reject(a, reason)
+            return
+        infos = self._alloc_stages(inst.model, inst.id, a.stages, own)
+        if isinstance(infos, str):
+            self._reject(a, infos)
+            return
+        inst.refactoring = True
+        self.env.process(refactor_process(self, inst, infos))
+
     def retire(self, iid: int) -> None:
         inst = self.instances.get(iid)
-        if inst is None or inst.state != "ready":
-            self._reject(Retire(iid), "no ready instance with that id")
+        if inst is None or inst.state != "ready" or inst.refactoring:
+            self._reject(Retire(iid), "no ready instance with that id (or it is refactoring)")
             return
         self.gateway.remove(inst)
         inst.retire()
@@ -170,5 +212,6 @@ class Transitions:
             yield inst.drained
         for s in inst.stages:
             self._free_stage(inst.model, inst.id, s.gpu)
+        self.retired_busy_s += inst.busy_total_s
         inst.state = "retired"
         del self.instances[inst.id]

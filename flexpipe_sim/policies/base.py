@@ -90,7 +90,16 @@ class Retire:
     instance_id: int
 
 
-Action = Launch | Retire
+@dataclass(frozen=True)
+class Refactor:
+    """Change a running instance's stages in flight (split, merge, move). A stage may stay on its
+    GPU only if its layer range is unchanged; new stages need GPUs without this model."""
+
+    instance_id: int
+    stages: tuple[StagePlan, ...]
+
+
+Action = Launch | Retire | Refactor
 
 
 class Policy(Protocol):

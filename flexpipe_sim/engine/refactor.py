@@ -1,0 +1,94 @@
+"""Inflight refactoring in the simulator (FlexPipe §6.3, Fig. 6), the same protocol the kernel runs
+(flexpipe_kernel/refactor.py), priced by the cost model and the cluster's links:
+
+1. New stages load their weights (host cache first, storage on a miss) while the old pipeline serves.
+2. KV pre-copy rounds: each new stage pulls the KV of its layers from the old stages holding them,
+   over the link between the two GPUs. Round 1 copies every running request's computed tokens;
+   each later round copies the tokens computed during the previous one (the dirty set, the
+   validity mask of Eq. 10). Rounds stop when a round would take under STOP_S, or after MAX_ROUNDS.
+3. Pause: no new micro-batches; in-flight ones finish; the last dirty tokens are copied; the
+   instance switches to the new stages; old stages free their GPUs.
+Recorded per refactor: weight load time, KV bytes, rounds, pause (downtime), total duration.
+"""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING
+
+from .instance import Instance, StageInfo
+
+if TYPE_CHECKING:
+    from .transitions import Transitions
+
+MAX_ROUNDS = 4  # constant: PipeLive-style pre-copy converges in 2-3 rounds; 4 bounds the worst case
+STOP_S = 1e-3  # constant: a final delta under 1 ms is what the paper's "short switch" implies
+
+
+def copy_seconds(tr: Transitions, inst: Instance, new: list[StageInfo], tokens: int) -> tuple[float, int]:
+    """Time and bytes to copy `tokens` tokens of KV into every new stage from the old ones (new
+    stages in parallel; one stage's pieces from several old stages one after another)."""
+    kvb = tr.specs[inst.model].kv_bytes_per_token_layer
+    worst, total = 0.0, 0
+    for ns in new:
+        if ns in inst.stages:
+            continue  # kept as it is: its KV is already there
+        t = 0.0
+        for os_ in inst.stages:
+            a, b = max(ns.first_layer, os_.first_layer), min(ns.end_layer, os_.end_layer)
+            if a < b and tokens > 0:
+                nbytes = tokens * kvb * (b - a)
+                link = tr.cluster.link_between(os_.gpu, ns.gpu)
+                t += link.latency_s + nbytes / link.bytes_per_s
+                total += nbytes
+        worst = max(worst, t)
+    return worst, total
+
+
+def _computed(inst: Instance) -> dict[int, int]:
+    return {r.id: r.num_computed for s in inst.slots[: inst.n_active] for r in s.running}
+
+
+def _dirty(before: dict[int, int], inst: Instance) -> int:
+    """Tokens whose KV changed since `before`: new tokens of known requests, all of new ones."""
+    now = _computed(inst)
+    return sum(max(0, c - before.get(rid, 0)) if c >= before.get(rid, 0) else c for rid, c in now.items())
+
+
+def refactor_process(tr: Transitions, inst: Instance, new: list[StageInfo]):
+    env = tr.env
+    t0 = env.now
+    old = list(inst.stages)
+    fresh = [s for s in new if s not in old]
+    load_s, cold, weight_bytes = tr.load_seconds(inst.model, fresh)
+    if load_s > 0:
+        yield env.timeout(load_s)
+    rounds, kv_bytes = 0, 0
+    before: dict[int, int] = {}
+    while rounds < MAX_ROUNDS:
+        rounds += 1
+        snap = _computed(inst)
+        secs, nbytes = copy_seconds(tr, inst, new, _dirty(before, inst))
+        kv_bytes += nbytes
+        before = snap
+        if secs > 0:
+            yield env.timeout(secs)
+        if copy_seconds(tr, inst, new, _dirty(before, inst))[0] < STOP_S:
+            break
+    t_pause = env.now
+    yield inst.pause()  # in-flight micro-batches complete; nothing new starts
+    secs, nbytes = copy_seconds(tr, inst, new, _dirty(before, inst))
+    kv_bytes += nbytes
+    if secs > 0:
+        yield env.timeout(secs)
+    for s in old:
+        if s not in new:
+            tr._free_stage(inst.model, inst.id, s.gpu)
+    preempted = inst.switch(new, tr.pipeline_cost(inst.model, new), tr.block_size)
+    inst.refactoring = False
+    tr.refactors.append({
+        "instance": inst.id, "model": inst.model, "requested_s": t0, "switched_s": env.now,
+        "old_stages": len(old), "new_stages": len(new), "weight_load_s": load_s, "cold_stages": cold,
+        "weight_bytes": weight_bytes, "kv_bytes": kv_bytes, "rounds": rounds, "pause_s": env.now - t_pause,
+        "duration_s": env.now - t0, "preempted": preempted,
+        "old_gpus": " ".join(str(s.gpu) for s in old), "new_gpus": " ".join(str(s.gpu) for s in new),
+    })
