@@ -87,6 +87,45 @@ def run(
         raise typer.Exit(1)
 
 
+@app.command()
+def compare(
+    scenarios: list[Path] = typer.Argument(..., help="Scenario files; every policy runs on each one's arrivals."),
+    policies: str = typer.Option("static,flexpipe", "--policies", "-p", help="Comma-separated policy names."),
+    out: Path = typer.Option(Path("results/compare"), "--out", "-o", help="Folder for the comparison and each run's results."),
+    seed: Optional[int] = typer.Option(None, "--seed", help="Random seed for every run (default: each scenario's)."),
+    set_: list[str] = typer.Option([], "--set", help=SET_HELP),
+) -> None:
+    """Run several policies on the same scenarios and seeds; write comparison.csv/.md/.png."""
+    from .compare import compare as run_compare
+    from .policies import registry
+
+    names = [p.strip() for p in policies.split(",") if p.strip()]
+    unknown = [n for n in names if n not in registry.names()]
+    if unknown:
+        err.print(f"[bold red]error:[/] unknown policy {', '.join(unknown)}; valid policies: {', '.join(registry.names())}")
+        raise typer.Exit(2)
+    scs = [_load(p, set_, seed) for p in scenarios]
+    out.mkdir(parents=True, exist_ok=True)
+    try:
+        df = run_compare(scs, names, out, on_run=lambda s, p: err.print(f"running {s} with {p} ..."))
+    except (ScenarioError, TraceError, ProfileError) as e:
+        err.print(f"[bold red]error:[/] {e}", highlight=False, soft_wrap=True)
+        raise typer.Exit(2) from None
+    from rich.table import Table
+
+    t = Table(title="policies on the same arrivals")
+    cols = [("scenario", "scenario", "{}"), ("policy", "policy", "{}"), ("E2E p50 s", "e2e_p50_s", "{:.2f}"),
+            ("E2E p99 s", "e2e_p99_s", "{:.2f}"), ("TTFT p99 s", "ttft_p99_s", "{:.2f}"),
+            ("SLO %", "slo_attainment", "{:.1%}"), ("goodput/s", "goodput_rps", "{:.2f}"),
+            ("GPU-h", "gpu_s", "{:.1f}"), ("peak GPUs", "peak_gpus", "{}"), ("refactors", "refactors", "{}")]
+    for head, _, _ in cols:
+        t.add_column(head, justify="right")
+    for _, r in df.iterrows():
+        t.add_row(*(fmt.format(r[k] / 3600 if k == "gpu_s" else r[k]) if r[k] is not None else "-" for _, k, fmt in cols))
+    console.print(t)
+    console.print(f"written: {out / 'comparison.csv'}, {out / 'comparison.md'}, {out / 'comparison.png'}")
+
+
 @cluster_app.command("stats")
 def cluster_stats(
     scenario: Path = typer.Argument(..., help="Scenario YAML file whose cluster to build."),

@@ -138,6 +138,13 @@ def summarize(raw: RawResults, df: pd.DataFrame, ts: pd.DataFrame) -> dict[str, 
             "busy_frac_of_allocated": busy / gpu_s if gpu_s else None,
             "resource_efficiency_goodput_per_gpu": overall["goodput_rps"] / avg_gpus if avg_gpus else None,
         },
+        "refactors": {
+            "count": len(raw.refactors),
+            "pause_s_mean": float(np.mean([r["pause_s"] for r in raw.refactors])) if raw.refactors else None,
+            "pause_s_max": float(np.max([r["pause_s"] for r in raw.refactors])) if raw.refactors else None,
+            "duration_s_mean": float(np.mean([r["duration_s"] for r in raw.refactors])) if raw.refactors else None,
+            "kv_gb_total": float(sum(r["kv_bytes"] for r in raw.refactors) / 1e9),
+        },
         "instances": {
             "launched": len(raw.launches),
             "rejected_actions": len(raw.rejected),

@@ -5,6 +5,7 @@ Files in the results folder:
   timeseries.csv         GPUs allocated/busy, queue lengths, running requests over time
   launches.csv           every instance launch: when asked, when ready, load time, cold stages
   rejected_actions.csv   actions the backend refused, with the reason (only if any)
+  refactors.csv          every inflight refactor: stages before/after, loads, KV bytes, rounds, pause
   summary.json           the run's summary (deterministic for a scenario + seed)
   run_info.json          wall time, simulator speed, policy decision time (varies run to run)
   scenario.yaml          the scenario as run, with defaults and --set overrides filled in
@@ -24,7 +25,7 @@ from rich.table import Table
 
 
 def write_tables(out: Path, fmt: str, df: pd.DataFrame, ts: pd.DataFrame, launches: list[dict],
-                 rejected: list[dict]) -> None:
+                 rejected: list[dict], refactors: list[dict] | None = None) -> None:
     out.mkdir(parents=True, exist_ok=True)
     if fmt == "parquet":
         df.to_parquet(out / "requests.parquet", index=False)
@@ -34,6 +35,8 @@ def write_tables(out: Path, fmt: str, df: pd.DataFrame, ts: pd.DataFrame, launch
     pd.DataFrame(launches).to_csv(out / "launches.csv", index=False)
     if rejected:
         pd.DataFrame(rejected).to_csv(out / "rejected_actions.csv", index=False)
+    if refactors:
+        pd.DataFrame(refactors).to_csv(out / "refactors.csv", index=False)
 
 
 def write_json(path: Path, obj: Any) -> None:
@@ -134,6 +137,9 @@ def summary_table(summary: dict[str, Any]) -> Group:
                 + ("" if busy is None else f" ({100 * busy:.0f}%)"))
     eff = g["resource_efficiency_goodput_per_gpu"]
     run.add_row("goodput per allocated GPU", "-" if eff is None else f"{eff:.3f} req/s")
+    rf = summary["refactors"]
+    if rf["count"]:
+        run.add_row("refactors (mean / max pause)", f"{rf['count']} ({1e3 * rf['pause_s_mean']:.1f} / {1e3 * rf['pause_s_max']:.1f} ms)")
     for reason, n in summary["drop_reasons"].items():
         run.add_row(f"dropped: {reason}", f"{n:,}", style="yellow")
     return Group(lat, run)

@@ -34,7 +34,7 @@ def run_scenario(sc: Scenario, out: str | Path | None = None, *, write: bool = T
         return RunOutput(summary, info, None, raw)
     out_dir = resolve_out_dir(sc, out)
     # Tables and summary first: a failure while plotting must not lose computed results.
-    write_tables(out_dir, sc.outputs.format, df, ts, raw.launches, raw.rejected)
+    write_tables(out_dir, sc.outputs.format, df, ts, raw.launches, raw.rejected, raw.refactors)
     write_json(out_dir / "summary.json", summary)
     write_json(out_dir / "run_info.json", info)
     write_scenario(out_dir / "scenario.yaml", sc)

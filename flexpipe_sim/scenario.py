@@ -236,6 +236,8 @@ class EngineConfig(_Strict):
     workspace_gb: float = Field(1.5, ge=0, description="activation workspace + CUDA context per stage")
     max_queue_wait_s: float = Field(120.0, gt=0, description="requests waiting longer before admission are dropped")
     control_interval_s: float = Field(1.0, gt=0, description="how often the policy is asked to decide")
+    stats_window_s: float = Field(15.0, gt=0, description="window of the arrival statistics policies see "
+                                  "(the paper measures CV in 15 s windows, Fig. 9)")
     prewarm: bool = Field(True, description="instances launched at t=0 are already loaded (always-on capacity)")
 
 

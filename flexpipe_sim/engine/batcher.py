@@ -63,8 +63,10 @@ class SlotBatcher:
         self.token_budget = token_budget
         self.max_seqs = max_seqs
         self.sampled = 0  # tokens sampled by this slot's steps
+        self.preempted_last = 0  # preemptions made by the last schedule() call
 
     def preempt(self, r: Request) -> None:
+        self.preempted_last += 1
         self.kv.free(r)
         r.num_computed = 0
         r.preemptions += 1
@@ -88,6 +90,7 @@ class SlotBatcher:
         attention pairs (token j of a chunk starting at c sees c + j + 1 positions), and the KV
         read by decodes (their whole context, through the paged-attention path)."""
         budget = self.token_budget
+        self.preempted_last = 0
         items: list[tuple[Request, int]] = []
         n_tokens = attn = kv_read = n_decode = 0
         has_decode = False

@@ -208,7 +208,7 @@ class Instance:
                 continue
             slot = self.slots[k]
             batch = slot.schedule(env.now, admit=True, growth_reserve=self.running)
-            if self.waiting and any(self._wake):
+            if slot.preempted_last and any(self._wake):
                 self._wake_slots()  # preemptions refilled the queue: let idle slots try
             if batch is None:
                 if self.state == "draining" and not self.waiting:

@@ -9,6 +9,7 @@ the scenario seed, spawned into independent streams for the cluster, the workloa
 from __future__ import annotations
 
 import time
+from collections import deque
 from dataclasses import dataclass, field
 from typing import Callable
 
@@ -42,6 +43,7 @@ class RawResults:
     cluster: Cluster
     decide_wall_s: list[float] = field(default_factory=list)
     cost_models: dict[str, str] = field(default_factory=dict)
+    refactors: list[dict] = field(default_factory=list)
 
 
 class Simulation:
@@ -77,6 +79,7 @@ class Simulation:
         }
         self.decide_wall_s: list[float] = []
         self._model_views_static = self._static_model_facts()
+        self._recent: dict[str, deque[float]] = {m: deque() for m in self.specs}
 
     def _cost_models(self) -> dict[str, CostModel]:
         from ..profiles import ProfileError, load_profile
@@ -118,6 +121,7 @@ class Simulation:
                 yield env.timeout(t - env.now)
             r = Request(i, names[w.model_idx[i]], t, int(w.prompt_tokens[i]), int(w.output_tokens[i]))
             self.requests.append(r)
+            self._recent[r.model].append(t)
             self.gateway.arrive(r)
 
     def _controller(self):
@@ -158,27 +162,54 @@ class Simulation:
             facts[name] = (sub.peak_rate(), prompt, w.mean_output_tokens)
         return facts
 
+    def _arrival_stats(self, model: str) -> tuple[float, float, float]:
+        """Rate, IAT CV and relative rate slope over the last stats window."""
+        win = self.sc.engine.stats_window_s
+        q, now = self._recent[model], self.env.now
+        while q and q[0] < now - win:
+            q.popleft()
+        span = min(win, now) if now > 0 else win
+        rate = len(q) / span if span > 0 else 0.0
+        if len(q) < 3:
+            return rate, 0.0, 0.0
+        if now < win:  # the first window is still filling: no trend to speak of yet
+            t = np.fromiter(q, float)
+            iat = np.diff(t)
+            return rate, float(iat.std() / iat.mean()) if iat.mean() > 0 else 0.0, 0.0
+        t = np.fromiter(q, float)
+        iat = np.diff(t)
+        cv = float(iat.std() / iat.mean()) if iat.mean() > 0 else 0.0
+        half = now - span / 2
+        late, early = (t >= half).sum(), (t < half).sum()
+        slope = (late - early) / (span / 2) / max(rate, 1e-9) / (span / 2) if span > 0 else 0.0
+        return rate, cv, float(slope)
+
     def view(self) -> ClusterView:
         cl = self.cluster
-        hosting: dict[int, set[str]] = {}
-        for inst in self.transitions.instances.values():
-            for st in inst.stages:
-                hosting.setdefault(st.gpu, set()).add(inst.model)
+        hosting: dict[int, set[str]] = {}  # from the ledger: includes stages still loading for a refactor
+        for g in cl.gpus:
+            for owner in g.allocations:
+                hosting.setdefault(g.id, set()).add(owner.split("/", 1)[0])
         gpus = tuple(
             GPUView(g.id, g.server, g.rack, cl.servers[g.server].rdma, g.capacity_bytes, g.free_bytes,
                     g.tenant_sm_frac, frozenset(hosting.get(g.id, ())))
             for g in cl.gpus
         )
         instances = tuple(
-            InstanceView(i.id, i.model, i.state, tuple(s.gpu for s in i.stages),
+            InstanceView(i.id, i.model, "refactoring" if i.refactoring else i.state, tuple(s.gpu for s in i.stages),
                          tuple((s.first_layer, s.end_layer) for s in i.stages), len(i.waiting), i.running)
             for i in self.transitions.instances.values()
         )
         models = {}
+        queued: dict[str, int] = {m: len(q) for m, q in self.gateway.queues.items()}
+        for i in self.transitions.instances.values():
+            queued[i.model] += len(i.waiting)
         for m in self.sc.models:
             peak, prompt, output = self._model_views_static[m.name]
+            rate, cv, slope = self._arrival_stats(m.name)
             models[m.name] = ModelView(m.name, self.specs[m.name], self.costs[m.name], m.slo.ttft_s, m.slo.tpot_s,
-                                       len(self.gateway.queues[m.name]), peak, prompt, output)
+                                       len(self.gateway.queues[m.name]), peak, prompt, output, rate, cv, slope,
+                                       queued[m.name])
         e = self.sc.engine
         limits = EngineLimits(e.block_size, e.token_budget, e.max_seqs, e.gpu_memory_utilization,
                               int(e.workspace_gb * 2**30))
@@ -218,4 +249,5 @@ class Simulation:
                              "(fitted roofline used)")
         return RawResults(self.sc, self.requests, self.samples, self.transitions.launches,
                           self.transitions.rejected, notes, end_s, time.perf_counter() - t0, self.cluster,
-                          self.decide_wall_s, {n: c.describe() for n, c in self.costs.items()})
+                          self.decide_wall_s, {n: c.describe() for n, c in self.costs.items()},
+                          self.transitions.refactors)

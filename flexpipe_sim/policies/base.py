@@ -30,7 +30,7 @@ class GPUView:
 class InstanceView:
     id: int
     model: str
-    state: str  # "loading", "ready", "draining"
+    state: str  # "loading", "ready", "refactoring", "draining"
     gpus: tuple[int, ...]
     layer_ranges: tuple[tuple[int, int], ...]
     queued: int
@@ -48,6 +48,11 @@ class ModelView:
     peak_rate: float  # historical peak arrival rate for this model (req/s over 60 s windows)
     mean_prompt_tokens: float
     mean_output_tokens: float
+    # what the gateway saw over the last `stats_window_s` (engine.stats_window_s)
+    arrival_rate: float = 0.0
+    arrival_cv: float = 0.0  # CV of inter-arrival times (nu_t of Eq. 4)
+    rate_slope: float = 0.0  # relative change of the rate per second (d lambda / dt / lambda)
+    queued: int = 0  # waiting at the gateway and in instance queues
 
 
 @dataclass(frozen=True)

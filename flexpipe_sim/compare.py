@@ -1,0 +1,83 @@
+"""`flexpipe-sim compare`: every policy on the same arrivals (same scenario, same seed), one table.
+
+Each run keeps its own results folder (<out>/<scenario>/<policy>/); the comparison is written as
+comparison.csv, comparison.md and comparison.png in <out>. A policy takes the scenario's params when
+the scenario names that policy, else its defaults.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Callable
+
+import pandas as pd
+
+from .runner import run_scenario
+from .scenario import Scenario, parse_scenario
+
+
+def with_policy(sc: Scenario, policy: str) -> Scenario:
+    raw = sc.model_dump(mode="json")
+    params = raw["policy"]["params"] if raw["policy"]["name"] == policy else {}
+    raw["policy"] = {"name": policy, "params": params}
+    return parse_scenario(raw, f"{sc.name} with policy {policy}")
+
+
+def row(sc: Scenario, summary: dict) -> dict:
+    o, g, rf = summary["overall"], summary["gpus"], summary["refactors"]
+    return {
+        "scenario": sc.name, "policy": sc.policy.name, "requests": o["requests"], "dropped": o["dropped"],
+        "ttft_p50_s": o["ttft_s"]["p50"], "ttft_p99_s": o["ttft_s"]["p99"], "tpot_p50_s": o["tpot_s"]["p50"],
+        "e2e_mean_s": o["e2e_s"]["mean"], "e2e_p50_s": o["e2e_s"]["p50"], "e2e_p99_s": o["e2e_s"]["p99"],
+        "queue_mean_s": o["breakdown_mean_s"]["queue"], "compute_mean_s": o["breakdown_mean_s"]["compute"],
+        "comm_mean_s": o["breakdown_mean_s"]["comm"], "slo_attainment": o["slo_attainment"],
+        "goodput_rps": o["goodput_rps"], "gpu_s": g["allocated_gpu_s"], "busy_frac": g["busy_frac_of_allocated"],
+        "peak_gpus": g["peak_allocated"], "reservation_pct": g["reservation_pct_of_peak"],
+        "goodput_per_gpu": g["resource_efficiency_goodput_per_gpu"], "refactors": rf["count"],
+        "refactor_pause_ms_mean": None if rf["pause_s_mean"] is None else 1e3 * rf["pause_s_mean"],
+    }
+
+
+def compare(scenarios: list[Scenario], policies: list[str], out: Path,
+            on_run: Callable[[str, str], None] | None = None) -> pd.DataFrame:
+    rows = []
+    for sc in scenarios:
+        for pol in policies:
+            if on_run:
+                on_run(sc.name, pol)
+            run = with_policy(sc, pol)
+            res = run_scenario(run, out / sc.name / pol)
+            rows.append(row(run, res.summary))
+            # results so far are on disk before the next run can fail
+            pd.DataFrame(rows).to_csv(out / "comparison.csv", index=False)
+    df = pd.DataFrame(rows)
+    (out / "comparison.md").write_text(df.to_markdown(index=False, floatfmt=".3g") + "\n")
+    plot(df, out / "comparison.png")
+    return df
+
+
+def plot(df: pd.DataFrame, path: Path) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, axes = plt.subplots(1, 3, figsize=(14, 4))
+    labels = [f"{s}\n{p}" for s, p in zip(df.scenario, df.policy)]
+    x = range(len(df))
+    axes[0].bar([i - 0.2 for i in x], df.e2e_p50_s, 0.4, label="p50")
+    axes[0].bar([i + 0.2 for i in x], df.e2e_p99_s, 0.4, label="p99")
+    axes[0].set_ylabel("end-to-end latency (s)")
+    axes[0].legend()
+    axes[1].bar(x, 100 * df.slo_attainment, color="tab:green")
+    axes[1].set_ylabel("SLO attainment (%)")
+    axes[2].bar(x, df.gpu_s / 3600, color="tab:gray")
+    axes[2].set_ylabel("GPU-hours allocated")
+    for ax in axes:
+        ax.set_xticks(list(x))
+        ax.set_xticklabels(labels, fontsize=8)
+        ax.grid(alpha=0.3, axis="y")
+    fig.suptitle("policies on the same arrivals")
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)

@@ -1,0 +1,77 @@
+"""Fine-grained model partitioning (FlexPipe §5, Eq. 2) by dynamic programming.
+
+    min over contiguous partitions S_1..S_K of  sum_k | t_c(S_k) + s_p(S_k)/B - C |  +  lambda * R(S_k)
+    subject to  s_p(S_k) <= M_GPU for every k
+
+Vertices are the model's layers in order (cuts at layer boundaries are transformer-block
+boundaries, which is what R favours); `cut_penalty[i]` is R for a cut after vertex i (0 for all
+block boundaries by default; an operator-level graph would penalise cuts inside a block).
+C, the target cycle per stage, defaults to the balanced share (sum of t_c + s_p/B) / K. Coarser
+granularities are merges of adjacent finest stages (Fig. 7), found by the same DP over the finest
+stages.
+"""
+
+from __future__ import annotations
+
+import math
+
+
+def partition(t_c: list[float], s_p: list[float], k: int, bandwidth: float, mem_limit: float, *,
+              target: float | None = None, lam: float = 0.0, cut_penalty: list[float] | None = None
+              ) -> list[tuple[int, int]]:
+    """Optimal contiguous partition of len(t_c) vertices into k stages: [(start, end), ...]."""
+    n = len(t_c)
+    if not 1 <= k <= n:
+        raise ValueError(f"cannot cut {n} vertices into {k} stages")
+    w = [t + s / bandwidth for t, s in zip(t_c, s_p)]
+    prefix_w = [0.0]
+    prefix_m = [0.0]
+    for i in range(n):
+        prefix_w.append(prefix_w[-1] + w[i])
+        prefix_m.append(prefix_m[-1] + s_p[i])
+    c = target if target is not None else prefix_w[-1] / k
+    pen = cut_penalty or [0.0] * n
+
+    def stage_cost(i: int, j: int) -> float:  # vertices i..j-1
+        if prefix_m[j] - prefix_m[i] > mem_limit:
+            return math.inf
+        r = pen[j - 1] if j < n else 0.0
+        return abs(prefix_w[j] - prefix_w[i] - c) + lam * r
+
+    inf = math.inf
+    best = [[inf] * (n + 1) for _ in range(k + 1)]
+    back = [[-1] * (n + 1) for _ in range(k + 1)]
+    best[0][0] = 0.0
+    for stages in range(1, k + 1):
+        for j in range(stages, n - (k - stages) + 1):
+            for i in range(stages - 1, j):
+                if best[stages - 1][i] == inf:
+                    continue
+                v = best[stages - 1][i] + stage_cost(i, j)
+                if v < best[stages][j]:
+                    best[stages][j], back[stages][j] = v, i
+    if best[k][n] == inf:
+        raise ValueError(f"no partition into {k} stages fits {mem_limit / 2**30:.1f} GiB per stage")
+    cuts, j = [], n
+    for stages in range(k, 0, -1):
+        i = back[stages][j]
+        cuts.append((i, j))
+        j = i
+    return cuts[::-1]
+
+
+def objective(t_c: list[float], s_p: list[float], cuts: list[tuple[int, int]], bandwidth: float,
+              target: float | None = None, lam: float = 0.0, cut_penalty: list[float] | None = None) -> float:
+    w = [t + s / bandwidth for t, s in zip(t_c, s_p)]
+    c = target if target is not None else sum(w) / len(cuts)
+    pen = cut_penalty or [0.0] * len(t_c)
+    return sum(abs(sum(w[i:j]) - c) + (lam * pen[j - 1] if j < len(t_c) else 0.0) for i, j in cuts)
+
+
+def merge(finest: list[tuple[int, int]], t_c: list[float], s_p: list[float], k: int, bandwidth: float,
+          mem_limit: float) -> list[tuple[int, int]]:
+    """A coarser granularity: k groups of adjacent finest stages, balanced by the same DP."""
+    tc = [sum(t_c[a:b]) for a, b in finest]
+    sp = [sum(s_p[a:b]) for a, b in finest]
+    groups = partition(tc, sp, k, bandwidth, mem_limit)
+    return [(finest[i][0], finest[j - 1][1]) for i, j in groups]

@@ -1,0 +1,193 @@
+"""The FlexPipe policy: granularity from the arrival CV (Eq. 4, Algorithm 1), replicas per
+granularity (Eq. 5), inflight refactoring of running pipelines to the chosen granularity,
+scale-out pipelines whose depth follows Eq. 11, the SLO check of Eq. 12, affinity placement
+(Eq. 13) on the topology, 30% of peak always ready and 5-minute reclamation (§7, §9).
+
+What it models: the decisions. The backend pays for them (weight loads with the host cache,
+KV pre-copy, pauses). What it simplifies: the stage balance of Eq. 8 and the multiplexing
+penalty of Eq. 9 are not separate terms: partitions are balanced by the Eq. 2 DP, and a pipeline
+never shares a GPU with another stage of its model (placement.py); different models may share
+only through memory left free. Every parameter the paper leaves out is a field below with its
+default and reason (also docs/parameters.md).
+"""
+
+from __future__ import annotations
+
+import math
+
+from pydantic import BaseModel, ConfigDict, Field
+
+from ...costmodel import BatchWork, StageShape, slowdown
+from ...hardware import LinkKind, link_spec
+from ..base import Action, ClusterView, Launch, ModelView, Refactor, Retire, StagePlan
+from ..placement import place_pipeline
+from ..sizing import replica_rate, slo_batch
+from .autoscale import affinity, scale_depth, slo_ok
+from .granularity import Candidate, Chooser, replicas
+from .partition import merge, partition
+
+
+class FlexPipeParams(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    granularities: list[int] = Field([1, 2, 4, 8], description="candidate stage counts (paper: 2-32; 4/8/16/32 for OPT-66B)")
+    alpha: float = Field(0.5, ge=0, le=1, description="Eq. 4 throughput vs latency weight: equal (not given)")
+    sigma: float = Field(1.0, gt=0, description="Eq. 4 sensitivity to |nu_t - nu_k| (not given): one unit of CV")
+    nu0: float = Field(1.0, gt=0, description="nu_k of the coarsest candidate; finer ones nu0 * (eta_k/eta_min)^2 (S ~ sqrt CV, §3.3)")
+    beta1: float = Field(1.0, gt=0, description="Eq. 5 fixed coordination overhead (not given)")
+    beta2: float = Field(0.05, ge=0, description="Eq. 5 overhead per stage: 5% (not given)")
+    hysteresis: float = Field(0.2, ge=0, description="a new granularity must score 20% higher ...")
+    patience: int = Field(15, ge=1, description="... for this many decisions in a row: one 15 s stats window at 1 s control steps (anti-oscillation)")
+    surge: float = Field(0.1, ge=0, description="relative rate rise per second that triggers a finer pipeline at once "
+                         "(0.1: the rate doubling within ~10 s; smaller values fire on the noise of a 15 s window)")
+    always_ready: float = Field(0.3, ge=0, le=1, description="share of peak capacity always on (paper: 30%)")
+    reclaim_s: float = Field(300.0, ge=0, description="excess capacity is released after this long (paper: 5 minutes)")
+    headroom: float = Field(1.2, ge=1, description="capacity over the observed rate (not given)")
+    slo_headroom: float = Field(0.8, gt=0, le=1, description="share of the TPOT SLO a sized batch may use")
+    q_max: float = Field(64.0, gt=0, description="Eq. 11 queue capacity Q_max (not given)")
+    scale_beta: float = Field(4.0, ge=0, description="Eq. 11 sigmoid beta (not given)")
+    scale_gamma: float = Field(1.0, ge=0, description="Eq. 11 sigmoid gamma (not given)")
+    w_t: float = Field(1.0, ge=0, description="Eq. 13 weight of recent hosting (not given)")
+    w_g: float = Field(0.25, ge=0, description="Eq. 13 weight per free GPU (not given)")
+    affinity_decay: float = Field(1 / 300, ge=0, description="Eq. 13 lambda: warmth halves in ~3.5 min (not given)")
+    refactor: bool = Field(True, description="refactor running pipelines (off: only new ones get the new depth)")
+    use_affinity: bool = Field(True, description="Eq. 13 server choice (off: ablation)")
+    topology: bool = Field(True, description="topology-aware stage placement (off: ablation)")
+    refactor_cooldown_s: float = Field(30.0, ge=0, description="at most one refactor per instance in this long")
+
+    def check_scenario(self, sc) -> None:
+        for m in sc.models:
+            n = m.spec().num_layers
+            bad = [g for g in self.granularities if not 1 <= g <= min(n, sc.cluster.gpus)]
+            if bad:
+                raise ValueError(f"policy.params.granularities: {bad} impossible for {m.name} ({n} layers, {sc.cluster.gpus} GPUs)")
+
+
+class FlexPipePolicy:
+    name = "flexpipe"
+
+    def __init__(self, params: FlexPipeParams) -> None:
+        self.p = params
+        self.notes: list[str] = []
+        self._models: dict[str, _ModelState] = {}
+        self._hosted: dict[tuple[str, int], float] = {}  # (model, server) -> last time it hosted the model
+        self._last_refactor: dict[int, float] = {}
+
+    def decide(self, view: ClusterView) -> list[Action]:
+        for g in view.gpus:
+            for m in g.models:
+                self._hosted[(m, g.server)] = view.now
+        actions: list[Action] = []
+        taken: set[int] = set()
+        for name, mv in view.models.items():
+            st = self._models.get(name)
+            if st is None:
+                st = self._models[name] = _ModelState(mv, view, self.p)
+            actions += self._decide_model(view, mv, st, taken)
+        return actions
+
+    # --- one model ------------------------------------------------------------------------------
+    def _decide_model(self, view: ClusterView, mv: ModelView, st: "_ModelState", taken: set[int]) -> list[Action]:
+        p = self.p
+        g = st.chooser.update(mv.arrival_cv, mv.rate_slope)
+        insts = [i for i in view.instances_of(mv.name) if i.state != "draining"]
+        # always-ready floor: 30% of the replicas the historical peak needs at the coarsest depth
+        floor = math.ceil(p.always_ready * replicas(st.cands[0], mv.peak_rate, p.beta1, p.beta2))
+        need = replicas(g, mv.arrival_rate * p.headroom, p.beta1, p.beta2)
+        ready = [i for i in insts if i.state == "ready"]
+        serving = [i for i in insts if i.state in ("ready", "refactoring")]  # a refactoring pipeline still serves
+        mus = [st.by_depth[len(i.gpus)].throughput for i in serving if len(i.gpus) in st.by_depth]
+        if not slo_ok(mv.ttft_slo_s, 0.0, mus, mv.queued, 1.0):
+            need = max(need, len(insts) + 1)  # Eq. 12: the queue would not clear within the SLO
+        target = max(floor, need, 1 if mv.queued else 0)
+        acts: list[Action] = []
+        if len(insts) < target:
+            st.excess_since = None
+            depth = g.stages
+            if mv.queued:  # Eq. 11: bursty and backed up -> finer scale-out pipelines (faster to load)
+                eq11 = scale_depth(max(st.by_depth), mv.arrival_cv, mv.queued, p.q_max, p.scale_beta, p.scale_gamma)
+                depth = max(depth, max(d for d in st.by_depth if d <= eq11))
+            for _ in range(target - len(insts)):
+                launch = self._place(view, mv, st.ranges[depth], taken, st)
+                if launch is None:
+                    self._note(f"flexpipe: no room for another {mv.name} pipeline of {depth} stages")
+                    break
+                acts.append(launch)
+        elif len(insts) > target:
+            st.excess_since = view.now if st.excess_since is None else st.excess_since
+            if view.now - st.excess_since >= p.reclaim_s and ready:
+                victim = min(ready, key=lambda i: (i.running + i.queued, -i.id))
+                acts.append(Retire(victim.id))
+                st.excess_since = view.now
+        else:
+            st.excess_since = None
+        if p.refactor and not any(isinstance(a, Retire) for a in acts):
+            acts += self._refactor_one(view, mv, st, ready, g.stages, taken)
+        return acts
+
+    def _refactor_one(self, view, mv, st, ready, depth: int, taken: set[int]) -> list[Action]:
+        for inst in sorted(ready, key=lambda i: i.id):
+            if len(inst.gpus) == depth:
+                continue
+            if view.now - self._last_refactor.get(inst.id, -1e18) < self.p.refactor_cooldown_s:
+                continue
+            launch = self._place(view, mv, st.ranges[depth], taken, st)
+            if launch is None:
+                return []
+            self._last_refactor[inst.id] = view.now
+            return [Refactor(inst.id, launch.stages)]  # one per decision: refactors cost GPUs for a while
+        return []
+
+    def _place(self, view: ClusterView, mv: ModelView, ranges, taken: set[int], st) -> Launch | None:
+        scores = None
+        if self.p.use_affinity:
+            free: dict[int, int] = {}
+            for g in view.gpus:
+                if not g.models and g.id not in taken:
+                    free[g.server] = free.get(g.server, 0) + 1
+            servers = {g.server for g in view.gpus}
+            scores = {s: affinity(view.now, self._hosted.get((mv.name, s)), free.get(s, 0), self.p.w_t, self.p.w_g,
+                                  self.p.affinity_decay) for s in servers}
+        kv = st.kv_tokens[len(ranges)]
+        return (place_pipeline(view, mv.name, ranges, taken, kv, scores, self.p.topology)
+                or place_pipeline(view, mv.name, ranges, taken, 0, scores, self.p.topology))
+
+    def _note(self, text: str) -> None:
+        if text not in self.notes:
+            self.notes.append(text)
+
+
+class _ModelState:
+    """Per-model plans, computed once: the finest partition (Eq. 2), its merges, and each
+    granularity's throughput, latency and nu (the 'cached performance profiles' of Eq. 4)."""
+
+    def __init__(self, mv: ModelView, view: ClusterView, p: FlexPipeParams) -> None:
+        spec, cost, gpu = mv.spec, mv.cost, view.gpu_kind
+        mean_sm = sum(g.tenant_sm_frac for g in view.gpus) / len(view.gpus)
+        slow = slowdown(mean_sm, cost.roofline)
+        ctx = int(mv.mean_prompt_tokens + mv.mean_output_tokens / 2)
+        b0 = 8  # profiling batch for per-layer cost (b_base of Eq. 3)
+        layer_t = cost.layer_time(gpu, BatchWork(b0, b0, b0 * ctx, b0 * ctx, b0))
+        link = link_spec(LinkKind.RDMA, gpu)
+        t_c = [layer_t] * spec.num_layers
+        s_p = [float(spec.layer_bytes)] * spec.num_layers
+        mem = gpu.memory_bytes * view.engine.gpu_memory_utilization
+        finest = partition(t_c, s_p, max(p.granularities), link.bytes_per_s, mem)
+        self.ranges = {g: merge(finest, t_c, s_p, g, link.bytes_per_s, mem) for g in p.granularities}
+        self.cands, self.by_depth, self.kv_tokens = [], {}, {}
+        eta_min = min(p.granularities)
+        for g in sorted(p.granularities):
+            shapes = [StageShape(e - f, f == 0, e == spec.num_layers, gpu, slow) for f, e in self.ranges[g]]
+            batch = slo_batch(mv, shapes, view.engine.max_seqs, p.slo_headroom)
+            thr = replica_rate(mv, shapes, batch)
+            dec = BatchWork(1, 1, ctx, ctx, 1)
+            token = sum(cost.stage_time(s, dec) for s in shapes) + (g - 1) * cost.hop_time(link, 1)
+            pr = int(mv.mean_prompt_tokens)
+            pre = sum(cost.stage_time(s, BatchWork(pr, 1, pr * (pr + 1) // 2, 0, 0)) for s in shapes)
+            lat = pre + (g - 1) * cost.hop_time(link, pr) + mv.mean_output_tokens * token
+            c = Candidate(g, thr, lat, p.nu0 * (g / eta_min) ** 2)
+            self.cands.append(c)
+            self.by_depth[g] = c
+            self.kv_tokens[g] = int(batch * g * (mv.mean_prompt_tokens + mv.mean_output_tokens))
+        self.chooser = Chooser(self.cands, p.alpha, p.sigma, p.hysteresis, p.patience, p.surge)
+        self.excess_since: float | None = None
