@@ -76,32 +76,31 @@ def write_plots(out: Path, df: pd.DataFrame, ts: pd.DataFrame, title: str) -> li
     fig.savefig(paths[-1], dpi=110)
     plt.close(fig)
 
-    fig, ax = plt.subplots(figsize=(9, 3.6))
-    ax.step(ts.time_s, ts.gpus_allocated, where="post", label="GPUs allocated")
-    ax.plot(ts.time_s, ts.gpus_allocated * ts.gpu_busy_frac.fillna(0), lw=0.8, alpha=0.8, label="GPUs busy (equivalent)")
-    ax.set_xlabel("simulated time (s)")
-    ax.set_ylabel("GPUs")
-    ax.set_ylim(bottom=0)
-    ax.legend()
-    ax.grid(alpha=0.3)
-    ax.set_title(f"{title}: GPUs over time")
-    fig.tight_layout()
-    paths.append(out / "gpus_over_time.png")
-    fig.savefig(paths[-1], dpi=110)
-    plt.close(fig)
+    def over_time(name: str, ylabel: str, what: str, draw) -> None:
+        fig, ax = plt.subplots(figsize=(9, 3.6))
+        draw(ax)
+        ax.set_xlabel("simulated time (s)")
+        ax.set_ylabel(ylabel)
+        ax.set_ylim(bottom=0)
+        ax.legend()
+        ax.grid(alpha=0.3)
+        ax.set_title(f"{title}: {what} over time")
+        fig.tight_layout()
+        paths.append(out / name)
+        fig.savefig(paths[-1], dpi=110)
+        plt.close(fig)
 
-    fig, ax = plt.subplots(figsize=(9, 3.6))
-    ax.plot(ts.time_s, ts.gateway_queue + ts.instance_queue, label="waiting (gateway + instances)")
-    ax.plot(ts.time_s, ts.running, label="running", alpha=0.8)
-    ax.set_xlabel("simulated time (s)")
-    ax.set_ylabel("requests")
-    ax.legend()
-    ax.grid(alpha=0.3)
-    ax.set_title(f"{title}: queue length over time")
-    fig.tight_layout()
-    paths.append(out / "queue_length.png")
-    fig.savefig(paths[-1], dpi=110)
-    plt.close(fig)
+    def gpus(ax) -> None:
+        ax.step(ts.time_s, ts.gpus_allocated, where="post", label="GPUs allocated")
+        ax.plot(ts.time_s, ts.gpus_allocated * ts.gpu_busy_frac.fillna(0), lw=0.8, alpha=0.8,
+                label="GPUs busy (equivalent)")
+
+    def queues(ax) -> None:
+        ax.plot(ts.time_s, ts.gateway_queue + ts.instance_queue, label="waiting (gateway + instances)")
+        ax.plot(ts.time_s, ts.running, label="running", alpha=0.8)
+
+    over_time("gpus_over_time.png", "GPUs", "GPUs", gpus)
+    over_time("queue_length.png", "requests", "queue length", queues)
     return paths
 
 
