@@ -33,7 +33,7 @@ class ProfileError(ValueError):
 
 
 class ExtrapolationWarning(UserWarning):
-    pass
+    """A stage-time lookup fell beyond a profile's measured grid (the fitted roofline was used)."""
 
 
 @dataclass
