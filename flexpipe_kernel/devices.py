@@ -55,6 +55,6 @@ def link_kind(a: DeviceInfo, b: DeviceInfo) -> str:
                         return "nvlink"
             except pynvml.NVMLError:
                 break
-    except Exception:  # noqa: BLE001 - no NVML: fall back to what torch can tell
-        pass
+    except Exception:  # noqa: BLE001 - no NVML: what torch can tell is all we know
+        return "pcie" if torch.cuda.can_device_access_peer(a.index, b.index) else "host"
     return "pcie" if torch.cuda.can_device_access_peer(a.index, b.index) else "host"

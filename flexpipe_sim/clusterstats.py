@@ -31,7 +31,7 @@ def cluster_stats(sc: Scenario) -> dict[str, dict[str, float]]:
 
 def cluster_stats_table(sc: Scenario) -> Table:
     st = cluster_stats(sc)
-    t = Table(title=f"{sc.name}: {len(range(sc.cluster.gpus))} x {sc.cluster.gpu} on {sc.cluster.servers} servers "
+    t = Table(title=f"{sc.name}: {sc.cluster.gpus} x {sc.cluster.gpu} on {sc.cluster.servers} servers "
                     f"(tenant scale {sc.cluster.tenant_scale})")
     t.add_column("tenant load")
     for c in ("mean", "P50", "P95", "GPUs at 10-30%"):
