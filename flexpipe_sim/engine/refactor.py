@@ -49,9 +49,10 @@ def _computed(inst: Instance) -> dict[int, int]:
 
 
 def _dirty(before: dict[int, int], inst: Instance) -> int:
-    """Tokens whose KV changed since `before`: new tokens of known requests, all of new ones."""
+    """Tokens whose KV changed since `before`: new tokens of known requests; all tokens of new ones
+    and of those recomputing after a preemption (their count went down)."""
     now = _computed(inst)
-    return sum(max(0, c - before.get(rid, 0)) if c >= before.get(rid, 0) else c for rid, c in now.items())
+    return sum(c - before.get(rid, 0) if c >= before.get(rid, 0) else c for rid, c in now.items())
 
 
 def refactor_process(tr: Transitions, inst: Instance, new: list[StageInfo]):
@@ -82,7 +83,7 @@ def refactor_process(tr: Transitions, inst: Instance, new: list[StageInfo]):
         yield env.timeout(secs)
     for s in old:
         if s not in new:
-            tr._free_stage(inst.model, inst.id, s.gpu)
+            tr.free_stage(inst.model, inst.id, s.gpu)
     preempted = inst.switch(new, tr.pipeline_cost(inst.model, new), tr.block_size)
     inst.refactoring = False
     tr.refactors.append({

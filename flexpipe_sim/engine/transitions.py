@@ -100,7 +100,7 @@ class Transitions:
             blocks = (alloc - fixed) // (self.block_size * spec.kv_bytes_per_token_layer * n_layers)
             if blocks * self.block_size < spec.max_context:
                 for gpu in fresh:
-                    self._free_stage(model, iid, gpu)
+                    self.free_stage(model, iid, gpu)
                 return f"GPU {p.gpu}: not enough free memory for stage layers {p.first_layer}-{p.end_layer}"
             g.allocate(f"{model}/{iid}", alloc)
             self.gpu_stages[p.gpu] = self.gpu_stages.get(p.gpu, 0) + 1
@@ -173,7 +173,7 @@ class Transitions:
         inst.start()
         self.gateway.add(inst)
 
-    def _free_stage(self, model: str, iid: int, gpu: int) -> None:
+    def free_stage(self, model: str, iid: int, gpu: int) -> None:
         self.cluster.gpus[gpu].release(f"{model}/{iid}")
         self.gpu_stages[gpu] -= 1
         if self.gpu_stages[gpu] == 0:
@@ -211,7 +211,7 @@ class Transitions:
         if inst.running or inst.waiting:
             yield inst.drained
         for s in inst.stages:
-            self._free_stage(inst.model, inst.id, s.gpu)
+            self.free_stage(inst.model, inst.id, s.gpu)
         self.retired_busy_s += inst.busy_total_s
         inst.state = "retired"
         del self.instances[inst.id]
