@@ -86,6 +86,9 @@ class HostCache:
     def contains(self, key: tuple[str, int, int]) -> bool:
         return key in self._entries
 
+    def keys(self) -> frozenset[tuple[str, int, int]]:
+        return frozenset(self._entries)
+
     def touch(self, key: tuple[str, int, int], nbytes: int) -> None:
         """Record a use; insert if absent, evicting least recently used entries to make room."""
         if key in self._entries:

@@ -5,10 +5,15 @@ the last stage is done, account the tokens, repeat. Requests stay in one slot wh
 vLLM's pipeline-parallel virtual engines), so S slots keep S stages busy.
 
 Stages are FIFO servers in tandem and micro-batches enter stage 0 in the order they are submitted,
-so each stage's start time is max(arrival at the stage, stage free): the tandem-queue recursion
+so each stage's start time is max(arrival at the stage, GPU free): the tandem-queue recursion
 gives exact stage timings at submission, and a micro-batch step costs one SimPy event instead of
 2S (this is what makes 100k-request runs fast; `tests/test_engine.py` checks it against sums of
 stage and hop times and against the slowest-stage throughput bound).
+
+"GPU free" is a clock shared by every stage on that GPU (`gpu_clock`, owned by the backend): stages of
+different instances co-located on one GPU (MuxServe, Tetris, or FlexPipe using leftover memory) take
+turns, each booking the GPU at submission. That is a valid non-preemptive schedule, not a
+work-conserving one: a later submission cannot jump into a gap before an earlier booking.
 """
 
 from __future__ import annotations
@@ -32,6 +37,7 @@ class StageInfo:
     end_layer: int
     kv_blocks: int
     alloc_bytes: int
+    weights: str | None = None  # ledger entry of shared weights this stage maps (Tetris), else its own copy
 
 
 class Instance:
@@ -48,6 +54,7 @@ class Instance:
         max_seqs: int,
         expected_output: float,
         on_finish: Callable[[Request], None],
+        gpu_clock: dict[int, float] | None = None,
     ) -> None:
         self.env = env
         self.id = instance_id
@@ -61,7 +68,7 @@ class Instance:
         n_slots = len(stages)
         self.slots = [SlotBatcher(self.kv, self.waiting, token_budget, max_seqs) for _ in range(n_slots)]
         self._wake: list[simpy.Event | None] = [None] * n_slots
-        self.stage_free_at = [0.0] * len(stages)
+        self.gpu_clock = gpu_clock if gpu_clock is not None else {}  # GPU id -> time it is booked until
         self.busy_s = [0.0] * len(stages)  # GPU-seconds of stage work committed so far
         self.expected_output = expected_output
         self.outstanding_work = 0.0  # tokens promised to unfinished requests (routing signal)
@@ -132,7 +139,6 @@ class Instance:
                     self.waiting.appendleft(r)
                     preempted += 1
             slot.running = keep
-        self.stage_free_at = [self.env.now] * n_new
         self.busy_s = [0.0] * n_new
         self.paused = False
         self._resume.succeed()
@@ -190,10 +196,13 @@ class Instance:
         hops = self.cost.hop_times(batch.work.n_tokens)
         t = start
         last = len(st) - 1
+        clock = self.gpu_clock
         for k, dt in enumerate(st):
-            begin = t if t > self.stage_free_at[k] else self.stage_free_at[k]
+            gpu = self.stages[k].gpu
+            free = clock.get(gpu, 0.0)
+            begin = t if t > free else free
             end = begin + dt
-            self.stage_free_at[k] = end
+            clock[gpu] = end
             self.busy_s[k] += dt
             t = end + hops[k] if k < last else end
         return t, sum(st), sum(hops)

@@ -83,7 +83,7 @@ def refactor_process(tr: Transitions, inst: Instance, new: list[StageInfo]):
         yield env.timeout(secs)
     for s in old:
         if s not in new:
-            tr.free_stage(inst.model, inst.id, s.gpu)
+            tr.free_stage(inst.model, inst.id, s)
     preempted = inst.switch(new, tr.pipeline_cost(inst.model, new), tr.block_size)
     inst.refactoring = False
     tr.refactors.append({

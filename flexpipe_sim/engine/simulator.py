@@ -151,7 +151,7 @@ class Simulation:
             yield env.timeout(every)
 
     # --- the policy's view --------------------------------------------------------------------
-    def _static_model_facts(self) -> dict[str, tuple[float, float, float]]:
+    def _static_model_facts(self) -> dict[str, tuple[float, float, float, float, float]]:
         w = self.workload
         facts = {}
         for idx, name in enumerate(w.model_names):
@@ -159,7 +159,10 @@ class Simulation:
             sub = Workload(w.arrival_s[mask], w.model_idx[mask], w.prompt_tokens[mask], w.output_tokens[mask],
                            w.model_names, w.mean_output_tokens)
             prompt = float(sub.prompt_tokens.mean()) if len(sub) else 0.0
-            facts[name] = (sub.peak_rate(), prompt, w.mean_output_tokens)
+            mean_rate = len(sub) / self.sc.horizon_s if self.sc.horizon_s > 0 else 0.0
+            iat = np.diff(np.sort(sub.arrival_s))
+            cv = float(iat.std() / iat.mean()) if len(iat) > 1 and iat.mean() > 0 else 0.0
+            facts[name] = (sub.peak_rate(), prompt, w.mean_output_tokens, mean_rate, cv)
         return facts
 
     def _arrival_stats(self, model: str) -> tuple[float, float, float]:
@@ -187,12 +190,17 @@ class Simulation:
     def view(self) -> ClusterView:
         cl = self.cluster
         hosting: dict[int, set[str]] = {}  # from the ledger: includes stages still loading for a refactor
+        shared: dict[int, set[tuple[str, int, int]]] = {}
         for g in cl.gpus:
             for owner in g.allocations:
-                hosting.setdefault(g.id, set()).add(owner.split("/", 1)[0])
+                model, _, rest = owner.partition("/")
+                hosting.setdefault(g.id, set()).add(model)
+                if rest.startswith("weights/"):
+                    first, end = rest.removeprefix("weights/").split("-")
+                    shared.setdefault(g.id, set()).add((model, int(first), int(end)))
         gpus = tuple(
             GPUView(g.id, g.server, g.rack, cl.servers[g.server].rdma, g.capacity_bytes, g.free_bytes,
-                    g.tenant_sm_frac, frozenset(hosting.get(g.id, ())))
+                    g.tenant_sm_frac, frozenset(hosting.get(g.id, ())), frozenset(shared.get(g.id, ())))
             for g in cl.gpus
         )
         instances = tuple(
@@ -205,15 +213,17 @@ class Simulation:
         for i in self.transitions.instances.values():
             queued[i.model] += len(i.waiting)
         for m in self.sc.models:
-            peak, prompt, output = self._model_views_static[m.name]
+            peak, prompt, output, mean_rate, hist_cv = self._model_views_static[m.name]
             rate, cv, slope = self._arrival_stats(m.name)
             models[m.name] = ModelView(m.name, self.specs[m.name], self.costs[m.name], m.slo.ttft_s, m.slo.tpot_s,
                                        len(self.gateway.queues[m.name]), peak, prompt, output, rate, cv, slope,
-                                       queued[m.name])
+                                       queued[m.name], mean_rate, hist_cv)
         e = self.sc.engine
         limits = EngineLimits(e.block_size, e.token_budget, e.max_seqs, e.gpu_memory_utilization,
                               int(e.workspace_gb * 2**30))
-        return ClusterView(self.env.now, gpus, instances, models, limits, cl.gpus[0].spec)
+        cached = {s.id: s.host_cache.keys() for s in cl.servers}
+        return ClusterView(self.env.now, gpus, instances, models, limits, cl.gpus[0].spec, cached,
+                           self.transitions.load_rates.storage_bytes_per_s)
 
     # --- run -----------------------------------------------------------------------------------
     def run(self, progress: ProgressFn | None = None) -> RawResults:

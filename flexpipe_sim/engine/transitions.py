@@ -45,13 +45,16 @@ class Transitions:
     refactors: list[dict] = field(default_factory=list)
     retired_busy_s: float = 0.0  # busy GPU-seconds of instances already retired
     gpu_stages: dict[int, int] = field(default_factory=dict)  # GPU id -> our stages on it
+    gpu_clock: dict[int, float] = field(default_factory=dict)  # GPU id -> booked until (shared by co-located stages)
+    weight_refs: dict[tuple[int, str], int] = field(default_factory=dict)  # (GPU, shared weights entry) -> users
+    weights_ready: dict[tuple[int, str], float] = field(default_factory=dict)  # when a shared copy is loaded
     _ids: itertools.count = field(default_factory=itertools.count)
 
     @property
     def gpus_allocated(self) -> int:
         return len(self.gpu_stages)
 
-    def apply(self, action: Launch | Retire) -> None:
+    def apply(self, action: Launch | Retire | Refactor) -> None:
         if isinstance(action, Launch):
             self.launch(action)
         elif isinstance(action, Retire):
@@ -64,8 +67,12 @@ class Transitions:
     def _reject(self, action: object, reason: str) -> None:
         self.rejected.append({"time_s": self.env.now, "action": repr(action), "reason": reason})
 
+    @staticmethod
+    def weights_key(model: str, first: int, end: int) -> str:
+        return f"{model}/weights/{first}-{end}"
+
     def _check(self, model: str, stages: tuple[StagePlan, ...], spec: ModelSpec,
-               own: dict[int, StageInfo] | None = None) -> str | None:
+               own: dict[int, StageInfo] | None = None, share: bool = False) -> str | None:
         """Plan sanity; `own`: the refactored instance's stages, whose GPUs an unchanged stage may keep."""
         gpus = [p.gpu for p in stages]
         if len(set(gpus)) != len(gpus):
@@ -78,34 +85,59 @@ class Transitions:
             if not 0 <= p.gpu < len(self.cluster.gpus):
                 return f"no GPU {p.gpu}"
             kept = own is not None and p.gpu in own and (own[p.gpu].first_layer, own[p.gpu].end_layer) == (p.first_layer, p.end_layer)
-            if not kept and any(o.startswith(f"{model}/") for o in self.cluster.gpus[p.gpu].allocations):
+            allocs = self.cluster.gpus[p.gpu].allocations
+            mapped = share and self.weights_key(model, p.first_layer, p.end_layer) in allocs
+            if not kept and not mapped and any(o.startswith(f"{model}/") for o in allocs):
                 return f"GPU {p.gpu} already holds a stage of {model}"
         return None
 
     def _alloc_stages(self, model: str, iid: int, stages: tuple[StagePlan, ...],
-                      own: dict[int, StageInfo] | None = None) -> list[StageInfo] | str:
-        """GPU memory for each stage (weights, workspace, KV with what is left within
+                      own: dict[int, StageInfo] | None = None, kv_tokens: int | None = None,
+                      share: bool = False) -> list[StageInfo] | str:
+        """GPU memory for each stage: weights (own copy, or a shared copy mapped by reference),
+        workspace, and KV (`kv_tokens` tokens if given, else what is left within
         gpu_memory_utilization of the free memory); unchanged own stages are reused. All or nothing."""
         spec = self.specs[model]
         infos: list[StageInfo] = []
-        fresh: list[int] = []
+        fresh: list[StageInfo] = []
+
+        def undo(reason: str) -> str:
+            for s in fresh:
+                self.free_stage(model, iid, s)
+            return reason
+
         for p in stages:
             if own is not None and p.gpu in own and (own[p.gpu].first_layer, own[p.gpu].end_layer) == (p.first_layer, p.end_layer):
                 infos.append(own[p.gpu])
                 continue
             g = self.cluster.gpus[p.gpu]
             n_layers = p.end_layer - p.first_layer
-            fixed = spec.stage_weight_bytes(p.first_layer, p.end_layer) + self.workspace_bytes
-            alloc = int(g.free_bytes * self.gpu_memory_utilization)
-            blocks = (alloc - fixed) // (self.block_size * spec.kv_bytes_per_token_layer * n_layers)
+            per_block = self.block_size * spec.kv_bytes_per_token_layer * n_layers
+            weight_bytes = spec.stage_weight_bytes(p.first_layer, p.end_layer)
+            wkey = self.weights_key(model, p.first_layer, p.end_layer) if share else None
+            mapped = wkey is not None and wkey in g.allocations
+            fixed = (0 if mapped else weight_bytes) + self.workspace_bytes
+            usable = int(g.free_bytes * self.gpu_memory_utilization)
+            if kv_tokens is None:
+                alloc = usable
+                blocks = (alloc - fixed) // per_block
+            else:
+                blocks = -(-max(kv_tokens, spec.max_context) // self.block_size)
+                alloc = fixed + blocks * per_block
+                if alloc > usable:
+                    return undo(f"GPU {p.gpu}: not enough free memory for stage layers {p.first_layer}-{p.end_layer} "
+                                f"with {kv_tokens} KV tokens")
             if blocks * self.block_size < spec.max_context:
-                for gpu in fresh:
-                    self.free_stage(model, iid, gpu)
-                return f"GPU {p.gpu}: not enough free memory for stage layers {p.first_layer}-{p.end_layer}"
-            g.allocate(f"{model}/{iid}", alloc)
+                return undo(f"GPU {p.gpu}: not enough free memory for stage layers {p.first_layer}-{p.end_layer}")
+            if wkey is not None:
+                if not mapped:
+                    g.allocate(wkey, weight_bytes)
+                self.weight_refs[(p.gpu, wkey)] = self.weight_refs.get((p.gpu, wkey), 0) + 1
+            g.allocate(f"{model}/{iid}", alloc - (0 if wkey is None else fixed - self.workspace_bytes))
             self.gpu_stages[p.gpu] = self.gpu_stages.get(p.gpu, 0) + 1
-            fresh.append(p.gpu)
-            infos.append(StageInfo(p.gpu, p.first_layer, p.end_layer, int(blocks), alloc))
+            info = StageInfo(p.gpu, p.first_layer, p.end_layer, int(blocks), alloc, wkey)
+            fresh.append(info)
+            infos.append(info)
         return infos
 
     def pipeline_cost(self, model: str, infos: list[StageInfo]) -> PipelineCost:
@@ -121,19 +153,19 @@ class Transitions:
 
     def launch(self, a: Launch) -> Instance | None:
         spec = self.specs[a.model]
-        reason = self._check(a.model, a.stages, spec)
+        reason = self._check(a.model, a.stages, spec, share=a.share_weights)
         if reason:
             self._reject(a, reason)
             return None
         iid = next(self._ids)
-        infos = self._alloc_stages(a.model, iid, a.stages)
+        infos = self._alloc_stages(a.model, iid, a.stages, kv_tokens=a.kv_tokens, share=a.share_weights)
         if isinstance(infos, str):
             self._reject(a, infos)
             return None
         inst = Instance(
             self.env, iid, a.model, infos, self.pipeline_cost(a.model, infos),
             block_size=self.block_size, token_budget=self.token_budget, max_seqs=self.max_seqs,
-            expected_output=self.expected_output, on_finish=self.on_finish,
+            expected_output=self.expected_output, on_finish=self.on_finish, gpu_clock=self.gpu_clock,
         )
         self.instances[iid] = inst
         self.env.process(self._load(inst, spec))
@@ -147,6 +179,10 @@ class Transitions:
         for s in stages:
             g = self.cluster.gpus[s.gpu]
             nbytes = spec.stage_weight_bytes(s.first_layer, s.end_layer)
+            if s.weights is not None and (s.gpu, s.weights) in self.weights_ready:
+                # a shared copy is there (or on its way): attaching costs nothing but the wait for it
+                worst = max(worst, self.weights_ready[(s.gpu, s.weights)] - self.env.now)
+                continue
             cache = self.cluster.servers[g.server].host_cache
             key = (spec.name, s.first_layer, s.end_layer)
             t = nbytes / self.costs[model].host_to_gpu_bytes_per_s(g.spec)
@@ -154,6 +190,8 @@ class Transitions:
                 t += nbytes / self.load_rates.storage_bytes_per_s
                 cold += 1
             cache.touch(key, nbytes)
+            if s.weights is not None:
+                self.weights_ready[(s.gpu, s.weights)] = self.env.now + t
             worst = max(worst, t)
             total += nbytes
         return worst, cold, total
@@ -173,8 +211,17 @@ class Transitions:
         inst.start()
         self.gateway.add(inst)
 
-    def free_stage(self, model: str, iid: int, gpu: int) -> None:
+    def free_stage(self, model: str, iid: int, stage: StageInfo) -> None:
+        """Give a stage's GPU memory back; shared weights go when their last user does."""
+        gpu = stage.gpu
         self.cluster.gpus[gpu].release(f"{model}/{iid}")
+        if stage.weights is not None:
+            ref = (gpu, stage.weights)
+            self.weight_refs[ref] -= 1
+            if self.weight_refs[ref] == 0:
+                del self.weight_refs[ref]
+                self.weights_ready.pop(ref, None)
+                self.cluster.gpus[gpu].release(stage.weights)
         self.gpu_stages[gpu] -= 1
         if self.gpu_stages[gpu] == 0:
             del self.gpu_stages[gpu]
@@ -211,7 +258,7 @@ class Transitions:
         if inst.running or inst.waiting:
             yield inst.drained
         for s in inst.stages:
-            self.free_stage(inst.model, inst.id, s.gpu)
+            self.free_stage(inst.model, inst.id, s)
         self.retired_busy_s += inst.busy_total_s
         inst.state = "retired"
         del self.instances[inst.id]

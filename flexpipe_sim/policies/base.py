@@ -7,7 +7,7 @@ carries actions out and pays their costs, so every policy meets the same physics
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Protocol
 
 from ..costmodel import CostModel
@@ -24,6 +24,7 @@ class GPUView:
     free_bytes: int
     tenant_sm_frac: float
     models: frozenset[str]  # models with a stage on this GPU
+    shared: frozenset[tuple[str, int, int]] = frozenset()  # (model, first, end) weights mappable here
 
 
 @dataclass(frozen=True)
@@ -53,6 +54,9 @@ class ModelView:
     arrival_cv: float = 0.0  # CV of inter-arrival times (nu_t of Eq. 4)
     rate_slope: float = 0.0  # relative change of the rate per second (d lambda / dt / lambda)
     queued: int = 0  # waiting at the gateway and in instance queues
+    # the whole history the operator planned from (the trace itself): what offline planners use
+    mean_rate: float = 0.0
+    hist_cv: float = 0.0
 
 
 @dataclass(frozen=True)
@@ -72,6 +76,8 @@ class ClusterView:
     models: dict[str, ModelView]
     engine: EngineLimits
     gpu_kind: object  # hardware.GPUSpec of the cluster's GPUs
+    host_cached: dict[int, frozenset[tuple[str, int, int]]] = field(default_factory=dict)  # server -> stage ranges in its host cache
+    storage_bytes_per_s: float = 0.0  # cold-load rate (storage -> host), for startup estimates
 
     def instances_of(self, model: str) -> list[InstanceView]:
         return [i for i in self.instances if i.model == model]
@@ -86,8 +92,15 @@ class StagePlan:
 
 @dataclass(frozen=True)
 class Launch:
+    """Start a pipeline. `kv_tokens`: KV each stage reserves (None: all that gpu_memory_utilization
+    leaves of the GPU's free memory), so several models can share a GPU (MuxServe's quotas).
+    `share_weights`: map the weights of an identical stage of this model already on the GPU
+    instead of loading a copy (Tetris' tensor sharing); the stage then pays only workspace and KV."""
+
     model: str
     stages: tuple[StagePlan, ...]
+    kv_tokens: int | None = None
+    share_weights: bool = False
 
 
 @dataclass(frozen=True)
