@@ -77,3 +77,48 @@ def place_pipeline(
         chosen.append(best)
     taken.update(g.id for g in chosen)
     return Launch(model, tuple(StagePlan(f, e, g.id) for (f, e), g in zip(ranges, chosen)))
+
+
+def servers_of(view: ClusterView) -> dict[int, list[GPUView]]:
+    out: dict[int, list[GPUView]] = {}
+    for g in view.gpus:
+        out.setdefault(g.server, []).append(g)
+    return out
+
+
+def place_on_server(view: ClusterView, model: str, ranges: list[tuple[int, int]], gpus: list[GPUView],
+                    taken: set[int], kv_tokens: int = 0) -> Launch | None:
+    """All stages on GPUs of one server (ServerlessLLM and Tetris never span servers), each on
+    the fitting GPU with the most free memory. Returns None if the server cannot host it."""
+    spec, eng = view.models[model].spec, view.engine
+    free = sorted((g for g in gpus if g.id not in taken and model not in g.models), key=lambda g: (-g.free_bytes, g.id))
+    chosen: list[GPUView] = []
+    for first, end in ranges:
+        need = stage_need_bytes(spec, first, end, eng, kv_tokens)
+        g = next((g for g in free if g not in chosen and usable_bytes(g.free_bytes, eng) >= need), None)
+        if g is None:
+            return None
+        chosen.append(g)
+    taken.update(g.id for g in chosen)
+    return Launch(model, tuple(StagePlan(f, e, g.id) for (f, e), g in zip(ranges, chosen)))
+
+
+def min_server_depth(view: ClusterView, model: str) -> int | None:
+    """Fewest GPUs of one server the whole model fits on in an empty-of-us cluster (None: nowhere)."""
+    spec = view.models[model].spec
+    most = max(len(gs) for gs in servers_of(view).values())
+    for d in range(1, min(most, spec.num_layers) + 1):
+        ranges = spec.even_split(d)
+        if any(place_on_server(view, model, ranges, gs, set()) for gs in servers_of(view).values()):
+            return d
+    return None
+
+
+def fitting_depth(view: ClusterView, model: str, at_least: int = 1) -> int | None:
+    """Smallest even-split depth >= at_least whose every stage fits some GPU's free memory."""
+    spec, eng = view.models[model].spec, view.engine
+    best_free = max(usable_bytes(g.free_bytes, eng) for g in view.gpus)
+    for d in range(at_least, spec.num_layers + 1):
+        if all(stage_need_bytes(spec, f, e, eng) <= best_free for f, e in spec.even_split(d)):
+            return d
+    return None

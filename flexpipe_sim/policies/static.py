@@ -1,8 +1,8 @@
 """Static provisioning: fixed replicas of a fixed pipeline depth, placed once at start.
 
 Models the paper's "always-on" baseline: operators keep ~75% of the historical peak capacity
-always running (§3.1, §2.2); `fraction: 0.75` reproduces that, `fraction: 1.0` provisions for the
-full peak. Replicas per model = ceil(fraction * peak_rate / replica_rate) where replica_rate is
+always running (§3.1, §2.2): the default `fraction: 0.75`; `fraction: 1.0` provisions for the
+full peak. A depth at which a stage fits no GPU is raised to the smallest one that fits (noted). Replicas per model = ceil(fraction * peak_rate / replica_rate) where replica_rate is
 the cost model's steady-state estimate (policies/sizing.py) at the largest decode batch whose token
 time stays within `slo_headroom` x the model's TPOT SLO (or at `target_batch`, if given).
 Simplifications: it never scales, never refactors, never moves; if the cluster cannot hold all
@@ -17,7 +17,7 @@ from pydantic import BaseModel, ConfigDict, Field
 
 from ..costmodel import StageShape, slowdown
 from .base import Action, ClusterView
-from .placement import place_pipeline
+from .placement import fitting_depth, place_pipeline
 from .sizing import replica_rate, slo_batch
 
 
@@ -26,7 +26,7 @@ class StaticParams(BaseModel):
 
     stages: int | dict[str, int] = Field(1, description="pipeline depth, one for all models or per model")
     replicas: int | dict[str, int] | None = Field(None, description="fixed replica count; None = size for the peak")
-    fraction: float = Field(1.0, gt=0, le=4, description="share of the peak to provision (paper baseline: 0.75)")
+    fraction: float = Field(0.75, gt=0, le=4, description="share of the peak to provision (the paper's always-on baseline: 75%)")
     target_batch: int | None = Field(None, ge=1, description="sequences per micro-batch the sizing assumes (None: from the SLO)")
     slo_headroom: float = Field(0.8, gt=0, le=1, description="share of the TPOT SLO the sized batch may use")
 
@@ -78,7 +78,14 @@ class StaticPolicy:
         actions: list[Action] = []
         taken: set[int] = set()
         for model, mv in view.models.items():
-            ranges = mv.spec.even_split(self.p.depth(model))
+            depth = self.p.depth(model)
+            fits = fitting_depth(view, model, depth)
+            if fits is None:
+                self.notes.append(f"static: {model} fits no GPU at any depth")
+                continue
+            if fits != depth:
+                self.notes.append(f"static: {model} does not fit {depth} stage(s) per GPU; using {fits}")
+            ranges = mv.spec.even_split(fits)
             wanted, kv_tokens = self.plan(view, model, ranges)
             for placed in range(wanted):
                 # Room for the sized batch where possible, else the minimum (one full-context request).

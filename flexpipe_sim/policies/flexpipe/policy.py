@@ -106,7 +106,7 @@ class FlexPipePolicy:
             depth = g.stages
             if mv.queued:  # Eq. 11: bursty and backed up -> finer scale-out pipelines (faster to load)
                 eq11 = scale_depth(max(st.by_depth), mv.arrival_cv, mv.queued, p.q_max, p.scale_beta, p.scale_gamma)
-                depth = max(depth, max(d for d in st.by_depth if d <= eq11))
+                depth = max(depth, max((d for d in st.by_depth if d <= eq11), default=depth))
             for _ in range(target - len(insts)):
                 launch = self._place(view, mv, st.ranges[depth], taken, st)
                 if launch is None:
@@ -149,8 +149,10 @@ class FlexPipePolicy:
             scores = {s: affinity(view.now, self._hosted.get((mv.name, s)), free.get(s, 0), self.p.w_t, self.p.w_g,
                                   self.p.affinity_decay) for s in servers}
         kv = st.kv_tokens[len(ranges)]
-        return (place_pipeline(view, mv.name, ranges, taken, kv, scores, self.p.topology)
-                or place_pipeline(view, mv.name, ranges, taken, 0, scores, self.p.topology))
+        launch = place_pipeline(view, mv.name, ranges, taken, kv, scores, self.p.topology)
+        # Stages reserve the KV their sized batch needs (capped to a typical fragment), not the
+        # whole GPU: the rest stays free for other models' stages (§5: fit stages into free memory).
+        return None if launch is None else Launch(launch.model, launch.stages, kv)
 
     def _note(self, text: str) -> None:
         if text not in self.notes:
@@ -173,10 +175,19 @@ class _ModelState:
         s_p = [float(spec.layer_bytes)] * spec.num_layers
         mem = gpu.memory_bytes * view.engine.gpu_memory_utilization
         finest = partition(t_c, s_p, max(p.granularities), link.bytes_per_s, mem)
-        self.ranges = {g: merge(finest, t_c, s_p, g, link.bytes_per_s, mem) for g in p.granularities}
+        self.ranges = {}
+        for g in p.granularities:
+            try:
+                self.ranges[g] = merge(finest, t_c, s_p, g, link.bytes_per_s, mem)
+            except ValueError:
+                continue  # too coarse: a stage would not fit one GPU (OPT-66B in one stage)
+        if not self.ranges:
+            raise ValueError(f"policy.params.granularities: no candidate depth of {mv.name} fits a GPU")
         self.cands, self.by_depth, self.kv_tokens = [], {}, {}
-        eta_min = min(p.granularities)
-        for g in sorted(p.granularities):
+        free = sorted(g.free_bytes * view.engine.gpu_memory_utilization for g in view.gpus)
+        frag = free[len(free) // 2]
+        eta_min = min(self.ranges)
+        for g in sorted(self.ranges):
             shapes = [StageShape(e - f, f == 0, e == spec.num_layers, gpu, slow) for f, e in self.ranges[g]]
             batch = slo_batch(mv, shapes, view.engine.max_seqs, p.slo_headroom)
             thr = replica_rate(mv, shapes, batch)
@@ -188,6 +199,11 @@ class _ModelState:
             c = Candidate(g, thr, lat, p.nu0 * (g / eta_min) ** 2)
             self.cands.append(c)
             self.by_depth[g] = c
-            self.kv_tokens[g] = int(batch * g * (mv.mean_prompt_tokens + mv.mean_output_tokens))
+            sized = int(batch * g * (mv.mean_prompt_tokens + mv.mean_output_tokens))
+            # KV a median GPU fragment can hold next to this depth's largest stage
+            f, e = max(self.ranges[g], key=lambda r: r[1] - r[0])
+            room = frag - spec.stage_weight_bytes(f, e) - view.engine.workspace_bytes
+            fits = int(room // (spec.kv_bytes_per_token_layer * (e - f)))
+            self.kv_tokens[g] = max(spec.max_context, min(sized, fits))
         self.chooser = Chooser(self.cands, p.alpha, p.sigma, p.hysteresis, p.patience, p.surge)
         self.excess_since: float | None = None
