@@ -90,21 +90,36 @@ def run(
 @app.command()
 def compare(
     scenarios: list[Path] = typer.Argument(..., help="Scenario files; every policy runs on each one's arrivals."),
-    policies: str = typer.Option("static,flexpipe", "--policies", "-p", help="Comma-separated policy names."),
+    policies: str = typer.Option(
+        "static,flexpipe", "--policies", "-p",
+        help="Comma-separated policies: static, flexpipe, serverlessllm, alpaserve, muxserve, tetris; a variant "
+             "sets params: 'flexpipe:refactor=false+topology=false'."),
     out: Path = typer.Option(Path("results/compare"), "--out", "-o", help="Folder for the comparison and each run's results."),
     seed: Optional[int] = typer.Option(None, "--seed", help="Random seed for every run (default: each scenario's)."),
     set_: list[str] = typer.Option([], "--set", help=SET_HELP),
 ) -> None:
     """Run several policies on the same scenarios and seeds; write comparison.csv/.md/.png."""
     from .compare import compare as run_compare
+    from .compare import parse_policy, with_policy
     from .policies import registry
 
     names = [p.strip() for p in policies.split(",") if p.strip()]
-    unknown = [n for n in names if n not in registry.names()]
+    try:
+        unknown = [n for n in names if parse_policy(n)[0] not in registry.names()]
+    except ValueError as e:
+        err.print(f"[bold red]error:[/] {e}")
+        raise typer.Exit(2) from None
     if unknown:
         err.print(f"[bold red]error:[/] unknown policy {', '.join(unknown)}; valid policies: {', '.join(registry.names())}")
         raise typer.Exit(2)
     scs = [_load(p, set_, seed) for p in scenarios]
+    for sc in scs:  # every variant's params are checked before the first run starts
+        for n in names:
+            try:
+                with_policy(sc, n)
+            except ScenarioError as e:
+                err.print(f"[bold red]error:[/] {e}", highlight=False, soft_wrap=True)
+                raise typer.Exit(2) from None
     out.mkdir(parents=True, exist_ok=True)
     try:
         df = run_compare(scs, names, out, on_run=lambda s, p: err.print(f"running {s} with {p} ..."))
@@ -119,11 +134,31 @@ def compare(
             ("SLO %", "slo_attainment", "{:.1%}"), ("goodput/s", "goodput_rps", "{:.2f}"),
             ("GPU-h", "gpu_s", "{:.1f}"), ("peak GPUs", "peak_gpus", "{}"), ("refactors", "refactors", "{}")]
     for head, _, _ in cols:
-        t.add_column(head, justify="right")
+        t.add_column(head, justify="right", overflow="fold")
     for _, r in df.iterrows():
         t.add_row(*(fmt.format(r[k] / 3600 if k == "gpu_s" else r[k]) if r[k] is not None else "-" for _, k, fmt in cols))
     console.print(t)
-    console.print(f"written: {out / 'comparison.csv'}, {out / 'comparison.md'}, {out / 'comparison.png'}")
+    console.print(f"written: {out / 'comparison.csv'}, {out / 'comparison.md'}, {out / 'comparison.png'}, "
+                  f"and the evaluation report in {out / 'report'} (evaluation.md / .html, figures)")
+
+
+@app.command()
+def report(
+    folders: list[Path] = typer.Argument(..., help="Folders holding runs (compare outputs); searched recursively."),
+    out: Path = typer.Option(Path("results/report"), "--out", "-o", help="Folder for the report."),
+) -> None:
+    """Build the paper-style evaluation report (Figs. 8-12, paper-vs-ours table) from finished runs."""
+    from .evaluation import write_report
+
+    missing = [f for f in folders if not f.is_dir()]
+    if missing:
+        err.print(f"[bold red]error:[/] not a folder: {', '.join(map(str, missing))}")
+        raise typer.Exit(2)
+    t = write_report(folders, out)
+    if t.empty:
+        err.print(f"[bold red]error:[/] no runs (summary.json) under {', '.join(map(str, folders))}")
+        raise typer.Exit(2)
+    console.print(f"{len(t)} runs; written: {out / 'evaluation.md'}, {out / 'evaluation.html'}, figures and CSVs")
 
 
 @cluster_app.command("stats")

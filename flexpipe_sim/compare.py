@@ -1,8 +1,10 @@
 """`flexpipe-sim compare`: every policy on the same arrivals (same scenario, same seed), one table.
 
-Each run keeps its own results folder (<out>/<scenario>/<policy>/); the comparison is written as
-comparison.csv, comparison.md and comparison.png in <out>. A policy takes the scenario's params when
-the scenario names that policy, else its defaults.
+Each run keeps its own results folder (<out>/<scenario>/<policy label>/); the comparison is written
+as comparison.csv, comparison.md and comparison.png in <out>, and the paper-style evaluation report
+(evaluation.py: markdown, HTML, Figs. 8-12) in <out>/report. A policy takes the scenario's params
+when the scenario names that policy, else its defaults; a variant names its own params:
+`flexpipe:refactor=false+use_affinity=false` (values are YAML: numbers, true/false, lists).
 """
 
 from __future__ import annotations
@@ -11,15 +13,31 @@ from pathlib import Path
 from typing import Callable
 
 import pandas as pd
+import yaml
 
+from .evaluation import write_report
 from .runner import run_scenario
 from .scenario import Scenario, parse_scenario
 
 
+def parse_policy(spec: str) -> tuple[str, dict]:
+    """'name' or 'name:key=value+key=value' -> (name, params); raises ValueError on a bad form."""
+    name, _, rest = spec.partition(":")
+    params: dict = {}
+    for item in filter(None, rest.split("+")):
+        key, eq, value = item.partition("=")
+        if not eq or not key:
+            raise ValueError(f"policy variant {spec!r}: expected key=value, got {item!r}")
+        params[key.strip()] = yaml.safe_load(value)
+    return name.strip(), params
+
+
 def with_policy(sc: Scenario, policy: str) -> Scenario:
+    name, variant = parse_policy(policy)
     raw = sc.model_dump(mode="json")
-    params = raw["policy"]["params"] if raw["policy"]["name"] == policy else {}
-    raw["policy"] = {"name": policy, "params": params}
+    params = dict(raw["policy"]["params"]) if raw["policy"]["name"] == name and not variant else {}
+    params.update(variant)
+    raw["policy"] = {"name": name, "params": params}
     return parse_scenario(raw, f"{sc.name} with policy {policy}")
 
 
@@ -46,13 +64,14 @@ def compare(scenarios: list[Scenario], policies: list[str], out: Path,
             if on_run:
                 on_run(sc.name, pol)
             run = with_policy(sc, pol)
-            res = run_scenario(run, out / sc.name / pol)
-            rows.append(row(run, res.summary))
+            res = run_scenario(run, out / sc.name / pol.replace("/", "_"))
+            rows.append({**row(run, res.summary), "policy": pol})
             # results so far are on disk before the next run can fail
             pd.DataFrame(rows).to_csv(out / "comparison.csv", index=False)
     df = pd.DataFrame(rows)
     (out / "comparison.md").write_text(df.to_markdown(index=False, floatfmt=".3g") + "\n")
     plot(df, out / "comparison.png")
+    write_report([out], out / "report")
     return df
 
 
