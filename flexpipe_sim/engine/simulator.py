@@ -171,8 +171,10 @@ class Simulation:
         q, now = self._recent[model], self.env.now
         while q and q[0] < now - win:
             q.popleft()
-        span = min(win, now) if now > 0 else win
-        rate = len(q) / span if span > 0 else 0.0
+        # Over the full window even while it fills: a rate from the first second alone would be
+        # one burst's (policies scaled for it at t=1 s and kept the capacity for minutes).
+        span = win
+        rate = len(q) / span
         if len(q) < 3:
             return rate, 0.0, 0.0
         if now < win:  # the first window is still filling: no trend to speak of yet

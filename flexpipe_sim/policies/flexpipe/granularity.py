@@ -8,7 +8,8 @@ nu_k = nu_0 * (eta_k / eta_min)^2, its own rule of thumb S ~ sqrt(CV) (§3.3) tu
 intensity-gradient trigger of Algorithm 1 (nu_t = d lambda / dt) is combined as an early switch:
 when the arrival rate rises faster than `surge` (relative per second), the next finer granularity
 is taken without waiting for the hysteresis. Otherwise a new choice must win by `hysteresis` for
-`patience` consecutive decisions, so the pipeline does not oscillate.
+`patience` consecutive decisions, and a choice is held for `dwell` decisions before it may change
+back, so the pipeline does not oscillate on the noise of a short window.
 """
 
 from __future__ import annotations
@@ -47,21 +48,28 @@ class Chooser:
     """Algorithm 1's decision with hysteresis and the intensity-gradient early trigger."""
 
     def __init__(self, cands: list[Candidate], alpha: float, sigma: float, hysteresis: float, patience: int,
-                 surge: float) -> None:
+                 surge: float, dwell_s: float = 0.0) -> None:
         self.cands = sorted(cands, key=lambda c: c.stages)
         self.alpha, self.sigma, self.hysteresis, self.patience, self.surge = alpha, sigma, hysteresis, patience, surge
+        self.dwell_s = dwell_s  # seconds a new choice is held before it may change again
         self.current = self.cands[0]
         self._pending: Candidate | None = None
         self._streak = 0
+        self._changed_at = -float("inf")  # the initial choice may change at once
 
-    def update(self, cv: float, slope: float) -> Candidate:
+    def _switch(self, c: Candidate, now: float) -> Candidate:
+        self.current, self._pending, self._streak, self._changed_at = c, None, 0, now
+        return c
+
+    def update(self, cv: float, slope: float, now: float = 0.0) -> Candidate:
         t_max = max(c.throughput for c in self.cands)
         l_min = min(c.latency for c in self.cands)
         if slope > self.surge:  # traffic is ramping: go one step finer at once
             finer = [c for c in self.cands if c.stages > self.current.stages]
             if finer:
-                self.current, self._pending, self._streak = finer[0], None, 0
-                return self.current
+                return self._switch(finer[0], now)
+        if now - self._changed_at < self.dwell_s:
+            return self.current
         top = best(self.cands, cv, self.alpha, self.sigma)
         s_top = score(top, cv, t_max, l_min, self.alpha, self.sigma)
         s_cur = score(self.current, cv, t_max, l_min, self.alpha, self.sigma)
@@ -71,5 +79,5 @@ class Chooser:
         self._streak = self._streak + 1 if top is self._pending else 1
         self._pending = top
         if self._streak >= self.patience:
-            self.current, self._pending, self._streak = top, None, 0
+            return self._switch(top, now)
         return self.current

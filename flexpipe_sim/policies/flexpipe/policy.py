@@ -14,6 +14,7 @@ default and reason (also docs/parameters.md).
 from __future__ import annotations
 
 import math
+from typing import Literal
 
 from pydantic import BaseModel, ConfigDict, Field
 
@@ -38,6 +39,8 @@ class FlexPipeParams(BaseModel):
     beta2: float = Field(0.05, ge=0, description="Eq. 5 overhead per stage: 5% (not given)")
     hysteresis: float = Field(0.2, ge=0, description="a new granularity must score 20% higher ...")
     patience: int = Field(15, ge=1, description="... for this many decisions in a row: one 15 s stats window at 1 s control steps (anti-oscillation)")
+    dwell_s: float = Field(120.0, ge=0, description="a granularity is held this long before it may change back "
+                           "(not given; anti-oscillation: refactors take ~10 s and pay weight loads)")
     surge: float = Field(0.1, ge=0, description="relative rate rise per second that triggers a finer pipeline at once "
                          "(0.1: the rate doubling within ~10 s; smaller values fire on the noise of a 15 s window)")
     always_ready: float = Field(0.3, ge=0, le=1, description="share of peak capacity always on (paper: 30%)")
@@ -53,6 +56,12 @@ class FlexPipeParams(BaseModel):
     refactor: bool = Field(True, description="refactor running pipelines (off: only new ones get the new depth)")
     use_affinity: bool = Field(True, description="Eq. 13 server choice (off: ablation)")
     topology: bool = Field(True, description="topology-aware stage placement (off: ablation)")
+    stage_kv: Literal["all", "sized"] = Field("all", description="KV a stage reserves: all the GPU's free memory allows "
+                                              "(vLLM's way) or its sized batch's (leaves room to co-locate)")
+    kv_headroom: float = Field(1.0, ge=1, description="sized KV = batch x micro-batches x mean length x this: room for "
+                               "the length tail (Azure conversation P90 total length is ~2x its mean)")
+    min_kv_share: float = Field(0.25, gt=0, le=1, description="a pipeline whose stages cannot hold this share of its "
+                                "sized batch's KV is not worth its GPUs (not given)")
     refactor_cooldown_s: float = Field(30.0, ge=0, description="at most one refactor per instance in this long")
 
     def check_scenario(self, sc) -> None:
@@ -79,7 +88,10 @@ class FlexPipePolicy:
                 self._hosted[(m, g.server)] = view.now
         actions: list[Action] = []
         taken: set[int] = set()
-        for name, mv in view.models.items():
+        # largest models first: their stages need the largest fragments (first-fit decreasing)
+        order = sorted(view.models.values(), key=lambda m: (-m.spec.stage_weight_bytes(0, m.spec.num_layers), m.name))
+        for mv in order:
+            name = mv.name
             st = self._models.get(name)
             if st is None:
                 st = self._models[name] = _ModelState(mv, view, self.p)
@@ -89,7 +101,7 @@ class FlexPipePolicy:
     # --- one model ------------------------------------------------------------------------------
     def _decide_model(self, view: ClusterView, mv: ModelView, st: "_ModelState", taken: set[int]) -> list[Action]:
         p = self.p
-        g = st.chooser.update(mv.arrival_cv, mv.rate_slope)
+        g = st.chooser.update(mv.arrival_cv, mv.rate_slope, view.now)
         insts = [i for i in view.instances_of(mv.name) if i.state != "draining"]
         # always-ready floor: 30% of the replicas the historical peak needs at the coarsest depth
         floor = math.ceil(p.always_ready * replicas(st.cands[0], mv.peak_rate, p.beta1, p.beta2))
@@ -97,8 +109,11 @@ class FlexPipePolicy:
         ready = [i for i in insts if i.state == "ready"]
         serving = [i for i in insts if i.state in ("ready", "refactoring")]  # a refactoring pipeline still serves
         mus = [st.by_depth[len(i.gpus)].throughput for i in serving if len(i.gpus) in st.by_depth]
-        if not slo_ok(mv.ttft_slo_s, 0.0, mus, mv.queued, 1.0):
-            need = max(need, len(insts) + 1)  # Eq. 12: the queue would not clear within the SLO
+        loading = any(i.state == "loading" for i in insts)
+        if not loading and not slo_ok(mv.ttft_slo_s, 0.0, mus, mv.queued, 1.0):
+            # Eq. 12: the queue would not clear within the SLO. One more pipeline at a time, and
+            # not while one is still loading (its capacity is on its way, not yet in mu).
+            need = max(need, len(insts) + 1)
         target = max(floor, need, 1 if mv.queued else 0)
         acts: list[Action] = []
         if len(insts) < target:
@@ -108,9 +123,11 @@ class FlexPipePolicy:
                 eq11 = scale_depth(max(st.by_depth), mv.arrival_cv, mv.queued, p.q_max, p.scale_beta, p.scale_gamma)
                 depth = max(depth, max((d for d in st.by_depth if d <= eq11), default=depth))
             for _ in range(target - len(insts)):
-                launch = self._place(view, mv, st.ranges[depth], taken, st)
+                # where the chosen depth finds no room, finer stages may still fit the fragments
+                launch = next((lc for d in sorted(st.ranges) if d >= depth
+                               if (lc := self._place(view, mv, st.ranges[d], taken, st)) is not None), None)
                 if launch is None:
-                    self._note(f"flexpipe: no room for another {mv.name} pipeline of {depth} stages")
+                    self._note(f"flexpipe: no room for another {mv.name} pipeline of {depth} or more stages")
                     break
                 acts.append(launch)
         elif len(insts) > target:
@@ -148,11 +165,30 @@ class FlexPipePolicy:
             servers = {g.server for g in view.gpus}
             scores = {s: affinity(view.now, self._hosted.get((mv.name, s)), free.get(s, 0), self.p.w_t, self.p.w_g,
                                   self.p.affinity_decay) for s in servers}
-        kv = st.kv_tokens[len(ranges)]
-        launch = place_pipeline(view, mv.name, ranges, taken, kv, scores, self.p.topology)
-        # Stages reserve the KV their sized batch needs (capped to a typical fragment), not the
-        # whole GPU: the rest stays free for other models' stages (§5: fit stages into free memory).
-        return None if launch is None else Launch(launch.model, launch.stages, kv)
+        # Stages reserve the KV their sized batch needs, not the whole GPU, so the rest of each
+        # fragment stays free for other stages (§5: fit stages into free memory). Where no GPU
+        # set holds that much, take the largest KV that does, down to `min_kv_share` of it.
+        want = st.kv_tokens[len(ranges)]
+        floor = max(mv.spec.max_context, int(self.p.min_kv_share * want))
+        launch = place_pipeline(view, mv.name, ranges, set(taken), want, scores, self.p.topology, True)
+        kv = want
+        if launch is None:
+            lo, hi = floor, want  # invariant: hi does not fit; find the largest kv in [lo, hi) that does
+            if place_pipeline(view, mv.name, ranges, set(taken), lo, scores, self.p.topology, True) is None:
+                return None
+            while hi - lo > max(1, want // 64):
+                mid = (lo + hi) // 2
+                if place_pipeline(view, mv.name, ranges, set(taken), mid, scores, self.p.topology, True) is None:
+                    hi = mid
+                else:
+                    lo = mid
+            kv = lo
+        launch = place_pipeline(view, mv.name, ranges, taken, kv, scores, self.p.topology, True)
+        if launch is None:
+            return None
+        # "all": like vLLM, a stage takes the KV its GPU's free memory allows (placement checked
+        # the sized amount fits); "sized": it reserves only that, leaving room for other stages.
+        return Launch(launch.model, launch.stages, kv if self.p.stage_kv == "sized" else None)
 
     def _note(self, text: str) -> None:
         if text not in self.notes:
@@ -184,8 +220,6 @@ class _ModelState:
         if not self.ranges:
             raise ValueError(f"policy.params.granularities: no candidate depth of {mv.name} fits a GPU")
         self.cands, self.by_depth, self.kv_tokens = [], {}, {}
-        free = sorted(g.free_bytes * view.engine.gpu_memory_utilization for g in view.gpus)
-        frag = free[len(free) // 2]
         eta_min = min(self.ranges)
         for g in sorted(self.ranges):
             shapes = [StageShape(e - f, f == 0, e == spec.num_layers, gpu, slow) for f, e in self.ranges[g]]
@@ -199,11 +233,6 @@ class _ModelState:
             c = Candidate(g, thr, lat, p.nu0 * (g / eta_min) ** 2)
             self.cands.append(c)
             self.by_depth[g] = c
-            sized = int(batch * g * (mv.mean_prompt_tokens + mv.mean_output_tokens))
-            # KV a median GPU fragment can hold next to this depth's largest stage
-            f, e = max(self.ranges[g], key=lambda r: r[1] - r[0])
-            room = frag - spec.stage_weight_bytes(f, e) - view.engine.workspace_bytes
-            fits = int(room // (spec.kv_bytes_per_token_layer * (e - f)))
-            self.kv_tokens[g] = max(spec.max_context, min(sized, fits))
-        self.chooser = Chooser(self.cands, p.alpha, p.sigma, p.hysteresis, p.patience, p.surge)
+            self.kv_tokens[g] = int(p.kv_headroom * batch * g * (mv.mean_prompt_tokens + mv.mean_output_tokens))
+        self.chooser = Chooser(self.cands, p.alpha, p.sigma, p.hysteresis, p.patience, p.surge, p.dwell_s)
         self.excess_since: float | None = None
