@@ -52,6 +52,8 @@ class FlexPipeParams(BaseModel):
     scale_gamma: float = Field(1.0, ge=0, description="Eq. 11 sigmoid gamma (not given)")
     w_t: float = Field(1.0, ge=0, description="Eq. 13 weight of recent hosting (not given)")
     w_g: float = Field(0.25, ge=0, description="Eq. 13 weight per free GPU (not given)")
+    w_busy: float = Field(0.5, ge=0, description="score lost per stage still loading on a server: avoid paths with recent "
+                          "scaling activity (§7; not given: two loading stages outweigh a warm cache)")
     affinity_decay: float = Field(1 / 300, ge=0, description="Eq. 13 lambda: warmth halves in ~3.5 min (not given)")
     refactor: bool = Field(True, description="refactor running pipelines (off: only new ones get the new depth)")
     use_affinity: bool = Field(True, description="Eq. 13 server choice (off: ablation)")
@@ -163,8 +165,16 @@ class FlexPipePolicy:
                 if not g.models and g.id not in taken:
                     free[g.server] = free.get(g.server, 0) + 1
             servers = {g.server for g in view.gpus}
+            # §7: "avoiding paths with recent scaling activities": a server whose GPUs are still loading
+            # weights has its PCIe and NIC busy, so each loading stage there costs `w_busy`.
+            by_id = {g.id: g for g in view.gpus}
+            loading: dict[int, int] = {}
+            for inst in view.instances:
+                if inst.state in ("loading", "refactoring"):
+                    for gid in inst.gpus:
+                        loading[by_id[gid].server] = loading.get(by_id[gid].server, 0) + 1
             scores = {s: affinity(view.now, self._hosted.get((mv.name, s)), free.get(s, 0), self.p.w_t, self.p.w_g,
-                                  self.p.affinity_decay) for s in servers}
+                                  self.p.affinity_decay) - self.p.w_busy * loading.get(s, 0) for s in servers}
         # Stages reserve the KV their sized batch needs, not the whole GPU, so the rest of each
         # fragment stays free for other stages (§5: fit stages into free memory). Where no GPU
         # set holds that much, take the largest KV that does, down to `min_kv_share` of it.
