@@ -1,14 +1,17 @@
 """The FlexPipe policy: granularity from the arrival CV (Eq. 4, Algorithm 1), replicas per
 granularity (Eq. 5), inflight refactoring of running pipelines to the chosen granularity,
 scale-out pipelines whose depth follows Eq. 11, the SLO check of Eq. 12, affinity placement
-(Eq. 13) on the topology, 30% of peak always ready and 5-minute reclamation (§7, §9).
+(Eq. 13) on the topology avoiding servers busy loading, 30% of peak always ready and 5-minute
+reclamation (§7, §9).
 
 What it models: the decisions. The backend pays for them (weight loads with the host cache,
-KV pre-copy, pauses). What it simplifies: the stage balance of Eq. 8 and the multiplexing
-penalty of Eq. 9 are not separate terms: partitions are balanced by the Eq. 2 DP, and a pipeline
-never shares a GPU with another stage of its model (placement.py); different models may share
-only through memory left free. Every parameter the paper leaves out is a field below with its
-default and reason (also docs/parameters.md).
+KV pre-copy, pauses). Placement (§6.2): a stage needs memory for its weights and at least
+`min_kv_share` of its sized batch's KV; the largest models are placed first; where the chosen depth
+finds no room a finer one is tried (fine stages fit fragments); GPUs already running our other
+models' stages come last (they would share compute: Eq. 9's multiplexing penalty, applied always
+rather than by CV). What it simplifies: Eq. 8's stage balance is the Eq. 2 DP's; γ_0 and α of Eq. 9
+are not modelled as numbers. Every parameter the paper leaves out is a field below with its default
+and reason (also docs/parameters.md).
 """
 
 from __future__ import annotations
