@@ -210,3 +210,13 @@ def test_placement_respects_every_constraint_on_random_fragmented_clusters(data)
         need = stage_need_bytes(view.models["llama2-7b"].spec, 0, 32, view.engine, kv)
         assert not any(usable_bytes(g.free_bytes, view.engine) >= need and not g.models and g.id not in before
                        for g in view.gpus)
+
+
+def test_isolation_prefers_gpus_without_our_other_models():
+    # Eq. 9's multiplexing penalty as placement applies it: with room on both, the GPU already
+    # running another model's stage is taken only when isolation is off.
+    free = [70 * 2**30, 70 * 2**30]
+    view = _views(free, [frozenset({"paper-9b"}), frozenset()], 2)
+    ranges = view.models["llama2-7b"].spec.even_split(1)
+    assert place_pipeline(view, "llama2-7b", ranges, set()).stages[0].gpu == 0  # tie -> lower id
+    assert place_pipeline(view, "llama2-7b", ranges, set(), isolate=True).stages[0].gpu == 1
