@@ -100,10 +100,10 @@ def compare(
 ) -> None:
     """Run several policies on the same scenarios and seeds; write comparison.csv/.md/.png."""
     from .compare import compare as run_compare
-    from .compare import parse_policy, with_policy
+    from .compare import parse_policy, split_policies, with_policy
     from .policies import registry
 
-    names = [p.strip() for p in policies.split(",") if p.strip()]
+    names = split_policies(policies)
     try:
         unknown = [n for n in names if parse_policy(n)[0] not in registry.names()]
     except ValueError as e:

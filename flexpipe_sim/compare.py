@@ -20,6 +20,20 @@ from .runner import run_scenario
 from .scenario import Scenario, parse_scenario
 
 
+def split_policies(text: str) -> list[str]:
+    """Split a --policies list on commas outside brackets ('flexpipe:granularities=[1,2],static')."""
+    out, depth, cur = [], 0, ""
+    for ch in text:
+        depth += (ch in "[{") - (ch in "]}")
+        if ch == "," and depth == 0:
+            out.append(cur.strip())
+            cur = ""
+        else:
+            cur += ch
+    out.append(cur.strip())
+    return [p for p in out if p]
+
+
 def parse_policy(spec: str) -> tuple[str, dict]:
     """'name' or 'name:key=value+key=value' -> (name, params); raises ValueError on a bad form."""
     name, _, rest = spec.partition(":")

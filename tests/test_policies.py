@@ -220,3 +220,14 @@ def test_isolation_prefers_gpus_without_our_other_models():
     ranges = view.models["llama2-7b"].spec.even_split(1)
     assert place_pipeline(view, "llama2-7b", ranges, set()).stages[0].gpu == 0  # tie -> lower id
     assert place_pipeline(view, "llama2-7b", ranges, set(), isolate=True).stages[0].gpu == 1
+
+
+def test_policy_variants_parse():
+    from flexpipe_sim.compare import parse_policy, split_policies
+
+    assert split_policies("static, flexpipe:granularities=[1,2]+refactor=false,tetris") == [
+        "static", "flexpipe:granularities=[1,2]+refactor=false", "tetris"]
+    assert parse_policy("flexpipe:granularities=[1,2]+refactor=false") == (
+        "flexpipe", {"granularities": [1, 2], "refactor": False})
+    with pytest.raises(ValueError, match="key=value"):
+        parse_policy("flexpipe:refactor")
