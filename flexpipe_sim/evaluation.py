@@ -234,9 +234,9 @@ def fig_percentiles(runs: list[Run], path: Path) -> None:
         for r in rs:
             e = r.requests.e2e_s[r.requests.drop_reason == ""].to_numpy()
             if len(e):
-                ax.plot(qs, np.percentile(e, qs), marker="o", label=r.policy)
+                ax.plot(range(len(qs)), np.percentile(e, qs), marker="o", label=r.policy)
         ax.set_yscale("log")
-        ax.set_xticks(qs)
+        ax.set_xticks(range(len(qs)))
         ax.set_xticklabels([f"P{q}" for q in qs])
         ax.set_title(f"CV {cv:g}")
         ax.set_ylabel("E2E latency (s)")
