@@ -44,14 +44,17 @@ def place_pipeline(
     kv_tokens: int = 0,
     server_score: dict[int, float] | None = None,
     topology: bool = True,
-    isolate: bool = False,
+    isolate: int = 0,
+    balance: bool = False,
 ) -> Launch | None:
     """Greedy placement of one pipeline; `taken` holds GPUs already promised in this decision
     (updated on success); every stage gets room for `kv_tokens` tokens of KV. `server_score`
     (higher first) ranks servers for the first stage and breaks ties after proximity for the rest
-    (FlexPipe's affinity, Eq. 13); `topology=False` ignores proximity (an ablation); `isolate`
+    (FlexPipe's affinity, Eq. 13); `topology=False` ignores proximity (an ablation); `isolate=1`
     first avoids GPUs already running our other models' stages, which would share its compute
-    (the multiplexing penalty of Eq. 9). Returns None when some stage fits nowhere."""
+    (the multiplexing penalty of Eq. 9), `isolate=2` never uses them; `balance` ranks GPUs by their tenants' SM load (in steps of
+    10%) before proximity: a pipeline runs at its slowest stage, so one busy GPU slows all of it
+    (Eq. 8's stage balance on GPUs of unequal effective speed). Returns None when some stage fits nowhere."""
     spec = view.models[model].spec
     eng = view.engine
     chosen: list[GPUView] = []
@@ -65,17 +68,19 @@ def place_pipeline(
             and model not in g.models
             and all(g.id != c.id for c in chosen)
             and usable_bytes(g.free_bytes, eng) >= need
+            and not (isolate >= 2 and g.models)
         ]
         if not fits:
             return None
         aff = (lambda g: -server_score.get(g.server, 0.0)) if server_score else (lambda g: 0.0)
         mux = (lambda g: len(g.models)) if isolate else (lambda g: 0)
+        speed = (lambda g: round(g.tenant_sm_frac, 1)) if balance else (lambda g: 0)
         if prev is None:
-            key = lambda g: (mux(g), aff(g), round(g.tenant_sm_frac, 2), -g.free_bytes, g.id)  # noqa: E731
+            key = lambda g: (mux(g), speed(g), aff(g), round(g.tenant_sm_frac, 2), -g.free_bytes, g.id)  # noqa: E731
         elif topology:
-            key = lambda g: (mux(g), _proximity(prev, g), aff(g), round(g.tenant_sm_frac, 2), -g.free_bytes, g.id)  # noqa: E731
+            key = lambda g: (mux(g), speed(g), _proximity(prev, g), aff(g), round(g.tenant_sm_frac, 2), -g.free_bytes, g.id)  # noqa: E731
         else:
-            key = lambda g: (mux(g), aff(g), g.id)  # noqa: E731
+            key = lambda g: (mux(g), speed(g), aff(g), g.id)  # noqa: E731
         best = min(fits, key=key)
         chosen.append(best)
     taken.update(g.id for g in chosen)

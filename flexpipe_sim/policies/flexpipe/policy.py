@@ -60,6 +60,10 @@ class FlexPipeParams(BaseModel):
     affinity_decay: float = Field(1 / 300, ge=0, description="Eq. 13 lambda: warmth halves in ~3.5 min (not given)")
     refactor: bool = Field(True, description="refactor running pipelines (off: only new ones get the new depth)")
     use_affinity: bool = Field(True, description="Eq. 13 server choice (off: ablation)")
+    isolate_cv: float = Field(1.0, ge=0, description="Eq. 9: at or above this arrival CV a stage never shares a GPU with "
+                              "our other models' stages (not given: CV 1 is Poisson, the paper's 'stable' boundary)")
+    balance: bool = Field(True, description="Eq. 8 stage balance on unequal GPUs: prefer GPUs whose tenants leave more "
+                          "SM time (off: ablation)")
     topology: bool = Field(True, description="topology-aware stage placement (off: ablation)")
     stage_kv: Literal["all", "sized"] = Field("all", description="KV a stage reserves: all the GPU's free memory allows "
                                               "(vLLM's way) or its sized batch's (leaves room to co-locate)")
@@ -182,21 +186,24 @@ class FlexPipePolicy:
         # fragment stays free for other stages (§5: fit stages into free memory). Where no GPU
         # set holds that much, take the largest KV that does, down to `min_kv_share` of it.
         want = st.kv_tokens[len(ranges)]
+        # Eq. 9: "isolation for bursty patterns": above `isolate_cv` never share a GPU's compute
+        # with our other models' stages; below, only as a last resort (consolidation).
+        isolate = 2 if mv.arrival_cv >= self.p.isolate_cv else 1
         floor = max(mv.spec.max_context, int(self.p.min_kv_share * want))
-        launch = place_pipeline(view, mv.name, ranges, set(taken), want, scores, self.p.topology, True)
+        launch = place_pipeline(view, mv.name, ranges, set(taken), want, scores, self.p.topology, isolate, self.p.balance)
         kv = want
         if launch is None:
             lo, hi = floor, want  # invariant: hi does not fit; find the largest kv in [lo, hi) that does
-            if place_pipeline(view, mv.name, ranges, set(taken), lo, scores, self.p.topology, True) is None:
+            if place_pipeline(view, mv.name, ranges, set(taken), lo, scores, self.p.topology, isolate, self.p.balance) is None:
                 return None
             while hi - lo > max(1, want // 64):
                 mid = (lo + hi) // 2
-                if place_pipeline(view, mv.name, ranges, set(taken), mid, scores, self.p.topology, True) is None:
+                if place_pipeline(view, mv.name, ranges, set(taken), mid, scores, self.p.topology, isolate, self.p.balance) is None:
                     hi = mid
                 else:
                     lo = mid
             kv = lo
-        launch = place_pipeline(view, mv.name, ranges, taken, kv, scores, self.p.topology, True)
+        launch = place_pipeline(view, mv.name, ranges, taken, kv, scores, self.p.topology, isolate, self.p.balance)
         if launch is None:
             return None
         # "all": like vLLM, a stage takes the KV its GPU's free memory allows (placement checked
