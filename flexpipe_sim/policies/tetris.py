@@ -86,8 +86,9 @@ class TetrisPolicy:
                     break
                 acts.append(launch)
         elif target < len(insts):
-            since = self._excess_since.get(mv.name) or now
-            self._excess_since[mv.name] = since
+            since = self._excess_since.get(mv.name)
+            if since is None:
+                since = self._excess_since[mv.name] = now
             if now - since >= p.keep_alive_s:
                 ready = [i for i in insts if i.state == "ready"]
                 if ready:
