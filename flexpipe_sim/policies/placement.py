@@ -48,13 +48,16 @@ def place_pipeline(
     balance: bool = False,
 ) -> Launch | None:
     """Greedy placement of one pipeline; `taken` holds GPUs already promised in this decision
-    (updated on success); every stage gets room for `kv_tokens` tokens of KV. `server_score`
-    (higher first) ranks servers for the first stage and breaks ties after proximity for the rest
-    (FlexPipe's affinity, Eq. 13); `topology=False` ignores proximity (an ablation); `isolate=1`
-    first avoids GPUs already running our other models' stages, which would share its compute
-    (the multiplexing penalty of Eq. 9), `isolate=2` never uses them; `balance` ranks GPUs by their tenants' SM load (in steps of
-    10%) before proximity: a pipeline runs at its slowest stage, so one busy GPU slows all of it
-    (Eq. 8's stage balance on GPUs of unequal effective speed). Returns None when some stage fits nowhere."""
+    (updated on success); every stage gets room for `kv_tokens` tokens of KV. Returns None when
+    some stage fits nowhere. Options, in the order they rank GPUs:
+    - `isolate=1` puts GPUs already running our other models' stages last (they would share its
+      compute: Eq. 9's multiplexing penalty); `isolate=2` never uses them.
+    - `balance` ranks GPUs by their tenants' SM load in 10% steps: a pipeline runs at its slowest
+      stage, so one busy GPU slows all of it (Eq. 8's stage balance on GPUs of unequal speed).
+    - proximity to the previous stage (same server, rack, RDMA); `topology=False` ignores it (ablation).
+    - `server_score` (higher first): FlexPipe's affinity (Eq. 13).
+    Then least tenant SM load, most free memory.
+    """
     spec = view.models[model].spec
     eng = view.engine
     chosen: list[GPUView] = []
