@@ -52,7 +52,7 @@ class ModelView:
     # what the gateway saw over the last `stats_window_s` (engine.stats_window_s)
     arrival_rate: float = 0.0
     arrival_cv: float = 0.0  # CV of inter-arrival times (nu_t of Eq. 4)
-    rate_slope: float = 0.0  # relative change of the rate per second (d lambda / dt / lambda)
+    rate_slope: float = 0.0  # relative change of the rate per second (d lambda / dt / lambda); 0 unless beyond 3-sigma Poisson noise
     queued: int = 0  # waiting at the gateway and in instance queues
     # the whole history the operator planned from (the trace itself): what offline planners use
     mean_rate: float = 0.0

@@ -148,7 +148,11 @@ class FlexPipePolicy:
         else:
             st.excess_since = None
         if p.refactor and not any(isinstance(a, Retire) for a in acts):
-            acts += self._refactor_one(view, mv, st, ready, g.stages, taken)
+            # Eq. 5: M(g) replicas at the chosen granularity; refactor only until that many
+            # pipelines have it (deepening every replica would multiply its GPUs by the depth).
+            at_depth = sum(len(i.gpus) == g.stages for i in insts) + sum(i.state == "refactoring" for i in insts)
+            if at_depth < max(floor, need, 1):
+                acts += self._refactor_one(view, mv, st, ready, g.stages, taken)
         return acts
 
     def _refactor_one(self, view, mv, st, ready, depth: int, taken: set[int]) -> list[Action]:
