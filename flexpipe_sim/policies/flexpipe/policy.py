@@ -7,11 +7,11 @@ reclamation (§7, §9).
 What it models: the decisions. The backend pays for them (weight loads with the host cache,
 KV pre-copy, pauses). Placement (§6.2): a stage needs memory for its weights and at least
 `min_kv_share` of its sized batch's KV; the largest models are placed first; where the chosen depth
-finds no room a finer one is tried (fine stages fit fragments); GPUs already running our other
-models' stages come last (they would share compute: Eq. 9's multiplexing penalty, applied always
-rather than by CV). What it simplifies: Eq. 8's stage balance is the Eq. 2 DP's; γ_0 and α of Eq. 9
-are not modelled as numbers. Every parameter the paper leaves out is a field below with its default
-and reason (also docs/parameters.md).
+finds no room a finer one is tried (fine stages fit fragments); Eq. 9: GPUs running our other
+models' stages are never used for a bursty model (CV >= isolate_cv) and come last otherwise;
+Eq. 8: GPUs are ranked by their tenants' SM load. What it simplifies: γ_0 and α of Eq. 9 are not
+modelled as numbers. Every parameter the paper leaves out is a field below with its default and
+reason (also docs/parameters.md).
 """
 
 from __future__ import annotations
@@ -186,32 +186,31 @@ class FlexPipePolicy:
                         loading[by_id[gid].server] = loading.get(by_id[gid].server, 0) + 1
             scores = {s: affinity(view.now, self._hosted.get((mv.name, s)), free.get(s, 0), self.p.w_t, self.p.w_g,
                                   self.p.affinity_decay) - self.p.w_busy * loading.get(s, 0) for s in servers}
-        # Stages reserve the KV their sized batch needs, not the whole GPU, so the rest of each
-        # fragment stays free for other stages (§5: fit stages into free memory). Where no GPU
-        # set holds that much, take the largest KV that does, down to `min_kv_share` of it.
-        want = st.kv_tokens[len(ranges)]
-        # Eq. 9: "isolation for bursty patterns": above `isolate_cv` never share a GPU's compute
-        # with our other models' stages; below, only as a last resort (consolidation).
+        # A stage must hold the KV of its sized batch or, where no GPU set has that much, the
+        # largest KV that fits, down to `min_kv_share` of it (§5: fit stages into free memory).
+        # Eq. 9: "isolation for bursty patterns": at or above `isolate_cv` never share a GPU's
+        # compute with our other models' stages; below, only as a last resort (consolidation).
         isolate = 2 if mv.arrival_cv >= self.p.isolate_cv else 1
-        floor = max(mv.spec.max_context, int(self.p.min_kv_share * want))
-        launch = place_pipeline(view, mv.name, ranges, set(taken), want, scores, self.p.topology, isolate, self.p.balance)
+
+        def place(kv_tokens: int, promised: set[int]) -> Launch | None:
+            return place_pipeline(view, mv.name, ranges, promised, kv_tokens, scores, self.p.topology, isolate,
+                                  self.p.balance)
+
+        want = st.kv_tokens[len(ranges)]
         kv = want
-        if launch is None:
-            lo, hi = floor, want  # invariant: hi does not fit; find the largest kv in [lo, hi) that does
-            if place_pipeline(view, mv.name, ranges, set(taken), lo, scores, self.p.topology, isolate, self.p.balance) is None:
+        if place(want, set(taken)) is None:
+            lo, hi = max(mv.spec.max_context, int(self.p.min_kv_share * want)), want
+            if place(lo, set(taken)) is None:
                 return None
-            while hi - lo > max(1, want // 64):
+            while hi - lo > max(1, want // 64):  # invariant: lo fits, hi does not
                 mid = (lo + hi) // 2
-                if place_pipeline(view, mv.name, ranges, set(taken), mid, scores, self.p.topology, isolate, self.p.balance) is None:
-                    hi = mid
-                else:
-                    lo = mid
+                lo, hi = (lo, mid) if place(mid, set(taken)) is None else (mid, hi)
             kv = lo
-        launch = place_pipeline(view, mv.name, ranges, taken, kv, scores, self.p.topology, isolate, self.p.balance)
+        launch = place(kv, taken)
         if launch is None:
             return None
-        # "all": like vLLM, a stage takes the KV its GPU's free memory allows (placement checked
-        # the sized amount fits); "sized": it reserves only that, leaving room for other stages.
+        # "all": like vLLM, a stage then takes the KV its GPU's free memory allows; "sized": it
+        # reserves only the amount checked above, leaving room to co-locate other stages.
         return Launch(launch.model, launch.stages, kv if self.p.stage_kv == "sized" else None)
 
     def _note(self, text: str) -> None:
