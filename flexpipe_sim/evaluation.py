@@ -164,6 +164,20 @@ def _plt():
     return plt
 
 
+def _per_cv(n: int, **kw):
+    """One row of panels, one per CV."""
+    n = max(1, n)
+    return _plt().subplots(1, n, figsize=(4.2 * n, 4), squeeze=False, **kw)
+
+
+def _save(fig, path: Path, title: str | None = None) -> None:
+    if title:
+        fig.suptitle(title)
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    _plt().close(fig)
+
+
 def _legend(ax, **kw) -> None:
     if ax.get_legend_handles_labels()[0]:
         ax.legend(**kw)
@@ -178,10 +192,9 @@ def _cv_runs(runs: list[Run]) -> dict[float, list[Run]]:
 
 
 def fig_breakdown(t: pd.DataFrame, path: Path) -> None:
-    plt = _plt()
     main = t[t.cv.notna() & ~t.scenario.str.contains("burst")]
     cvs = sorted(main.cv.unique())
-    fig, axes = plt.subplots(1, max(1, len(cvs)), figsize=(4.2 * max(1, len(cvs)), 4), squeeze=False)
+    fig, axes = _per_cv(len(cvs))
     for ax, cv in zip(axes[0], cvs):
         d = main[main.cv == cv]
         x = np.arange(len(d))
@@ -196,10 +209,7 @@ def fig_breakdown(t: pd.DataFrame, path: Path) -> None:
         ax.set_ylabel("mean latency (s)")
         ax.grid(alpha=0.3, axis="y")
     _legend(axes[0][0])
-    fig.suptitle("Fig. 8: latency breakdown (mean of finished requests)")
-    fig.tight_layout()
-    fig.savefig(path, dpi=110)
-    plt.close(fig)
+    _save(fig, path, "Fig. 8: latency breakdown (mean of finished requests)")
 
 
 def fig_burst(runs: list[Run], path: Path, bin_s: float = 5.0) -> bool:
@@ -219,17 +229,14 @@ def fig_burst(runs: list[Run], path: Path, bin_s: float = 5.0) -> bool:
     ax.grid(alpha=0.3)
     _legend(ax, fontsize=8)
     ax.set_title("Fig. 9: latency over time in the burst test (CV 8, first 300 s)")
-    fig.tight_layout()
-    fig.savefig(path, dpi=110)
-    plt.close(fig)
+    _save(fig, path)
     return True
 
 
 def fig_percentiles(runs: list[Run], path: Path) -> None:
-    plt = _plt()
     by_cv = _cv_runs(runs)
     qs = [50, 75, 90, 95, 99]
-    fig, axes = plt.subplots(1, max(1, len(by_cv)), figsize=(4.2 * max(1, len(by_cv)), 4), squeeze=False)
+    fig, axes = _per_cv(len(by_cv))
     for ax, (cv, rs) in zip(axes[0], by_cv.items()):
         for r in rs:
             e = r.requests.e2e_s[r.requests.drop_reason == ""].to_numpy()
@@ -242,16 +249,12 @@ def fig_percentiles(runs: list[Run], path: Path) -> None:
         ax.set_ylabel("E2E latency (s)")
         ax.grid(alpha=0.3)
     _legend(axes[0][0], fontsize=8)
-    fig.suptitle("Fig. 10: latency percentiles per CV")
-    fig.tight_layout()
-    fig.savefig(path, dpi=110)
-    plt.close(fig)
+    _save(fig, path, "Fig. 10: latency percentiles per CV")
 
 
 def fig_stalls(runs: list[Run], path: Path) -> None:
-    plt = _plt()
     by_cv = _cv_runs(runs)
-    fig, axes = plt.subplots(1, max(1, len(by_cv)), figsize=(4.2 * max(1, len(by_cv)), 4), squeeze=False)
+    fig, axes = _per_cv(len(by_cv))
     for ax, (cv, rs) in zip(axes[0], by_cv.items()):
         for r in rs:
             rec, _ = recoveries(r.requests)
@@ -264,10 +267,7 @@ def fig_stalls(runs: list[Run], path: Path) -> None:
         ax.set_title(f"CV {cv:g}")
         ax.grid(alpha=0.3)
     _legend(axes[0][0], fontsize=8)
-    fig.suptitle("Fig. 11: stall recovery (stall > 1.5x P25 latency, recovered <= 1.2x)")
-    fig.tight_layout()
-    fig.savefig(path, dpi=110)
-    plt.close(fig)
+    _save(fig, path, "Fig. 11: stall recovery (stall > 1.5x P25 latency, recovered <= 1.2x)")
 
 
 def fig_efficiency(t: pd.DataFrame, path: Path) -> None:
@@ -295,16 +295,12 @@ def fig_efficiency(t: pd.DataFrame, path: Path) -> None:
     b.set_xticklabels([f"CV {c:g}" for c in cvs])
     b.set_ylabel("goodput per allocated GPU (req/s)")
     b.grid(alpha=0.3, axis="y")
-    fig.suptitle("Fig. 12: goodput against GPU utilisation, and resource efficiency")
-    fig.tight_layout()
-    fig.savefig(path, dpi=110)
-    plt.close(fig)
+    _save(fig, path, "Fig. 12: goodput against GPU utilisation, and resource efficiency")
 
 
 def fig_gpus(runs: list[Run], path: Path) -> None:
-    plt = _plt()
     by_cv = _cv_runs(runs)
-    fig, axes = plt.subplots(1, max(1, len(by_cv)), figsize=(4.2 * max(1, len(by_cv)), 4), squeeze=False, sharey=True)
+    fig, axes = _per_cv(len(by_cv), sharey=True)
     for ax, (cv, rs) in zip(axes[0], by_cv.items()):
         for r in rs:
             ts = r.timeseries
@@ -314,10 +310,7 @@ def fig_gpus(runs: list[Run], path: Path) -> None:
         ax.grid(alpha=0.3)
     axes[0][0].set_ylabel("GPUs allocated")
     _legend(axes[0][0], fontsize=8)
-    fig.suptitle("GPUs reserved over time")
-    fig.tight_layout()
-    fig.savefig(path, dpi=110)
-    plt.close(fig)
+    _save(fig, path, "GPUs reserved over time")
 
 
 FIGURES = ["fig08_breakdown.png", "fig09_burst.png", "fig10_percentiles.png", "fig11_stall_cdf.png",

@@ -26,10 +26,10 @@ import math
 import numpy as np
 from pydantic import BaseModel, ConfigDict, Field
 
-from ..costmodel import BatchWork, StageShape, slowdown
+from ..costmodel import BatchWork
 from .base import Action, ClusterView, ModelView
 from .placement import fitting_depth, place_pipeline
-from .sizing import replica_rate, slo_batch
+from .sizing import replica_rate, slo_batch, typical_shapes
 
 
 class AlpaServeParams(BaseModel):
@@ -80,9 +80,7 @@ class AlpaServePolicy:
         ranges = spec.even_split(depth)
         if fitting_depth(view, mv.name, depth) != depth:
             return None
-        mean_sm = sum(g.tenant_sm_frac for g in view.gpus) / len(view.gpus)
-        shapes = [StageShape(e - f, f == 0, e == spec.num_layers, view.gpu_kind, slowdown(mean_sm, mv.cost.roofline))
-                  for f, e in ranges]
+        shapes = typical_shapes(view, mv, ranges)
         b = slo_batch(mv, shapes, eng.max_seqs, self.p.slo_headroom)
         ctx = int(mv.mean_prompt_tokens + mv.mean_output_tokens / 2)
         times = [mv.cost.stage_time(s, BatchWork(b, b, b * ctx, b * ctx, b)) for s in shapes]

@@ -24,10 +24,9 @@ import math
 
 from pydantic import BaseModel, ConfigDict, Field
 
-from ..costmodel import StageShape, slowdown
 from .base import Action, ClusterView, Launch, ModelView, StagePlan
 from .placement import fitting_depth, place_pipeline, stage_need_bytes, usable_bytes
-from .sizing import replica_rate, slo_batch
+from .sizing import replica_rate, slo_batch, typical_shapes
 
 
 class MuxServeParams(BaseModel):
@@ -53,9 +52,7 @@ class MuxServePolicy:
         if d is None:
             return None
         ranges = spec.even_split(d)
-        mean_sm = sum(g.tenant_sm_frac for g in view.gpus) / len(view.gpus)
-        shapes = [StageShape(e - f, f == 0, e == spec.num_layers, view.gpu_kind, slowdown(mean_sm, mv.cost.roofline))
-                  for f, e in ranges]
+        shapes = typical_shapes(view, mv, ranges)
         b = slo_batch(mv, shapes, eng.max_seqs, self.p.slo_headroom)
         rate = replica_rate(mv, shapes, b)
         n = max(1, math.ceil(self.p.fraction * mv.peak_rate / rate))

@@ -8,8 +8,8 @@ prefill step plus `mean_output` decode steps. Pure arithmetic on the cost model;
 
 from __future__ import annotations
 
-from ..costmodel import BatchWork, StageShape
-from .base import ModelView
+from ..costmodel import BatchWork, StageShape, slowdown
+from .base import ClusterView, ModelView
 
 
 def replica_rate(mv: ModelView, stages: list[StageShape], batch: int) -> float:
@@ -39,3 +39,11 @@ def slo_batch(mv: ModelView, stages: list[StageShape], max_seqs: int, headroom: 
             break
         best = b
     return best
+
+
+def typical_shapes(view: ClusterView, mv: ModelView, ranges: list[tuple[int, int]]) -> list[StageShape]:
+    """The stages of `ranges` on the cluster's GPU kind, slowed by the mean tenant SM load: what a
+    planner assumes before it knows which GPUs it will get."""
+    mean_sm = sum(g.tenant_sm_frac for g in view.gpus) / len(view.gpus)
+    slow = slowdown(mean_sm, mv.cost.roofline)
+    return [StageShape(e - f, f == 0, e == mv.spec.num_layers, view.gpu_kind, slow) for f, e in ranges]

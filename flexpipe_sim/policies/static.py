@@ -15,10 +15,9 @@ import math
 
 from pydantic import BaseModel, ConfigDict, Field
 
-from ..costmodel import StageShape, slowdown
 from .base import Action, ClusterView
 from .placement import fitting_depth, place_pipeline
-from .sizing import replica_rate, slo_batch
+from .sizing import replica_rate, slo_batch, typical_shapes
 
 
 class StaticParams(BaseModel):
@@ -56,11 +55,7 @@ class StaticPolicy:
     def plan(self, view: ClusterView, model: str, ranges: list[tuple[int, int]]) -> tuple[int, int]:
         """(replicas, KV tokens each stage must hold) for one model."""
         mv = view.models[model]
-        mean_sm = sum(g.tenant_sm_frac for g in view.gpus) / len(view.gpus)
-        shapes = [
-            StageShape(e - f, f == 0, e == mv.spec.num_layers, view.gpu_kind, slowdown(mean_sm, mv.cost.roofline))
-            for f, e in ranges
-        ]
+        shapes = typical_shapes(view, mv, ranges)
         batch = self.p.target_batch or slo_batch(mv, shapes, view.engine.max_seqs, self.p.slo_headroom)
         # KV for every micro-batch's sequences at their full length, so the sized batch never preempts.
         kv_tokens = int(batch * len(ranges) * (mv.mean_prompt_tokens + mv.mean_output_tokens))

@@ -22,10 +22,9 @@ import math
 
 from pydantic import BaseModel, ConfigDict, Field
 
-from ..costmodel import StageShape, slowdown
 from .base import Action, ClusterView, Launch, ModelView, Retire, StagePlan
 from .placement import min_server_depth, place_on_server, servers_of, usable_bytes
-from .sizing import replica_rate, slo_batch
+from .sizing import replica_rate, slo_batch, typical_shapes
 
 
 class TetrisParams(BaseModel):
@@ -53,9 +52,7 @@ class TetrisPolicy:
             self._note(f"tetris: {mv.name} fits on no single server; its requests wait and time out")
             return None
         ranges = mv.spec.even_split(d)
-        mean_sm = sum(g.tenant_sm_frac for g in view.gpus) / len(view.gpus)
-        shapes = [StageShape(e - f, f == 0, e == mv.spec.num_layers, view.gpu_kind, slowdown(mean_sm, mv.cost.roofline))
-                  for f, e in ranges]
+        shapes = typical_shapes(view, mv, ranges)
         batch = slo_batch(mv, shapes, view.engine.max_seqs, self.p.slo_headroom)
         kv = int(batch * d * (mv.mean_prompt_tokens + mv.mean_output_tokens))
         return ranges, replica_rate(mv, shapes, batch), kv
