@@ -231,6 +231,7 @@ def calibrate(
     derive_from: Optional[Path] = typer.Option(None, "--derive", help="Derive a profile from PROFILE for --gpu (and --to-model) instead of measuring."),
     gpu: Optional[str] = typer.Option(None, "--gpu", help="With --derive: the GPU kind to derive for."),
     to_model: Optional[str] = typer.Option(None, "--to-model", help="With --derive: another model shape from the catalogue."),
+    from_vidur: Optional[Path] = typer.Option(None, "--from-vidur", help="Build the external A100 Llama-2-7B profile from Vidur's published operator timings in DIR (e.g. ../shared/peer-data/vidur) instead of measuring."),
 ) -> None:
     """Measure the kernel on local devices and write a calibration profile (or check / derive one).
 
@@ -242,6 +243,17 @@ def calibrate(
     try:
         if check is not None:
             _print_check(load_profile(check))
+            return
+        if from_vidur is not None:
+            from .vidur import PROFILE_FILE, build_profile
+
+            raw = build_profile(from_vidur)
+            path = save_profile(raw, out or Path(PROFILE_FILE))
+            _print_profile_summary(raw)
+            f = raw["roofline_fit"]
+            console.print(f"fitted roofline: compute {f['eff_compute']}, weights {f['eff_weight_bw']}, KV {f['eff_kv_bw']} "
+                          f"of the A100 spec sheet (max |error| {f['max_abs_rel_err']:.0%} on the grid)")
+            console.print(f"wrote {path} ({raw['name']}, external: {raw['provenance']})")
             return
         if derive_from is not None:
             from .calibration import derive
