@@ -233,7 +233,8 @@ def calibrate(
     to_model: Optional[str] = typer.Option(None, "--to-model", help="With --derive: another model shape from the catalogue."),
     from_vidur: Optional[Path] = typer.Option(None, "--from-vidur", help="Build the external A100 Llama-2-7B profile from Vidur's published operator timings in DIR (e.g. ../shared/peer-data/vidur) instead of measuring."),
 ) -> None:
-    """Measure the kernel on local devices and write a calibration profile (or check / derive one).
+    """Measure the kernel on local devices and write a calibration profile (or check / derive one, or
+    build the external A100 Llama-2-7B profile from Vidur's published operator timings: --from-vidur).
 
     The profile holds per-layer prefill and decode times over a grid, head and per-step overheads,
     host/device and device/device rates, weight-load and KV-migration rates and refactor pauses;

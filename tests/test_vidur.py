@@ -4,6 +4,7 @@ scenario switch `cost.engine: eager | paged` (flexpipe_sim/vidur.py, docs/profil
 from __future__ import annotations
 
 import json
+import os
 from pathlib import Path
 
 import numpy as np
@@ -25,9 +26,9 @@ from .helpers import small_raw
 runner = CliRunner()
 SHIPPED = ROOT / vidur.PROFILE_FILE
 DERIVED = ROOT / "calibrate" / "profiles" / "a100-80gb-llama2-7b.derived.json"
-# Vidur's published data (read-only peer data beside the repository); tests that rebuild from it
-# skip where it is absent.
-VIDUR_DATA = Path("/work/shared/peer-data/vidur")
+# Vidur's published data (read-only peer data beside the repository, as the build command names it);
+# the test that rebuilds from it skips where it is absent.
+VIDUR_DATA = Path(os.environ.get("FLEXPIPE_VIDUR_DATA", ROOT.parent / "shared" / "peer-data" / "vidur"))
 
 
 def test_shipped_profile_is_labelled_as_measured_by_vidurs_authors():
@@ -61,6 +62,11 @@ def test_builder_reproduces_the_committed_profile(tmp_path):
     res = runner.invoke(app, ["calibrate", "--from-vidur", str(VIDUR_DATA), "--out", str(out)])
     assert res.exit_code == 0, res.output
     assert json.loads(out.read_text()) == json.loads(SHIPPED.read_text())
+
+
+def test_builder_without_vidur_tables_exits_2(tmp_path):
+    res = runner.invoke(app, ["calibrate", "--from-vidur", str(tmp_path)])
+    assert res.exit_code == 2 and "no Vidur A100 Llama-2-7B tables" in res.output
 
 
 def test_fitted_roofline_reproduces_the_profile_grid():
