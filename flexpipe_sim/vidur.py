@@ -14,8 +14,8 @@ operators (vidur/entities/execution_time.py, `_get_block_execution_time`):
 
 We sum the same operators (medians, tensor-parallel 1, so no all-reduce) into our profile format:
 prefill(N) = ops(N tokens) + attn_prefill(chunk N, kv 0); decode(B, C) = ops(B tokens) +
-attn_decode(B, kv C). `attn_kv_cache_save` is not in the reconstructed attention table; it is left
-out (a KV write of a few hundred kB per step, well under 1% of a step). Vidur times no LM head, so
+attn_decode(B, kv C). `attn_kv_cache_save` (writing the step's new K and V, 16 kB per token per
+layer) is not in the reconstructed attention table and is left out. Vidur times no LM head, so
 the profile's head is priced by the roofline fitted below (A100 spec sheet x fitted efficiencies).
 
 `fit_roofline` fits costmodel.Roofline's three efficiencies (compute, weight reads, KV reads, as
