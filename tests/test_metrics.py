@@ -86,3 +86,41 @@ def test_one_model_run_has_its_slo_column_and_no_flag(tmp_path, write_scenario):
     assert {"queue_s", "batch_wait_s", "slo_model_mean", "slo_llama2-7b", "unserved"} <= set(runs.columns)
     md = (tmp_path / "report" / "evaluation.md").read_text()
     assert "SLO attainment per model" in md and "Unserved" in md and ": none." in md
+
+
+def test_loadsweep_writes_the_table_plot_and_claims(tmp_path, write_scenario):
+    path = write_scenario(small_raw())
+    out = tmp_path / "sweep"
+    res = CliRunner().invoke(app, ["loadsweep", str(path), "--rates", "4,2", "-p", "static,flexpipe", "-o", str(out),
+                                   "--set", "horizon_s=30"])
+    assert res.exit_code == 0, res.output
+    t = pd.read_csv(out / "loadsweep.csv", keep_default_na=False)
+    assert len(t) == 4 and list(t.rate.unique()) == [2, 4] and set(t.policy) == {"static", "flexpipe"}
+    for col in ("slo_attainment", "slo_model_mean", "slo_llama2-7b", "e2e_p50_s", "e2e_p99_s", "gpu_hours",
+                "goodput_rps", "unserved", "realised_rps"):
+        assert col in t.columns, col
+    # the rate reached the runs: about twice the requests at 4 req/s as at 2
+    by = t.groupby("rate").realised_rps.first()
+    assert 1.3 < by[4] / by[2] < 3
+    for r in (2, 4):
+        for p in ("static", "flexpipe"):
+            assert (out / f"rate_{r}" / p / "summary.json").exists()
+    assert (out / "loadsweep.png").stat().st_size > 10_000
+    md = (out / "loadsweep.md").read_text()
+    assert "holds at" in md and "| 2 req/s" in md
+    claims = pd.read_csv(out / "claims.csv", keep_default_na=False)
+    assert {"claim", "paper", "holds_if", "ours_r2", "holds_r2", "ours_r4", "holds_r4", "holds_at_rps",
+            "fails_at_rps"} <= set(claims.columns)
+    res_claim = claims[claims.claim.str.contains("reservation")].iloc[0]
+    # the reservation claim needs only FlexPipe: it is tested at both rates, so it holds or fails at each
+    assert sorted(filter(None, f"{res_claim.holds_at_rps}, {res_claim.fails_at_rps}".split(", "))) == ["2", "4"]
+    assert "holds at" in res.output and "req/s" in res.output
+
+
+def test_loadsweep_bad_rates_are_a_clear_error(tmp_path, write_scenario):
+    path = write_scenario(small_raw())
+    for bad, says in (("5,x", "'x' is not a number"), ("5,-1", "must be a rate above 0"), ("5,5", "appears twice"),
+                      ("", "expected comma-separated")):
+        res = CliRunner().invoke(app, ["loadsweep", str(path), "--rates", bad, "-o", str(tmp_path)])
+        assert res.exit_code == 2 and says in res.output, (bad, res.output)
+        assert "Traceback" not in res.output
