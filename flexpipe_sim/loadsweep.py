@@ -156,6 +156,7 @@ def plot(table: pd.DataFrame, path: Path, title: str) -> None:
     if p99.notna().any() and p99.min() > 0:
         c.set_yscale("log")
     for ax in (a, b, c):
+        ax.set_xticks(sorted(table.rate.unique()))
         ax.set_xlabel("total arrival rate (req/s)")
         ax.grid(alpha=0.3)
     a.legend(fontsize=8)
