@@ -155,7 +155,8 @@ def _policy_names(policies: str) -> list[str]:
 @app.command()
 def loadsweep(
     scenario: Path = typer.Argument(..., help="Scenario file; its total arrival rate (workload.arrivals.rate) is swept."),
-    rates: str = typer.Option("5,10,15,20,25", "--rates", "-r", help="Comma-separated total rates in req/s, e.g. 5,10,15,20,25."),
+    rates: str = typer.Option("5,10,15,20,25", "--rates", "-r",
+                              help="Comma-separated total rates in req/s, e.g. 5,10,15,20,25."),
     policies: str = typer.Option("static,flexpipe", "--policies", "-p", help="Policies (and variants) as in `compare`."),
     out: Path = typer.Option(Path("results/loadsweep"), "--out", "-o", help="Folder for the sweep and each run's results."),
     seed: Optional[int] = typer.Option(None, "--seed", help="Random seed for every run (default: the scenario's)."),
@@ -182,8 +183,8 @@ def loadsweep(
     except ScenarioError as e:
         err.print(f"[bold red]error:[/] {e}", highlight=False, soft_wrap=True)
         raise typer.Exit(2) from None
-    with Progress(TextColumn("[bold]{task.description}"), BarColumn(), MofNCompleteColumn(), TextColumn("{task.fields[now]}"),
-                  TimeElapsedColumn(), console=err, transient=False) as bar:
+    with Progress(TextColumn("[bold]{task.description}"), BarColumn(), MofNCompleteColumn(),
+                  TextColumn("{task.fields[now]}"), TimeElapsedColumn(), console=err, transient=False) as bar:
         task = bar.add_task("load sweep", total=len(rate_list) * len(names), now="")
 
         def on_run(rate: float, pol: str, i: int, n: int) -> None:
@@ -199,7 +200,8 @@ def loadsweep(
             raise typer.Exit(2) from None
         bar.update(task, completed=len(rate_list) * len(names), description="load sweep", now="done")
     t = Table(title=f"{sc.name}: policies against load")
-    for head in ("req/s", "policy", "SLO %", "SLO % model mean", "E2E p50 s", "E2E p99 s", "GPU-h", "goodput/s", "unserved"):
+    for head in ("req/s", "policy", "SLO %", "SLO % model mean", "E2E p50 s", "E2E p99 s", "GPU-h", "goodput/s",
+                 "unserved"):
         t.add_column(head, justify="right")
 
     def f(x, fmt: str) -> str:
@@ -213,7 +215,8 @@ def loadsweep(
     tested = claims[(claims.holds_at_rps != "") | (claims.fails_at_rps != "")]
     for c in tested.itertuples():
         console.print(f"{c.claim}: holds at [{c.holds_at_rps or '-'}], fails at [{c.fails_at_rps or '-'}] req/s")
-    console.print(f"written: {out / 'loadsweep.csv'}, {out / 'loadsweep.md'}, {out / 'loadsweep.png'}, {out / 'claims.csv'}")
+    files = ", ".join(str(out / f) for f in ("loadsweep.csv", "loadsweep.md", "loadsweep.png", "claims.csv", "claims.md"))
+    console.print(f"written: {files}")
 
 
 @app.command()

@@ -3,8 +3,8 @@
 Input: run folders as `compare` writes them (<root>/<scenario>/<policy label>/ with summary.json,
 requests.parquet|csv, timeseries.csv, scenario.yaml). Output in `out`: evaluation.md and
 evaluation.html (the same content), runs.csv (one row per run), paper_vs_ours.csv, and
-fig08_breakdown.png (queue / batch wait / compute / communication per CV), fig09_burst.png (latency over time
-in the burst test), fig10_percentiles.png (P50-P99 per CV), fig11_stall_cdf.png (stall recovery,
+fig08_breakdown.png (queue / batch wait / compute / communication per CV), fig09_burst.png
+(latency over time in the burst test), fig10_percentiles.png (P50-P99 per CV), fig11_stall_cdf.png (stall recovery,
 stalls.py), fig12_efficiency.png (goodput against GPU utilisation, goodput per GPU),
 gpus_reserved.png (GPUs allocated over time per CV). The report also has per-model SLO attainment,
 their unweighted mean, and a flag for every model a policy leaves unserved (metrics.UNSERVED_BELOW).
@@ -142,22 +142,26 @@ CLAIMS = [
     ("Tetris GPU utilisation, CV 4 (%)", 85.0, 4, "tetris", "util"),
     ("FlexPipe decision time per control step, mean (ms; paper: < 5)", 5.0, None, "flexpipe", "decide"),
     # §9.6: reservation cut from 75% to 30% of peak "without compromising service quality"
-    ("FlexPipe SLO attainment minus static's, mean over CVs (points; paper: not lower)", 0.0, None, "static", "slo_vs"),
-    ("FlexPipe per-model SLO attainment (unweighted mean) minus static's (points; paper: not lower)", 0.0, None, "static", "slo_model_vs"),
+    ("FlexPipe SLO attainment minus static's, mean over CVs (points; paper: not lower)",
+     0.0, None, "static", "slo_vs"),
+    ("FlexPipe per-model SLO attainment (unweighted mean) minus static's (points; paper: not lower)",
+     0.0, None, "static", "slo_model_vs"),
 ]
 
 
 # When a claim holds: the ordering the paper's figure shows, never its magnitude (absolute values
-# are not comparable: docs/paper-evaluation.md). Per metric: (rule as written in the report, test
-# of ours given the paper's value and `get`, the lookup in paper_vs_ours).
+# are not comparable: docs/paper-evaluation.md). Per metric: (the rule as the report shows it,
+# test(ours, paper value, CV, get) where get(policy, CV, column) reads the runs table).
 HOLDS = {
     "latency": ("ours > 0 (FlexPipe's latency lower)", lambda ours, paper, cv, get: ours > 0),
     "reservation": ("ours < 75 (below static's 75%)", lambda ours, paper, cv, get: ours < 75),
     "stall": ("ours <= paper", lambda ours, paper, cv, get: ours <= paper),
     "tput_drop": ("ours > 0 (throughput falls as CV rises)", lambda ours, paper, cv, get: ours > 0),
     "goodput_ratio": ("ours > 1 (FlexPipe more goodput)", lambda ours, paper, cv, get: ours > 1),
-    "util_low": ("ours < Tetris' utilisation", lambda ours, paper, cv, get: _lt(ours / 100, get("tetris", cv, "gpu_busy_frac"))),
-    "util_high": ("ours > FlexPipe's utilisation", lambda ours, paper, cv, get: _lt(get("flexpipe", cv, "gpu_busy_frac"), ours / 100)),
+    "util_low": ("ours < Tetris' utilisation",
+                 lambda ours, paper, cv, get: _lt(ours / 100, get("tetris", cv, "gpu_busy_frac"))),
+    "util_high": ("ours > FlexPipe's utilisation",
+                  lambda ours, paper, cv, get: _lt(get("flexpipe", cv, "gpu_busy_frac"), ours / 100)),
     "decide": ("ours < paper", lambda ours, paper, cv, get: ours < paper),
     "slo_vs": ("ours >= 0 (FlexPipe not lower)", lambda ours, paper, cv, get: ours >= 0),
     "slo_model_vs": ("ours >= 0 (FlexPipe not lower)", lambda ours, paper, cv, get: ours >= 0),
@@ -460,7 +464,8 @@ def write_report(roots: list[Path], out: Path) -> pd.DataFrame:
     (out / "evaluation.md").write_text("\n".join(md) + "\n")
     body = ["<h1>FlexPipe evaluation: our simulator beside the paper</h1>", "<h2>Runs</h2>",
             t[cols].to_html(index=False, float_format=lambda x: f"{x:.3g}", na_rep="-"),
-            "<h2>SLO attainment per model</h2>", per_model.to_html(index=False, float_format=lambda x: f"{x:.3f}", na_rep="-"),
+            "<h2>SLO attainment per model</h2>",
+            per_model.to_html(index=False, float_format=lambda x: f"{x:.3f}", na_rep="-"),
             f"<p>{html.escape(flags)}</p>",
             "<h2>The paper's claims beside ours</h2>", pv.to_html(index=False, na_rep="-"),
             f"<pre>{html.escape(DISCUSSION)}</pre>", "<h2>Figures</h2>"]

@@ -25,6 +25,7 @@ import pandas as pd
 
 from .compare import row, with_policy
 from .evaluation import find_runs, paper_vs_ours, policy_style, runs_table
+from .metrics import UNSERVED_BELOW
 from .runner import run_scenario
 from .scenario import Scenario, parse_scenario
 
@@ -122,16 +123,17 @@ def write_outputs(out: Path, sc: Scenario, table: pd.DataFrame, claims: pd.DataF
             "-" if pd.isna(o) else f"{h} ({o:g})" for o, h in zip(claims[f"ours_r{r:g}"], claims[f"holds_r{r:g}"])]
     shown["holds at"] = claims.holds_at_rps
     shown["fails at"] = claims.fails_at_rps
+    claims_md = ["## The paper's claims at each load", "",
+                 "A claim holds when our value shows the paper's ordering (`holds_if`; magnitudes are not "
+                 "comparable). '-': the runs at that load cannot test it (a policy or CV it needs was not run).",
+                 "", shown.to_markdown(index=False)]
     md = [f"# Load sweep: {sc.name}", "",
           f"Total arrival rate ({RATE_KEY}) {', '.join(f'{r:g}' for r in rates)} req/s; policies "
           f"{', '.join(dict.fromkeys(table.policy))}. `slo_model_mean` is the unweighted mean of the models' "
-          "SLO attainment; `unserved` names models under 10% (metrics.UNSERVED_BELOW).", "",
-          table.to_markdown(index=False, floatfmt=".3g"), "",
-          "## The paper's claims at each load", "",
-          "A claim holds when our value shows the paper's ordering (`holds_if`; magnitudes are not "
-          "comparable). '-': the runs at that load cannot test it (a policy or CV it needs was not run).", "",
-          shown.to_markdown(index=False), "", "![loadsweep](loadsweep.png)"]
+          f"SLO attainment; `unserved` names models under {100 * UNSERVED_BELOW:.0f}% (metrics.UNSERVED_BELOW).", "",
+          table.to_markdown(index=False, floatfmt=".3g"), "", *claims_md, "", "![loadsweep](loadsweep.png)"]
     (out / "loadsweep.md").write_text("\n".join(md) + "\n")
+    (out / "claims.md").write_text(f"# {sc.name}: " + "\n".join(claims_md)[3:] + "\n")
 
 
 def plot(table: pd.DataFrame, path: Path, title: str) -> None:

@@ -118,7 +118,8 @@ def model_rows(summary: dict[str, Any]) -> list[tuple[str, str, str | None]]:
     per, unserved = summary["per_model"], summary["unserved_models"]
     rows: list[tuple[str, str, str | None]] = []
     if per:
-        rows.append(("SLO attainment, unweighted mean over models", _pct(summary["overall"]["slo_attainment_model_mean"]), None))
+        mean = summary["overall"]["slo_attainment_model_mean"]
+        rows.append(("SLO attainment, unweighted mean over models", _pct(mean), None))
         for m, b in per.items():
             rows.append((f"  SLO attainment: {m}", _pct(b["slo_attainment"]), "bold red" if b.get("unserved") else None))
     for m in unserved:

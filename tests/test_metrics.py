@@ -105,7 +105,7 @@ def test_loadsweep_writes_the_table_plot_and_claims(tmp_path, write_scenario):
     for r in (2, 4):
         for p in ("static", "flexpipe"):
             assert (out / f"rate_{r}" / p / "summary.json").exists()
-    assert (out / "loadsweep.png").stat().st_size > 10_000
+    assert (out / "loadsweep.png").stat().st_size > 10_000 and "holds at" in (out / "claims.md").read_text()
     md = (out / "loadsweep.md").read_text()
     assert "holds at" in md and "| 2 req/s" in md
     claims = pd.read_csv(out / "claims.csv", keep_default_na=False)
