@@ -66,11 +66,11 @@ class Instance:
         managers = [BlockManager(s.kv_blocks, block_size) for s in stages]
         self.kv = KVSet(managers, watermark_blocks=max(1, min(s.kv_blocks for s in stages) // 100))
         n_slots = len(stages)
-        self.slots = [SlotBatcher(self.kv, self.waiting, token_budget, max_seqs) for _ in range(n_slots)]
+        self.expected_output = expected_output
+        self.slots = [self._new_slot(token_budget, max_seqs) for _ in range(n_slots)]
         self._wake: list[simpy.Event | None] = [None] * n_slots
         self.gpu_clock = gpu_clock if gpu_clock is not None else {}  # GPU id -> time it is booked until
         self.busy_s = [0.0] * len(stages)  # GPU-seconds of stage work committed so far
-        self.expected_output = expected_output
         self.outstanding_work = 0.0  # tokens promised to unfinished requests (routing signal)
         self.steps = 0
         self._on_finish = on_finish
@@ -83,6 +83,16 @@ class Instance:
         self._resume: simpy.Event | None = None
         self._drained_inflight: simpy.Event | None = None
         self._slot_args = (token_budget, max_seqs)
+
+    def _new_slot(self, token_budget: int, max_seqs: int) -> SlotBatcher:
+        # Balanced slots: a request's unfinished work in tokens, as far as the engine can know it
+        # (its prompt plus the expected output; integers, so the running sums stay exact).
+        out = round(self.expected_output)
+        return SlotBatcher(self.kv, self.waiting, token_budget, max_seqs,
+                           peers=self._active_slots, work=lambda r: r.prompt_tokens + out)
+
+    def _active_slots(self) -> list[SlotBatcher]:
+        return self.slots[: self.n_active]
 
     @property
     def tokens_generated(self) -> int:
@@ -115,7 +125,7 @@ class Instance:
                         watermark_blocks=max(1, min(s.kv_blocks for s in stages) // 100))
         n_new = len(stages)
         while len(self.slots) < n_new:
-            self.slots.append(SlotBatcher(self.kv, self.waiting, *self._slot_args))
+            self.slots.append(self._new_slot(*self._slot_args))
             self._wake.append(None)
             self.env.process(self._slot_loop(len(self.slots) - 1))
         for slot in self.slots:
@@ -139,6 +149,9 @@ class Instance:
                     self.waiting.appendleft(r)
                     preempted += 1
             slot.running = keep
+            slot.recount()
+        for slot in self.slots[n_new:]:
+            slot.recount()
         self.busy_s = [0.0] * n_new
         self.paused = False
         self._resume.succeed()
@@ -217,8 +230,10 @@ class Instance:
                 continue
             slot = self.slots[k]
             batch = slot.schedule(env.now, admit=True, growth_reserve=self.running)
-            if slot.preempted_last and any(self._wake):
-                self._wake_slots()  # preemptions refilled the queue: let idle slots try
+            if (slot.preempted_last or (slot.admitted_last and self.waiting)) and any(self._wake):
+                # preemptions refilled the queue, or this slot stopped admitting because it is no
+                # longer the least loaded: let idle slots try (a chain of wakes needs admissions, so ends)
+                self._wake_slots()
             if batch is None:
                 if self.state == "draining" and not self.waiting:
                     if not self.running and not self.drained.triggered:
