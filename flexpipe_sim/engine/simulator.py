@@ -77,7 +77,8 @@ class Simulation:
         )
         self.policy = registry.create(sc.policy.name, sc.policy.params, sc)
         self.samples: dict[str, list[float]] = {
-            k: [] for k in ("time_s", "gpus_allocated", "busy_gpu_s", "gateway_queue", "instance_queue", "running", "done")
+            k: [] for k in ("time_s", "gpus_allocated", "busy_gpu_s", "interference_gpu_s", "gateway_queue",
+                            "instance_queue", "running", "done")
         }
         self.decide_wall_s: list[float] = []
         self._model_views_static = self._static_model_facts()
@@ -143,7 +144,10 @@ class Simulation:
             insts = list(self.transitions.instances.values())
             s["time_s"].append(env.now)
             s["gpus_allocated"].append(self.transitions.gpus_allocated)
+            # own stage work, and apart from it the extra GPU time tenant interference cost
             s["busy_gpu_s"].append(self.transitions.retired_busy_s + sum(i.busy_total_s for i in insts))
+            s["interference_gpu_s"].append(self.transitions.retired_interference_s
+                                           + sum(i.interference_total_s for i in insts))
             s["gateway_queue"].append(self.gateway.queued)
             s["instance_queue"].append(sum(len(i.waiting) for i in insts))
             s["running"].append(sum(i.running for i in insts))

@@ -19,6 +19,7 @@ from ..costmodel import CostModel, LoadRates, PipelineCost, StageShape, slowdown
 from ..models import ModelSpec
 from ..policies.base import Launch, Refactor, Retire, StagePlan
 from .gateway import Gateway
+from .gputime import GpuTimeline
 from .instance import Instance, StageInfo
 from .request import Request
 
@@ -43,9 +44,10 @@ class Transitions:
     launches: list[dict] = field(default_factory=list)
     rejected: list[dict] = field(default_factory=list)
     refactors: list[dict] = field(default_factory=list)
-    retired_busy_s: float = 0.0  # busy GPU-seconds of instances already retired
+    retired_busy_s: float = 0.0  # busy GPU-seconds of instances already retired (own work)
+    retired_interference_s: float = 0.0  # and the extra GPU-seconds tenant interference added
     gpu_stages: dict[int, int] = field(default_factory=dict)  # GPU id -> our stages on it
-    gpu_clock: dict[int, float] = field(default_factory=dict)  # GPU id -> booked until (shared by co-located stages)
+    gpu_time: GpuTimeline = field(default_factory=GpuTimeline)  # stage steps booked per GPU (shared by co-located stages)
     weight_refs: dict[tuple[int, str], int] = field(default_factory=dict)  # (GPU, shared weights entry) -> users
     weights_ready: dict[tuple[int, str], float] = field(default_factory=dict)  # when a shared copy is loaded
     _ids: itertools.count = field(default_factory=itertools.count)
@@ -165,7 +167,7 @@ class Transitions:
         inst = Instance(
             self.env, iid, a.model, infos, self.pipeline_cost(a.model, infos),
             block_size=self.block_size, token_budget=self.token_budget, max_seqs=self.max_seqs,
-            expected_output=self.expected_output, on_finish=self.on_finish, gpu_clock=self.gpu_clock,
+            expected_output=self.expected_output, on_finish=self.on_finish, gpu_time=self.gpu_time,
         )
         self.instances[iid] = inst
         self.env.process(self._load(inst, spec))
@@ -260,5 +262,6 @@ class Transitions:
         for s in inst.stages:
             self.free_stage(inst.model, inst.id, s)
         self.retired_busy_s += inst.busy_total_s
+        self.retired_interference_s += inst.interference_total_s
         inst.state = "retired"
         del self.instances[inst.id]
