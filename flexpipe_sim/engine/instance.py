@@ -28,7 +28,7 @@ from typing import Callable
 
 import simpy
 
-from ..costmodel import PipelineCost
+from ..costmodel import BatchWork, PipelineCost
 from ..memory import BlockManager
 from .batcher import Batch, KVSet, SlotBatcher
 from .gputime import GpuTimeline
@@ -92,6 +92,7 @@ class Instance:
         self._resume: simpy.Event | None = None
         self._drained_inflight: simpy.Event | None = None
         self._slot_args = (token_budget, max_seqs)
+        self._capacity: tuple[int, float] | None = None  # cache of capacity_tokens_per_s
 
     def _new_slot(self, token_budget: int, max_seqs: int) -> SlotBatcher:
         # Balanced slots: a request's unfinished work in tokens, as far as the engine can know it
@@ -184,6 +185,27 @@ class Instance:
     @property
     def running(self) -> int:
         return sum(len(s.running) for s in self.slots[: self.n_active])
+
+    def capacity_tokens_per_s(self, prompt_tokens: float) -> float:
+        """Decode tokens per second at the batch this instance's KV holds (routing capacity, see
+        gateway.py): n = min(KV tokens / (prompt + expected output), slots x max_seqs) sequences,
+        n / S per slot at mean context prompt + output / 2; a cycle of the S slots takes the longer
+        of one slot's pass (stages, hops, token return) and S steps of the slowest stage."""
+        key = round(prompt_tokens)  # switch() clears the cache (new stages, new KV)
+        if self._capacity is not None and self._capacity[0] == key:
+            return self._capacity[1]
+        n_slots = self.n_active
+        length = prompt_tokens + self.expected_output
+        n = max(1, min(int(self.kv.capacity_tokens // max(length, 1.0)), n_slots * self.slots[0].max_seqs))
+        b = max(1, n // n_slots)
+        ctx = int(prompt_tokens + self.expected_output / 2)
+        w = BatchWork(b, b, b * (ctx + 1), b * (ctx + 1), b)
+        st = self.cost.stage_times(w)
+        one_pass = sum(st) + sum(self.cost.hop_times(b)) + self.cost.return_time(b)
+        cycle = max(one_pass, n_slots * max(st))
+        rate = n_slots * b / cycle
+        self._capacity = (key, rate)
+        return rate
 
     def work_of(self, r: Request) -> float:
         return r.prompt_tokens + self.expected_output

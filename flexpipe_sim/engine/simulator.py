@@ -82,6 +82,7 @@ class Simulation:
         }
         self.decide_wall_s: list[float] = []
         self._model_views_static = self._static_model_facts()
+        self.gateway.typical_prompt = {m: f[1] for m, f in self._model_views_static.items() if f[1] > 0}
         self._recent: dict[str, deque[float]] = {m: deque() for m in self.specs}
 
     def _cost_models(self) -> dict[str, CostModel]:
