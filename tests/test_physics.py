@@ -240,3 +240,66 @@ def test_routing_by_work_over_capacity_spares_the_small_kv_instance():
     assert 0 < len(on_small) < 0.5 * len(df)
     assert on_small.preemptions.sum() / len(on_small) < 0.1, on_small.preemptions.mean()
     assert len(on_small) < 0.4 * len(df[df.instance >= 0])
+
+
+# --- 3. weight loads share storage and PCIe ------------------------------------------------------
+
+def cold_launch(depth: int, servers: int, gpus: int, **changes):
+    """Launch one `depth`-stage 7B pipeline at t=0 without prewarm; returns its load time and the
+    bytes of one stage (all stages equal: 32 layers / depth, plus embeddings on the ends)."""
+    sc = idle_8gpu(rate=0.2, horizon=5.0, **{"engine.prewarm": False, "cluster.servers": servers,
+                                            "cluster.gpus": gpus, "cluster.racks": 1,
+                                            "policy.params.stages": 1, **changes})
+    sim, raw = run_with(sc, LaunchOnce(depth, 1))
+    check_conservation(sim, raw)
+    spec = sim.specs["llama2-7b"]
+    sizes = [spec.stage_weight_bytes(a, b) for a, b in spec.even_split(depth)]
+    (launch,) = raw.launches
+    return launch["load_s"], sizes
+
+
+PCIE = 25e9  # A100 pinned host->GPU rate (hardware.py, Gen4 x16)
+
+
+def test_a_single_cold_load_takes_storage_plus_pcie_time():
+    load_s, (n,) = cold_launch(1, 1, 1)
+    assert load_s == pytest.approx(n / 1e9 + n / PCIE, rel=1e-9)
+
+
+def test_two_cold_loads_on_one_server_share_its_storage_and_uplink():
+    """Two stages of 16 layers on one server load at once: storage (1 GB/s per server) and the
+    PCIe uplink the GPU pair shares are split two ways, so the load takes 2x what one stage alone
+    would take. On two servers, 1x. Before the fix: 1x on one server too."""
+    one_server, sizes = cold_launch(2, 1, 2)
+    two_servers, _ = cold_launch(2, 2, 2)
+    alone = max(n / 1e9 + n / PCIE for n in sizes)
+    assert two_servers == pytest.approx(alone, rel=1e-6)
+    assert one_server == pytest.approx(2 * alone, rel=0.05)
+
+
+def test_the_cluster_storage_limit_caps_many_servers_loading_at_once():
+    """8 stages on 8 servers at once, cluster storage 2 GB/s: each read gets 0.25 GB/s (the per
+    server 1 GB/s is not the bottleneck). Before the fix each read ran at 1 GB/s."""
+    load_s, sizes = cold_launch(8, 8, 8, **{"cluster.cluster_storage_gb_s": 2.0})
+    n = max(sizes)
+    # the largest stage finishes last; the others free their share before, so it ends a bit sooner
+    assert load_s <= n / 0.25e9 + n / PCIE + 1e-9
+    assert load_s > 0.8 * (n / 0.25e9)
+    assert load_s > 3 * (n / 1e9 + n / PCIE)
+
+
+def test_flow_network_water_filling():
+    """Max-min fairness: flows A, B share resource x (cap 10); B and C share y (cap 4).
+    y gives B and C 2 each; A gets the 8 x has left. Rates are recomputed when one ends."""
+    from flexpipe_sim.engine.loads import FlowNetwork
+
+    env = simpy.Environment()
+    net = FlowNetwork(env, {"x": 10.0, "y": 4.0})
+    ends = {}
+    for name, nbytes, res in (("A", 16.0, ("x",)), ("B", 4.0, ("x", "y")), ("C", 6.0, ("y",))):
+        ev = net.transfer(nbytes, res)
+        ev.callbacks.append(lambda _e, k=name: ends.setdefault(k, env.now))
+    env.run()
+    # t=2: A has 16 - 16 = 0 -> done at 2; B 4 - 4 = 0 -> done at 2; C 6 - 4 = 2 left, then alone on y at 4/s
+    assert ends["A"] == pytest.approx(2.0) and ends["B"] == pytest.approx(2.0)
+    assert ends["C"] == pytest.approx(2.5)

@@ -17,7 +17,7 @@ import numpy as np
 import simpy
 
 from ..cluster import Cluster, build_cluster
-from ..costmodel import CostModel, ProfileCostModel
+from ..costmodel import CostModel, LoadRates, ProfileCostModel
 from ..hardware import LinkKind
 from ..policies import registry
 from ..policies.base import ClusterView, EngineLimits, GPUView, InstanceView, ModelView
@@ -74,6 +74,7 @@ class Simulation:
             block_size=e.block_size, token_budget=e.token_budget, max_seqs=e.max_seqs,
             gpu_memory_utilization=e.gpu_memory_utilization, workspace_bytes=int(e.workspace_gb * 2**30),
             expected_output=self.workload.mean_output_tokens, prewarm=e.prewarm,
+            load_rates=LoadRates(c.storage_gb_s * 1e9, c.cluster_storage_gb_s * 1e9, c.gpus_per_pcie_uplink),
         )
         self.policy = registry.create(sc.policy.name, sc.policy.params, sc)
         self.samples: dict[str, list[float]] = {
