@@ -93,6 +93,8 @@ def test_balanced_slots_keep_a_pipeline_close_to_replicas():
         df = requests_frame(raw)
         assert (df.drop_reason == "").all()
         tpot[depth] = float(df.tpot_s.median())
+        for inst in sim.transitions.instances.values():  # the running load sums came back to zero
+            assert all(s.load == 0 and not s.running for s in inst.slots)
         if depth == 8:
             spread = np.array([max(s) - min(s) for s in sizes])
             biggest = np.array([max(s) for s in sizes])
@@ -303,3 +305,19 @@ def test_flow_network_water_filling():
     # t=2: A has 16 - 16 = 0 -> done at 2; B 4 - 4 = 0 -> done at 2; C 6 - 4 = 2 left, then alone on y at 4/s
     assert ends["A"] == pytest.approx(2.0) and ends["B"] == pytest.approx(2.0)
     assert ends["C"] == pytest.approx(2.5)
+
+
+def test_gpu_timeline_backfills_gaps_without_moving_bookings():
+    from flexpipe_sim.engine.gputime import GpuTimeline
+
+    tl = GpuTimeline()
+    assert tl.book(0, 1.0, 1.0, 0.0) == 1.0  # [1, 2]
+    assert tl.book(0, 4.0, 1.0, 0.0) == 4.0  # [4, 5]
+    assert tl.book(0, 0.0, 1.0, 0.0) == 0.0  # fits before [1, 2] exactly
+    assert tl.book(0, 0.5, 1.5, 0.0) == 2.0  # no room before 1 or inside: after [1, 2], fits [2, 3.5]
+    assert tl.book(0, 2.0, 1.0, 0.0) == 5.0  # [3.5, 4] is too short: after [4, 5]
+    assert tl.book(0, 3.5, 0.5, 0.0) == 3.5  # the half-second gap
+    old = GpuTimeline(work_conserving=False)
+    old.book(0, 1.0, 1.0, 0.0)
+    old.book(0, 4.0, 1.0, 0.0)
+    assert old.book(0, 0.0, 1.0, 0.0) == 5.0  # booking ahead: only after the last booking
