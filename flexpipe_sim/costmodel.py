@@ -164,13 +164,23 @@ class ProfileCostModel(CostModel):
 
 @dataclass(frozen=True)
 class LoadRates:
-    """Weight-loading tiers (DESIGN.md): storage -> host memory -> GPU, or GPU <- peer GPU.
+    """Weight-loading tiers (DESIGN.md): storage -> host memory -> GPU, or GPU <- peer GPU. Loads
+    running at once share these bandwidths (engine/loads.py); the paper's resource graph names
+    PCIe per server and storage I/O per cluster (§7) but gives no values.
 
     storage: 1.0 GB/s per server. Table 2 of the paper implies 0.64-1.15 GB/s per stage load for
-    OPT-66B on A100 (30/15/7.5/3.75 GB in 47.14/13.05/9.19/5.43 s); we take the round middle.
+    OPT-66B on A100 (30/15/7.5/3.75 GB in 47.14/13.05/9.19/5.43 s); we take the round middle, now
+    shared by the concurrent loads of one server (Table 2 does not say how many stages shared a
+    server, so its figures bound a per-server rate only loosely: 2 stages per server would be ~1.4 GB/s).
+    cluster storage: 22 GB/s in all. Table 2's 32-stage load brings 120 GB in 5.43 s (22.1 GB/s
+    together), the most the paper shows its storage delivering; we take that as the limit.
+    gpus_per_pcie_uplink: 2. In HGX/DGX A100 servers GPUs sit in pairs behind PCIe switches with one
+    Gen4 x16 uplink to the host each, so two GPUs loading at once share one host link's rate.
     """
 
     storage_bytes_per_s: float = 1.0e9
+    cluster_storage_bytes_per_s: float = 22.0e9
+    gpus_per_pcie_uplink: int = 2
 
 
 class PipelineCost:

@@ -147,7 +147,8 @@ def summarize(raw: RawResults, df: pd.DataFrame, ts: pd.DataFrame) -> dict[str, 
     after = alloc[np.argmax(alloc > 0):] if (alloc > 0).any() else alloc
     peak = int(alloc.max()) if len(alloc) else 0
     floor = int(after.min()) if len(after) else 0
-    busy = float(ts.busy_gpu_s.iloc[-1]) if len(ts) else 0.0
+    busy = float(ts.busy_gpu_s.iloc[-1]) if len(ts) else 0.0  # own stage work, without interference
+    interference = float(ts.interference_gpu_s.iloc[-1]) if len(ts) and "interference_gpu_s" in ts else 0.0
     overall = _block(df, horizon)
     avg_gpus = gpu_s / raw.end_s if raw.end_s > 0 else 0.0
     drops = df.drop_reason[df.drop_reason != ""].value_counts().to_dict()
@@ -175,6 +176,7 @@ def summarize(raw: RawResults, df: pd.DataFrame, ts: pd.DataFrame) -> dict[str, 
             "allocated_gpu_s": gpu_s,
             "busy_gpu_s": busy,
             "busy_frac_of_allocated": busy / gpu_s if gpu_s else None,
+            "interference_gpu_s": interference,  # extra GPU time tenant SM time-slicing cost our stages
             "resource_efficiency_goodput_per_gpu": overall["goodput_rps"] / avg_gpus if avg_gpus else None,
         },
         "refactors": {

@@ -40,6 +40,11 @@ class ClusterConfig(_Strict):
     host_memory_gb: float = Field(256.0, gt=0, description="host memory per server (paper: >= 256 GB)")
     host_cache_fraction: float = Field(0.5, gt=0, le=1, description="share of host memory for the weight cache")
     tenant_scale: float = Field(1.0, ge=0, le=1, description="background tenant load, 1 = paper Table 1, 0 = none")
+    storage_gb_s: float = Field(1.0, gt=0, description="storage read rate per server, GB/s, shared by its loads "
+                                "(Table 2 implies 0.64-1.15 GB/s per stage load)")
+    cluster_storage_gb_s: float = Field(22.0, gt=0, description="storage read rate of the whole cluster, GB/s "
+                                        "(Table 2: 120 GB in 5.43 s at 32 stages)")
+    gpus_per_pcie_uplink: int = Field(2, ge=1, description="GPUs sharing one host->GPU PCIe uplink (HGX A100: 2)")
 
     @model_validator(mode="after")
     def _consistent(self) -> "ClusterConfig":

@@ -4,12 +4,20 @@ Each iteration: running requests first (decodes, or the next chunk of a prefill)
 requests from the instance's queue, within the slot's token budget and sequence cap. KV blocks are
 taken on every stage before a step; when a running request cannot grow, the most recently admitted
 request of the slot is preempted (recompute) until it can. Nothing is ever over-committed.
+
+Balance (issue 11): the slots of a pipeline share one waiting queue, and a pipeline moves at the
+pace of its biggest micro-batch. vLLM's pipeline-parallel engine gives each new request to the
+virtual engine with the fewest unfinished requests; with `peers` set, a slot admits the head of the
+queue only while it holds the least unfinished work (in tokens: `work(r)` summed over its running
+requests) among its peer slots, so slot loads stay within one request's work of each other.
+Without `peers` (the kernel's wavefront engine) any slot admits, as before.
 """
 
 from __future__ import annotations
 
 from collections import deque
 from dataclasses import dataclass
+from typing import Callable
 
 from ..costmodel import BatchWork
 from ..memory import BlockManager
@@ -55,8 +63,14 @@ class KVSet:
         r.kv_tokens = 0
 
 
+def _count(r: Request) -> float:
+    return 1.0
+
+
 class SlotBatcher:
-    def __init__(self, kv: KVSet, waiting: deque[Request], token_budget: int, max_seqs: int) -> None:
+    def __init__(self, kv: KVSet, waiting: deque[Request], token_budget: int, max_seqs: int,
+                 peers: Callable[[], list["SlotBatcher"]] | None = None,
+                 work: Callable[[Request], float] = _count) -> None:
         self.kv = kv
         self.waiting = waiting  # shared by all slots of the instance
         self.running: list[Request] = []
@@ -64,9 +78,24 @@ class SlotBatcher:
         self.max_seqs = max_seqs
         self.sampled = 0  # tokens sampled by this slot's steps
         self.preempted_last = 0  # preemptions made by the last schedule() call
+        self.admitted_last = 0  # admissions made by the last schedule() call
+        self.peers = peers  # the active slots of the pipeline (balance), or None (no balance)
+        self.work = work  # unfinished work a request brings (tokens; default: 1 per request, vLLM's rule)
+        self.load = 0.0  # sum of work(r) over self.running
+
+    def recount(self) -> None:
+        """Recompute `load` after requests were moved between slots (refactor merge/switch)."""
+        self.load = float(sum(self.work(r) for r in self.running))
+
+    def _least_loaded(self) -> bool:
+        if self.peers is None:
+            return True
+        load = self.load
+        return all(load <= p.load for p in self.peers())
 
     def preempt(self, r: Request) -> None:
         self.preempted_last += 1
+        self.load -= self.work(r)
         self.kv.free(r)
         r.num_computed = 0
         r.preemptions += 1
@@ -91,6 +120,7 @@ class SlotBatcher:
         read by decodes (their whole context, through the paged-attention path)."""
         budget = self.token_budget
         self.preempted_last = 0
+        self.admitted_last = 0
         items: list[tuple[Request, int]] = []
         n_tokens = attn = kv_read = n_decode = 0
         has_decode = False
@@ -119,7 +149,7 @@ class SlotBatcher:
         if admit:
             reserve = kv.watermark + growth_reserve
             waiting = self.waiting
-            while waiting and budget > 0 and len(running) < self.max_seqs:
+            while waiting and budget > 0 and len(running) < self.max_seqs and self._least_loaded():
                 r = waiting[0]
                 c = r.num_computed
                 n = min(r.num_tokens - c, budget)
@@ -129,6 +159,8 @@ class SlotBatcher:
                 if r.admitted_s != r.admitted_s:  # NaN: first admission
                     r.admitted_s = now
                 running.append(r)
+                self.load += self.work(r)
+                self.admitted_last += 1
                 items.append((r, n))
                 budget -= n
                 n_tokens += n
@@ -156,4 +188,6 @@ class SlotBatcher:
                     finished.append(r)
         if finished:
             self.running = [r for r in self.running if r.generated < r.output_tokens]
+            for r in finished:
+                self.load -= self.work(r)
         return finished

@@ -1,5 +1,19 @@
 """The gateway: routes each arriving request to a ready instance of its model with the least
-outstanding work, or queues it (per model, FIFO) while the model has no ready instance."""
+outstanding work per unit of capacity, or queues it (per model, FIFO) while the model has no ready
+instance.
+
+Capacity (issue 11): instances of one model differ in speed (depth, tenant interference) and in KV
+(MuxServe quotas, leftover memory). Least absolute work sent as much to a small-KV instance as to a
+big one, which then preempted 0.7-8 times per request. An instance's capacity is its decode token
+rate at the batch its KV holds (`Instance.capacity_tokens_per_s`): sequences that fit its KV at the
+model's typical length (prompt + expected output), split over its micro-batch slots and capped by
+max_seqs, priced by its own stage and hop times. (Outstanding work + the request's) / capacity is
+the time to serve what it would have. When that work exceeds the instance's KV tokens, not all of
+it can hold KV at once: it waits for admission and the admitted ones preempt each other as they
+grow. The score multiplies the drain time by that over-commit factor (work / KV tokens, when > 1),
+so a request goes where it fits in KV first and, when it fits nowhere, where KV is least
+over-committed relative to speed.
+"""
 
 from __future__ import annotations
 
@@ -11,10 +25,13 @@ from .request import Request
 
 
 class Gateway:
-    def __init__(self, models: list[str], on_drop: Callable[[Request, str], None]) -> None:
+    def __init__(self, models: list[str], on_drop: Callable[[Request, str], None],
+                 typical_prompt: dict[str, float] | None = None) -> None:
         self.queues: dict[str, deque[Request]] = {m: deque() for m in models}
         self.instances: dict[str, list[Instance]] = {m: [] for m in models}
         self._drop = on_drop
+        # mean prompt tokens per model (the history policies also see), for instance capacities
+        self.typical_prompt = typical_prompt or {}
 
     @property
     def queued(self) -> int:
@@ -29,7 +46,14 @@ class Gateway:
         if not fitting:
             self._drop(r, "longer than any instance's KV capacity")
             return
-        min(fitting, key=lambda i: (i.outstanding_work, i.id)).enqueue(r)
+        prompt = self.typical_prompt.get(r.model, float(r.prompt_tokens))
+
+        def score(i: Instance) -> tuple[float, int]:
+            work = i.outstanding_work + i.work_of(r)
+            over = work / i.kv.capacity_tokens
+            return work / i.capacity_tokens_per_s(prompt) * (over if over > 1.0 else 1.0), i.id
+
+        min(fitting, key=score).enqueue(r)
 
     def add(self, inst: Instance) -> None:
         self.instances[inst.model].append(inst)

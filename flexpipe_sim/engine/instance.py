@@ -10,10 +10,14 @@ gives exact stage timings at submission, and a micro-batch step costs one SimPy 
 2S (this is what makes 100k-request runs fast; `tests/test_engine.py` checks it against sums of
 stage and hop times and against the slowest-stage throughput bound).
 
-"GPU free" is a clock shared by every stage on that GPU (`gpu_clock`, owned by the backend): stages of
-different instances co-located on one GPU (MuxServe, Tetris, or FlexPipe using leftover memory) take
-turns, each booking the GPU at submission. That is a valid non-preemptive schedule, not a
-work-conserving one: a later submission cannot jump into a gap before an earlier booking.
+"GPU free" comes from a timeline shared by every stage on that GPU (`GpuTimeline`, owned by the
+backend): stages of different instances co-located on one GPU (MuxServe, Tetris, or FlexPipe using
+leftover memory) book it at submission, each step into the earliest idle gap long enough for it
+(engine/gputime.py), so one instance's gaps (hops, bubbles) serve the others. Each stage stays
+FIFO for its own instance, so an instance alone on its GPUs gets exactly the tandem-queue timings.
+
+Busy time: `busy_s` is the stage work itself (the step time without tenant interference),
+`interference_s` the extra time the GPU took because tenants time-slice its SMs (costmodel.slowdown).
 """
 
 from __future__ import annotations
@@ -24,9 +28,10 @@ from typing import Callable
 
 import simpy
 
-from ..costmodel import PipelineCost
+from ..costmodel import BatchWork, PipelineCost
 from ..memory import BlockManager
 from .batcher import Batch, KVSet, SlotBatcher
+from .gputime import GpuTimeline
 from .request import Request
 
 
@@ -54,7 +59,7 @@ class Instance:
         max_seqs: int,
         expected_output: float,
         on_finish: Callable[[Request], None],
-        gpu_clock: dict[int, float] | None = None,
+        gpu_time: GpuTimeline | None = None,
     ) -> None:
         self.env = env
         self.id = instance_id
@@ -66,11 +71,14 @@ class Instance:
         managers = [BlockManager(s.kv_blocks, block_size) for s in stages]
         self.kv = KVSet(managers, watermark_blocks=max(1, min(s.kv_blocks for s in stages) // 100))
         n_slots = len(stages)
-        self.slots = [SlotBatcher(self.kv, self.waiting, token_budget, max_seqs) for _ in range(n_slots)]
-        self._wake: list[simpy.Event | None] = [None] * n_slots
-        self.gpu_clock = gpu_clock if gpu_clock is not None else {}  # GPU id -> time it is booked until
-        self.busy_s = [0.0] * len(stages)  # GPU-seconds of stage work committed so far
         self.expected_output = expected_output
+        self.slots = [self._new_slot(token_budget, max_seqs) for _ in range(n_slots)]
+        self._wake: list[simpy.Event | None] = [None] * n_slots
+        self.gpu_time = gpu_time if gpu_time is not None else GpuTimeline()
+        self._stage_free = [0.0] * len(stages)  # end of this instance's last step on each stage (FIFO)
+        self.busy_s = [0.0] * len(stages)  # GPU-seconds of stage work committed so far (no interference)
+        self.interference_s = [0.0] * len(stages)  # GPU-seconds added by tenant interference
+        self._slowdowns = self._stage_slowdowns(cost, len(stages))
         self.outstanding_work = 0.0  # tokens promised to unfinished requests (routing signal)
         self.steps = 0
         self._on_finish = on_finish
@@ -78,20 +86,41 @@ class Instance:
         self.n_active = n_slots  # slots in use (a merge retires the extra ones)
         self.inflight = 0  # micro-batches between submission and completion
         self.retired_busy_s = 0.0  # busy GPU-seconds of stages replaced by refactoring
+        self.retired_interference_s = 0.0
         self.paused = False
         self.refactoring = False  # a refactor is under way (engine/refactor.py)
         self._resume: simpy.Event | None = None
         self._drained_inflight: simpy.Event | None = None
         self._slot_args = (token_budget, max_seqs)
+        self._capacity: tuple[int, float] | None = None  # cache of capacity_tokens_per_s
+
+    def _new_slot(self, token_budget: int, max_seqs: int) -> SlotBatcher:
+        # Balanced slots: a request's unfinished work in tokens, as far as the engine can know it
+        # (its prompt plus the expected output; integers, so the running sums stay exact).
+        out = round(self.expected_output)
+        return SlotBatcher(self.kv, self.waiting, token_budget, max_seqs,
+                           peers=self._active_slots, work=lambda r: r.prompt_tokens + out)
+
+    def _active_slots(self) -> list[SlotBatcher]:
+        return self.slots[: self.n_active]
 
     @property
     def tokens_generated(self) -> int:
         """Tokens sampled so far (a refactor's dirty set between KV copy rounds)."""
         return sum(s.sampled for s in self.slots)
 
+    @staticmethod
+    def _stage_slowdowns(cost: PipelineCost, n: int) -> list[float]:
+        shapes = getattr(cost, "stages", None)  # test fakes have fixed times, no shapes
+        return [s.slowdown for s in shapes] if shapes else [1.0] * n
+
     @property
     def busy_total_s(self) -> float:
         return self.retired_busy_s + sum(self.busy_s)
+
+    @property
+    def interference_total_s(self) -> float:
+        return self.retired_interference_s + sum(self.interference_s)
 
     # --- refactoring support (engine/refactor.py drives these) ---------------------------------
     def pause(self):
@@ -110,12 +139,14 @@ class Instance:
         running = [r for s in self.slots[: self.n_active] for r in s.running]
         old = self.kv
         self.retired_busy_s += sum(self.busy_s)
+        self.retired_interference_s += sum(self.interference_s)
         self.stages, self.cost = stages, cost
+        self._slowdowns = self._stage_slowdowns(cost, len(stages))
         self.kv = KVSet([BlockManager(s.kv_blocks, block_size) for s in stages],
                         watermark_blocks=max(1, min(s.kv_blocks for s in stages) // 100))
         n_new = len(stages)
         while len(self.slots) < n_new:
-            self.slots.append(SlotBatcher(self.kv, self.waiting, *self._slot_args))
+            self.slots.append(self._new_slot(*self._slot_args))
             self._wake.append(None)
             self.env.process(self._slot_loop(len(self.slots) - 1))
         for slot in self.slots:
@@ -139,7 +170,12 @@ class Instance:
                     self.waiting.appendleft(r)
                     preempted += 1
             slot.running = keep
+            slot.recount()
+        for slot in self.slots[n_new:]:
+            slot.recount()
         self.busy_s = [0.0] * n_new
+        self.interference_s = [0.0] * n_new
+        self._stage_free = [0.0] * n_new  # nothing in flight: every earlier step is over
         self.paused = False
         self._resume.succeed()
         self._wake_slots()
@@ -149,6 +185,27 @@ class Instance:
     @property
     def running(self) -> int:
         return sum(len(s.running) for s in self.slots[: self.n_active])
+
+    def capacity_tokens_per_s(self, prompt_tokens: float) -> float:
+        """Decode tokens per second at the batch this instance's KV holds (routing capacity, see
+        gateway.py): n = min(KV tokens / (prompt + expected output), slots x max_seqs) sequences,
+        n / S per slot at mean context prompt + output / 2; a cycle of the S slots takes the longer
+        of one slot's pass (stages, hops, token return) and S steps of the slowest stage."""
+        key = round(prompt_tokens)  # switch() clears the cache (new stages, new KV)
+        if self._capacity is not None and self._capacity[0] == key:
+            return self._capacity[1]
+        n_slots = self.n_active
+        length = prompt_tokens + self.expected_output
+        n = max(1, min(int(self.kv.capacity_tokens // max(length, 1.0)), n_slots * self.slots[0].max_seqs))
+        b = max(1, n // n_slots)
+        ctx = int(prompt_tokens + self.expected_output / 2)
+        w = BatchWork(b, b, b * (ctx + 1), b * (ctx + 1), b)
+        st = self.cost.stage_times(w)
+        one_pass = sum(st) + sum(self.cost.hop_times(b)) + self.cost.return_time(b)
+        cycle = max(one_pass, n_slots * max(st))
+        rate = n_slots * b / cycle
+        self._capacity = (key, rate)
+        return rate
 
     def work_of(self, r: Request) -> float:
         return r.prompt_tokens + self.expected_output
@@ -196,14 +253,15 @@ class Instance:
         hops = self.cost.hop_times(batch.work.n_tokens)
         t = start
         last = len(st) - 1
-        clock = self.gpu_clock
+        book, now = self.gpu_time.book, self.env.now
+        free, sd = self._stage_free, self._slowdowns
         for k, dt in enumerate(st):
-            gpu = self.stages[k].gpu
-            free = clock.get(gpu, 0.0)
-            begin = t if t > free else free
-            end = begin + dt
-            clock[gpu] = end
-            self.busy_s[k] += dt
+            f = free[k]
+            end = book(self.stages[k].gpu, t if t > f else f, dt, now) + dt
+            free[k] = end
+            own = dt / sd[k]
+            self.busy_s[k] += own
+            self.interference_s[k] += dt - own
             t = end + hops[k] if k < last else end
         return t, sum(st), sum(hops)
 
@@ -217,8 +275,10 @@ class Instance:
                 continue
             slot = self.slots[k]
             batch = slot.schedule(env.now, admit=True, growth_reserve=self.running)
-            if slot.preempted_last and any(self._wake):
-                self._wake_slots()  # preemptions refilled the queue: let idle slots try
+            if (slot.preempted_last or (slot.admitted_last and self.waiting)) and any(self._wake):
+                # preemptions refilled the queue, or this slot stopped admitting because it is no
+                # longer the least loaded: let idle slots try (a chain of wakes needs admissions, so ends)
+                self._wake_slots()
             if batch is None:
                 if self.state == "draining" and not self.waiting:
                     if not self.running and not self.drained.triggered:

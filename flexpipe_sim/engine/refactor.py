@@ -1,7 +1,8 @@
 """Inflight refactoring in the simulator (FlexPipe §6.3, Fig. 6), the same protocol the kernel runs
 (flexpipe_kernel/refactor.py), priced by the cost model and the cluster's links:
 
-1. New stages load their weights (host cache first, storage on a miss) while the old pipeline serves.
+1. New stages load their weights (host cache first, storage on a miss) while the old pipeline
+   serves, sharing storage and PCIe bandwidth with every other load (engine/loads.py).
 2. KV pre-copy rounds: each new stage pulls the KV of its layers from the old stages holding them,
    over the link between the two GPUs. Round 1 copies every running request's computed tokens;
    each later round copies the tokens computed during the previous one (the dirty set, the
@@ -60,9 +61,8 @@ def refactor_process(tr: Transitions, inst: Instance, new: list[StageInfo]):
     t0 = env.now
     old = list(inst.stages)
     fresh = [s for s in new if s not in old]
-    load_s, cold, weight_bytes = tr.load_seconds(inst.model, fresh)
-    if load_s > 0:
-        yield env.timeout(load_s)
+    cold, weight_bytes = yield env.process(tr.load_stages(inst.model, fresh))  # shares the load fabric
+    load_s = env.now - t0
     rounds, kv_bytes = 0, 0
     before: dict[int, int] = {}
     while rounds < MAX_ROUNDS:

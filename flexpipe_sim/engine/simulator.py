@@ -17,7 +17,7 @@ import numpy as np
 import simpy
 
 from ..cluster import Cluster, build_cluster
-from ..costmodel import CostModel, ProfileCostModel
+from ..costmodel import CostModel, LoadRates, ProfileCostModel
 from ..hardware import LinkKind
 from ..policies import registry
 from ..policies.base import ClusterView, EngineLimits, GPUView, InstanceView, ModelView
@@ -74,13 +74,16 @@ class Simulation:
             block_size=e.block_size, token_budget=e.token_budget, max_seqs=e.max_seqs,
             gpu_memory_utilization=e.gpu_memory_utilization, workspace_bytes=int(e.workspace_gb * 2**30),
             expected_output=self.workload.mean_output_tokens, prewarm=e.prewarm,
+            load_rates=LoadRates(c.storage_gb_s * 1e9, c.cluster_storage_gb_s * 1e9, c.gpus_per_pcie_uplink),
         )
         self.policy = registry.create(sc.policy.name, sc.policy.params, sc)
         self.samples: dict[str, list[float]] = {
-            k: [] for k in ("time_s", "gpus_allocated", "busy_gpu_s", "gateway_queue", "instance_queue", "running", "done")
+            k: [] for k in ("time_s", "gpus_allocated", "busy_gpu_s", "interference_gpu_s", "gateway_queue",
+                            "instance_queue", "running", "done")
         }
         self.decide_wall_s: list[float] = []
         self._model_views_static = self._static_model_facts()
+        self.gateway.typical_prompt = {m: f[1] for m, f in self._model_views_static.items() if f[1] > 0}
         self._recent: dict[str, deque[float]] = {m: deque() for m in self.specs}
 
     def _cost_models(self) -> dict[str, CostModel]:
@@ -156,7 +159,10 @@ class Simulation:
             insts = list(self.transitions.instances.values())
             s["time_s"].append(env.now)
             s["gpus_allocated"].append(self.transitions.gpus_allocated)
+            # own stage work, and apart from it the extra GPU time tenant interference cost
             s["busy_gpu_s"].append(self.transitions.retired_busy_s + sum(i.busy_total_s for i in insts))
+            s["interference_gpu_s"].append(self.transitions.retired_interference_s
+                                           + sum(i.interference_total_s for i in insts))
             s["gateway_queue"].append(self.gateway.queued)
             s["instance_queue"].append(sum(len(i.waiting) for i in insts))
             s["running"].append(sum(i.running for i in insts))

@@ -2,7 +2,8 @@
 
 Loading tiers (DESIGN.md): a stage whose layer range is in its server's host cache loads over
 pinned PCIe only (warm start); otherwise it reads from storage first (cold start). Stages load in
-parallel; the instance serves when its slowest stage is loaded. With `engine.prewarm`, the launches
+parallel; the instance serves when its slowest stage is loaded. Concurrent loads share server
+storage, the cluster's storage and the servers' PCIe uplinks (engine/loads.py). With `engine.prewarm`, the launches
 of the first control step are ready at t=0 (always-on capacity exists before the trace starts).
 """
 
@@ -19,6 +20,8 @@ from ..costmodel import CostModel, LoadRates, PipelineCost, StageShape, slowdown
 from ..models import ModelSpec
 from ..policies.base import Launch, Refactor, Retire, StagePlan
 from .gateway import Gateway
+from .gputime import GpuTimeline
+from .loads import LoadFabric
 from .instance import Instance, StageInfo
 from .request import Request
 
@@ -43,11 +46,14 @@ class Transitions:
     launches: list[dict] = field(default_factory=list)
     rejected: list[dict] = field(default_factory=list)
     refactors: list[dict] = field(default_factory=list)
-    retired_busy_s: float = 0.0  # busy GPU-seconds of instances already retired
+    retired_busy_s: float = 0.0  # busy GPU-seconds of instances already retired (own work)
+    retired_interference_s: float = 0.0  # and the extra GPU-seconds tenant interference added
     gpu_stages: dict[int, int] = field(default_factory=dict)  # GPU id -> our stages on it
-    gpu_clock: dict[int, float] = field(default_factory=dict)  # GPU id -> booked until (shared by co-located stages)
+    gpu_time: GpuTimeline = field(default_factory=GpuTimeline)  # stage steps booked per GPU (shared by co-located stages)
     weight_refs: dict[tuple[int, str], int] = field(default_factory=dict)  # (GPU, shared weights entry) -> users
-    weights_ready: dict[tuple[int, str], float] = field(default_factory=dict)  # when a shared copy is loaded
+    weights_ready: dict[tuple[int, str], simpy.Event] = field(default_factory=dict)  # fires when a shared copy is loaded
+    _fabric: LoadFabric | None = None
+    _reading: dict[tuple[int, tuple[str, int, int]], simpy.Event] = field(default_factory=dict)  # host-cache fills under way
     _ids: itertools.count = field(default_factory=itertools.count)
 
     @property
@@ -165,44 +171,61 @@ class Transitions:
         inst = Instance(
             self.env, iid, a.model, infos, self.pipeline_cost(a.model, infos),
             block_size=self.block_size, token_budget=self.token_budget, max_seqs=self.max_seqs,
-            expected_output=self.expected_output, on_finish=self.on_finish, gpu_clock=self.gpu_clock,
+            expected_output=self.expected_output, on_finish=self.on_finish, gpu_time=self.gpu_time,
         )
         self.instances[iid] = inst
         self.env.process(self._load(inst, spec))
         return inst
 
-    def load_seconds(self, model: str, stages: list[StageInfo]) -> tuple[float, int, int]:
-        """Parallel stage loads: (seconds until the slowest stage is in, cold stages, bytes). A stage
-        whose layers are in its server's host cache comes over PCIe only; else from storage first."""
+    @property
+    def fabric(self) -> LoadFabric:
+        if self._fabric is None:
+            self._fabric = LoadFabric(self.env, self.cluster, self.load_rates)
+        return self._fabric
+
+    def load_stages(self, model: str, stages: list[StageInfo], free: bool = False):
+        """A SimPy process loading stages in parallel over the shared load fabric (engine/loads.py);
+        its value is (cold stages, bytes). A stage whose layers are in its server's host cache
+        comes over PCIe only; else from storage first. `free`: record cache use, move nothing (the
+        prewarmed capacity at t=0)."""
         spec = self.specs[model]
-        worst, cold, total = 0.0, 0, 0
+        waits, cold, total = [], 0, 0
         for s in stages:
             g = self.cluster.gpus[s.gpu]
             nbytes = spec.stage_weight_bytes(s.first_layer, s.end_layer)
             if s.weights is not None and (s.gpu, s.weights) in self.weights_ready:
                 # a shared copy is there (or on its way): attaching costs nothing but the wait for it
-                worst = max(worst, self.weights_ready[(s.gpu, s.weights)] - self.env.now)
+                waits.append(self.weights_ready[(s.gpu, s.weights)])
                 continue
             cache = self.cluster.servers[g.server].host_cache
             key = (spec.name, s.first_layer, s.end_layer)
-            t = nbytes / self.costs[model].host_to_gpu_bytes_per_s(g.spec)
-            if not cache.contains(key):
-                t += nbytes / self.load_rates.storage_bytes_per_s
-                cold += 1
+            miss = not cache.contains(key)
+            cold += miss
             cache.touch(key, nbytes)
+            if free:
+                done = self.env.event().succeed()
+            else:
+                if miss:
+                    self._reading[(g.server, key)] = self.fabric.read(g.server, nbytes)
+                reading = self._reading.get((g.server, key))
+                if reading is not None and reading.processed:
+                    del self._reading[(g.server, key)]
+                    reading = None
+                rate = self.costs[model].host_to_gpu_bytes_per_s(g.spec)
+                done = self.env.process(self.fabric.copy(s.gpu, nbytes, rate, after=reading))
             if s.weights is not None:
-                self.weights_ready[(s.gpu, s.weights)] = self.env.now + t
-            worst = max(worst, t)
+                self.weights_ready[(s.gpu, s.weights)] = done
+            waits.append(done)
             total += nbytes
-        return worst, cold, total
+        if waits:
+            yield self.env.all_of(waits)
+        return cold, total
 
     def _load(self, inst: Instance, spec: ModelSpec):
         requested = self.env.now
-        load_s, cold, _ = self.load_seconds(inst.model, inst.stages)
-        if self.prewarm and requested == 0.0:
-            load_s = 0.0
-        if load_s > 0:
-            yield self.env.timeout(load_s)
+        free = self.prewarm and requested == 0.0
+        cold, _ = yield self.env.process(self.load_stages(inst.model, inst.stages, free=free))
+        load_s = self.env.now - requested
         self.launches.append(
             {"instance": inst.id, "model": inst.model, "stages": len(inst.stages), "requested_s": requested,
              "ready_s": self.env.now, "load_s": load_s, "cold_stages": cold,
@@ -260,5 +283,6 @@ class Transitions:
         for s in inst.stages:
             self.free_stage(inst.model, inst.id, s)
         self.retired_busy_s += inst.busy_total_s
+        self.retired_interference_s += inst.interference_total_s
         inst.state = "retired"
         del self.instances[inst.id]
