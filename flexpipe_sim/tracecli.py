@@ -20,7 +20,8 @@ def scenario_stream(path: Path, overrides: list[str]) -> tuple[str, np.ndarray, 
     sc = load_scenario(path, overrides)
     rng = np.random.default_rng(np.random.SeedSequence(sc.seed).spawn(3)[1])  # the simulator's workload stream
     w = build_workload(sc, rng)
-    return sc.name, w.arrival_s, w.prompt_tokens, w.output_tokens
+    m = w.arrival_s >= sc.warmup_s  # what the run measures (a warm-up is not)
+    return sc.name, w.arrival_s[m], w.prompt_tokens[m], w.output_tokens[m]
 
 
 def stats_table(name: str, st: dict) -> Table:

@@ -53,18 +53,15 @@ def test_lengths_follow_each_models_kind():
     assert w.mean_output_of(2) == 1.0
 
 
-def test_decoder_only_scenarios_keep_their_lengths():
-    # Per-kind draws come after the scenario's: a decoder-only workload is what it was.
+def test_decoder_only_scenarios_keep_their_lengths(monkeypatch):
+    # Per-kind draws come after the scenario's: a decoder-only workload is what it was without them.
+    from flexpipe_sim.workload import generate
+
     sc = parse_scenario(small_raw())
     w = _workload(sc)
-    from flexpipe_sim.workload.lengths import AZURE_CONV
-    rng = np.random.default_rng(np.random.SeedSequence(sc.seed).spawn(3)[1])
-    n = len(w)
-    from flexpipe_sim.workload.arrivals import gamma_arrivals
-    gamma_arrivals(4.0, 2.0, sc.horizon_s, rng)
-    rng.choice(1, size=n, p=[1.0])
-    p, o = AZURE_CONV.sample(n, rng)
-    assert (w.prompt_tokens == np.clip(p, 1, 4096 - np.minimum(o, 2048))).all()
+    monkeypatch.setattr(generate, "per_kind_lengths", lambda *a: None)
+    before = _workload(sc)
+    assert np.array_equal(w.prompt_tokens, before.prompt_tokens) and np.array_equal(w.output_tokens, before.output_tokens)
 
 
 def test_an_encoder_request_finishes_at_its_first_token_and_is_judged_on_ttft():
