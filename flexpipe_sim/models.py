@@ -61,7 +61,8 @@ class ModelSpec:
         return self.hidden // self.num_heads
 
     @cached_property
-    def params_per_layer(self) -> int:
+    def _block_params(self) -> tuple[int, int]:
+        """(one transformer block's parameters, its attention projections' parameters)."""
         h, kv = self.hidden, self.num_kv_heads * self.head_dim
         attn = h * h * 2 + h * kv * 2  # q, o and k, v projections
         if self.mlp == "swiglu":
@@ -70,10 +71,15 @@ class ModelSpec:
         else:  # OPT, BERT, Whisper: fc1, fc2 with biases, layer norms with bias, attention biases
             mlp = 2 * h * self.intermediate + self.intermediate + h
             norms = 4 * h + 2 * h + 2 * kv
-        layer = attn + mlp + norms
+        return attn + mlp + norms, attn
+
+    @cached_property
+    def params_per_layer(self) -> int:
+        layer, attn = self._block_params
         if self.kind == "encoder-decoder":
-            # Fused: encoder layer + decoder layer, which adds cross-attention (q, k, v, o with
-            # biases) and its layer norm to a layer of the same shape.
+            # Fused: encoder block + decoder block, which adds cross-attention (q, k, v, o with
+            # biases) and its layer norm to a block of the same shape.
+            h, kv = self.hidden, self.num_kv_heads * self.head_dim
             return 2 * layer + attn + 2 * h + 2 * kv + 2 * h
         return layer
 
@@ -128,7 +134,16 @@ class ModelSpec:
 
     @property
     def flops_per_token_layer(self) -> int:
-        """Matmul FLOPs per token per layer, excluding attention over the context (2 * params)."""
+        """Matmul FLOPs per token per layer, excluding attention over the context (2 * params).
+
+        Encoder-decoder (fused layers): 2 x (one block + the cross-attention's k, v projections).
+        That is exact for both phases: an input frame passes the encoder block and is projected
+        once into the decoder's cross-attention K/V; a decoded token passes the decoder's self-
+        attention, cross-attention q and o and MLP, the same count. (Weights streamed per decode
+        step are still the whole fused layer: docs/paper-evaluation.md.)"""
+        if self.kind == "encoder-decoder":
+            layer, _ = self._block_params
+            return 2 * (layer + 2 * self.hidden * self.num_kv_heads * self.head_dim)
         return 2 * self.params_per_layer
 
     @property

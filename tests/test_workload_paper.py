@@ -33,6 +33,10 @@ def test_paper_models_have_their_kind_and_size():
     assert 8.5e9 < whisper.total_bytes / 2 < 9.5e9
     # An encoder's last stage carries a pooler, not a vocab x hidden LM head.
     assert bert.head_bytes < bert.embedding_bytes / 4
+    # Fused encoder+decoder layers: a frame or a decoded token costs one block + cross-attention
+    # k, v projections (~14 h^2), not the whole fused layer (~28 h^2).
+    h = whisper.hidden
+    assert 13.5 * h * h < whisper.flops_per_token_layer / 2 < 14.5 * h * h < 0.55 * whisper.params_per_layer
     assert CATALOGUE["paper-9b"].kind == CATALOGUE["paper-21b"].kind == "decoder"  # old scenarios keep working
 
 
