@@ -100,18 +100,9 @@ def compare(
 ) -> None:
     """Run several policies on the same scenarios and seeds; write comparison.csv/.md/.png."""
     from .compare import compare as run_compare
-    from .compare import parse_policy, split_policies, with_policy
-    from .policies import registry
+    from .compare import with_policy
 
-    names = split_policies(policies)
-    try:
-        unknown = [n for n in names if parse_policy(n)[0] not in registry.names()]
-    except ValueError as e:
-        err.print(f"[bold red]error:[/] {e}")
-        raise typer.Exit(2) from None
-    if unknown:
-        err.print(f"[bold red]error:[/] unknown policy {', '.join(unknown)}; valid policies: {', '.join(registry.names())}")
-        raise typer.Exit(2)
+    names = _policy_names(policies)
     scs = [_load(p, set_, seed) for p in scenarios]
     for sc in scs:  # every variant's params are checked before the first run starts
         for n in names:
@@ -131,15 +122,101 @@ def compare(
     t = Table(title="policies on the same arrivals")
     cols = [("scenario", "scenario", "{}"), ("policy", "policy", "{}"), ("E2E p50 s", "e2e_p50_s", "{:.2f}"),
             ("E2E p99 s", "e2e_p99_s", "{:.2f}"), ("TTFT p99 s", "ttft_p99_s", "{:.2f}"),
-            ("SLO %", "slo_attainment", "{:.1%}"), ("goodput/s", "goodput_rps", "{:.2f}"),
-            ("GPU-h", "gpu_s", "{:.1f}"), ("peak GPUs", "peak_gpus", "{}"), ("refactors", "refactors", "{}")]
+            ("SLO %", "slo_attainment", "{:.1%}"), ("SLO % model mean", "slo_model_mean", "{:.1%}"),
+            ("goodput/s", "goodput_rps", "{:.2f}"), ("GPU-h", "gpu_s", "{:.1f}"), ("peak GPUs", "peak_gpus", "{}"),
+            ("refactors", "refactors", "{}"), ("unserved", "unserved", "{}")]
     for head, _, _ in cols:
         t.add_column(head, justify="right", overflow="fold")
     for _, r in df.iterrows():
-        t.add_row(*(fmt.format(r[k] / 3600 if k == "gpu_s" else r[k]) if r[k] is not None else "-" for _, k, fmt in cols))
+        t.add_row(*(fmt.format(r[k] / 3600 if k == "gpu_s" else r[k]) if r[k] is not None and r[k] == r[k] else "-"
+                    for _, k, fmt in cols), style="red" if r["unserved"] else None)
     console.print(t)
     console.print(f"written: {out / 'comparison.csv'}, {out / 'comparison.md'}, {out / 'comparison.png'}, "
                   f"and the evaluation report in {out / 'report'} (evaluation.md / .html, figures)")
+
+
+def _policy_names(policies: str) -> list[str]:
+    """Split and check a --policies list; exit 2 naming an unknown policy or a bad variant."""
+    from .compare import parse_policy, split_policies
+    from .policies import registry
+
+    names = split_policies(policies)
+    try:
+        unknown = [n for n in names if parse_policy(n)[0] not in registry.names()]
+    except ValueError as e:
+        err.print(f"[bold red]error:[/] {e}")
+        raise typer.Exit(2) from None
+    if unknown:
+        err.print(f"[bold red]error:[/] unknown policy {', '.join(unknown)}; valid policies: {', '.join(registry.names())}")
+        raise typer.Exit(2)
+    return names
+
+
+@app.command()
+def loadsweep(
+    scenario: Path = typer.Argument(..., help="Scenario file; its total arrival rate (workload.arrivals.rate) is swept."),
+    rates: str = typer.Option("5,10,15,20,25", "--rates", "-r",
+                              help="Comma-separated total rates in req/s, e.g. 5,10,15,20,25."),
+    policies: str = typer.Option("static,flexpipe", "--policies", "-p", help="Policies (and variants) as in `compare`."),
+    out: Path = typer.Option(Path("results/loadsweep"), "--out", "-o", help="Folder for the sweep and each run's results."),
+    seed: Optional[int] = typer.Option(None, "--seed", help="Random seed for every run (default: the scenario's)."),
+    set_: list[str] = typer.Option([], "--set", help=SET_HELP),
+) -> None:
+    """Run every policy at several total arrival rates; write loadsweep.csv/.md/.png (policy x rate: SLO,
+    per-model SLO, E2E p50/p99, GPU-hours, goodput) and claims.csv/.md (the rates where each paper claim holds)."""
+    from rich.table import Table
+
+    from .compare import with_policy
+    from .loadsweep import at_rate, parse_rates, sweep
+
+    try:
+        rate_list = parse_rates(rates)
+    except ValueError as e:
+        err.print(f"[bold red]error:[/] {e}", highlight=False, soft_wrap=True)
+        raise typer.Exit(2) from None
+    names = _policy_names(policies)
+    sc = _load(scenario, set_, seed)
+    try:  # every rate and variant is checked before the first run starts
+        for r in rate_list:
+            for n in names:
+                with_policy(at_rate(sc, r), n)
+    except ScenarioError as e:
+        err.print(f"[bold red]error:[/] {e}", highlight=False, soft_wrap=True)
+        raise typer.Exit(2) from None
+    with Progress(TextColumn("[bold]{task.description}"), BarColumn(), MofNCompleteColumn(),
+                  TextColumn("{task.fields[now]}"), TimeElapsedColumn(), console=err, transient=False) as bar:
+        task = bar.add_task("load sweep", total=len(rate_list) * len(names), now="")
+
+        def on_run(rate: float, pol: str, i: int, n: int) -> None:
+            bar.update(task, completed=i, description=f"{rate:g} req/s · {pol}")
+
+        def progress(now: float, done: int) -> None:
+            bar.update(task, now=f"t={now:,.0f}/{sc.horizon_s:,.0f}s, {done:,} requests done")
+
+        try:
+            table, claims = sweep(sc, rate_list, names, out, on_run=on_run, progress=progress)
+        except (ScenarioError, TraceError, ProfileError) as e:
+            err.print(f"[bold red]error:[/] {e}", highlight=False, soft_wrap=True)
+            raise typer.Exit(2) from None
+        bar.update(task, completed=len(rate_list) * len(names), description="load sweep", now="done")
+    t = Table(title=f"{sc.name}: policies against load")
+    for head in ("req/s", "policy", "SLO %", "SLO % model mean", "E2E p50 s", "E2E p99 s", "GPU-h", "goodput/s",
+                 "unserved"):
+        t.add_column(head, justify="right")
+
+    def f(x, fmt: str) -> str:
+        return "-" if x is None or x != x else fmt.format(x)
+
+    for _, r in table.iterrows():
+        t.add_row(f"{r.rate:g}", r.policy, f(r.slo_attainment, "{:.1%}"), f(r.slo_model_mean, "{:.1%}"),
+                  f(r.e2e_p50_s, "{:.2f}"), f(r.e2e_p99_s, "{:.2f}"), f(r.gpu_hours, "{:.1f}"),
+                  f(r.goodput_rps, "{:.2f}"), r.unserved or "", style="red" if r.unserved else None)
+    console.print(t)
+    tested = claims[(claims.holds_at_rps != "") | (claims.fails_at_rps != "")]
+    for c in tested.itertuples():
+        console.print(f"{c.claim}: holds at [{c.holds_at_rps or '-'}], fails at [{c.fails_at_rps or '-'}] req/s")
+    files = ", ".join(str(out / f) for f in ("loadsweep.csv", "loadsweep.md", "loadsweep.png", "claims.csv", "claims.md"))
+    console.print(f"written: {files}")
 
 
 @app.command()
@@ -231,8 +308,10 @@ def calibrate(
     derive_from: Optional[Path] = typer.Option(None, "--derive", help="Derive a profile from PROFILE for --gpu (and --to-model) instead of measuring."),
     gpu: Optional[str] = typer.Option(None, "--gpu", help="With --derive: the GPU kind to derive for."),
     to_model: Optional[str] = typer.Option(None, "--to-model", help="With --derive: another model shape from the catalogue."),
+    from_vidur: Optional[Path] = typer.Option(None, "--from-vidur", help="Build the external A100 Llama-2-7B profile from Vidur's published operator timings in DIR (e.g. ../shared/peer-data/vidur) instead of measuring."),
 ) -> None:
-    """Measure the kernel on local devices and write a calibration profile (or check / derive one).
+    """Measure the kernel on local devices and write a calibration profile (or check / derive one, or
+    build the external A100 Llama-2-7B profile from Vidur's published operator timings: --from-vidur).
 
     The profile holds per-layer prefill and decode times over a grid, head and per-step overheads,
     host/device and device/device rates, weight-load and KV-migration rates and refactor pauses;
@@ -242,6 +321,17 @@ def calibrate(
     try:
         if check is not None:
             _print_check(load_profile(check))
+            return
+        if from_vidur is not None:
+            from .vidur import PROFILE_FILE, build_profile
+
+            raw = build_profile(from_vidur)
+            path = save_profile(raw, out or Path(PROFILE_FILE))
+            _print_profile_summary(raw)
+            f = raw["roofline_fit"]
+            console.print(f"fitted roofline: compute {f['eff_compute']}, weights {f['eff_weight_bw']}, KV {f['eff_kv_bw']} "
+                          f"of the A100 spec sheet (max |error| {f['max_abs_rel_err']:.0%} on the grid)")
+            console.print(f"wrote {path} ({raw['name']}, external: {raw['provenance']})")
             return
         if derive_from is not None:
             from .calibration import derive

@@ -16,6 +16,7 @@ import pandas as pd
 import yaml
 
 from .evaluation import write_report
+from .metrics import model_slo_columns
 from .runner import run_scenario
 from .scenario import Scenario, parse_scenario
 
@@ -61,12 +62,15 @@ def row(sc: Scenario, summary: dict) -> dict:
         "scenario": sc.name, "policy": sc.policy.name, "requests": o["requests"], "dropped": o["dropped"],
         "ttft_p50_s": o["ttft_s"]["p50"], "ttft_p99_s": o["ttft_s"]["p99"], "tpot_p50_s": o["tpot_s"]["p50"],
         "e2e_mean_s": o["e2e_s"]["mean"], "e2e_p50_s": o["e2e_s"]["p50"], "e2e_p99_s": o["e2e_s"]["p99"],
-        "queue_mean_s": o["breakdown_mean_s"]["queue"], "compute_mean_s": o["breakdown_mean_s"]["compute"],
-        "comm_mean_s": o["breakdown_mean_s"]["comm"], "slo_attainment": o["slo_attainment"],
+        "queue_mean_s": o["breakdown_mean_s"]["queue"], "batch_wait_mean_s": o["breakdown_mean_s"]["batch_wait"],
+        "compute_mean_s": o["breakdown_mean_s"]["compute"], "comm_mean_s": o["breakdown_mean_s"]["comm"],
+        "slo_attainment": o["slo_attainment"], "slo_model_mean": o["slo_attainment_model_mean"],
+        "unserved": " ".join(summary["unserved_models"]),
         "goodput_rps": o["goodput_rps"], "gpu_s": g["allocated_gpu_s"], "busy_frac": g["busy_frac_of_allocated"],
         "peak_gpus": g["peak_allocated"], "reservation_pct": g["reservation_pct_of_peak"],
         "goodput_per_gpu": g["resource_efficiency_goodput_per_gpu"], "refactors": rf["count"],
         "refactor_pause_ms_mean": None if rf["pause_s_mean"] is None else 1e3 * rf["pause_s_mean"],
+        **model_slo_columns(summary, [m.name for m in sc.models]),
     }
 
 
@@ -102,8 +106,11 @@ def plot(df: pd.DataFrame, path: Path) -> None:
     axes[0].bar([i + 0.2 for i in x], df.e2e_p99_s, 0.4, label="p99")
     axes[0].set_ylabel("end-to-end latency (s)")
     axes[0].legend()
-    axes[1].bar(x, 100 * df.slo_attainment, color="tab:green")
+    axes[1].bar(x, 100 * df.slo_attainment, color="tab:green", label="all requests")
+    axes[1].scatter(list(x), 100 * df.slo_model_mean.astype(float), color="black", marker="D", zorder=3,
+                    label="unweighted mean over models")
     axes[1].set_ylabel("SLO attainment (%)")
+    axes[1].legend(fontsize=7)
     axes[2].bar(x, df.gpu_s / 3600, color="tab:gray")
     axes[2].set_ylabel("GPU-hours allocated")
     for ax in axes:

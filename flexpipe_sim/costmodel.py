@@ -29,6 +29,8 @@ class Roofline:
     eff_kv_bw: float = 0.096
     step_overhead_s: float = 0.0  # per stage step; eager launch overheads are inside the per-layer anchors
     sm_interference: float = 1.0  # slowdown per unit of tenant SM use (time-slicing, see `slowdown`)
+    # Where the efficiencies come from, for the run's cost description (CostModel.describe).
+    source: str = "spec sheet x efficiencies fitted to the H100 anchors"
 
 
 @dataclass(frozen=True)
@@ -110,7 +112,7 @@ class CostModel:
         return gpu.host_link_bytes_per_s
 
     def describe(self) -> str:
-        return f"roofline ({self.model.name}: spec sheet x efficiencies fitted to the H100 anchors)"
+        return f"roofline ({self.model.name}: {self.roofline.source})"
 
 
 class ProfileCostModel(CostModel):

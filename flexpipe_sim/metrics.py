@@ -8,6 +8,19 @@ always-on floor (fewest GPUs allocated at any sample after the first launch) as 
 Resource efficiency = goodput per average allocated GPU (the paper gives no formula, §9.4).
 Warm-up (`warmup_s`): requests arriving before it are not measured (dropped from the frame) and the
 GPU figures start at it; rates divide by the measured span, horizon - warm-up.
+
+Latency breakdown (Fig. 8), four parts that sum to E2E for every finished request:
+  queue      = first admission - arrival: waiting in the gateway and the instance queue;
+  compute    = stage compute on the request's critical path, summed over its steps;
+  comm       = activation hops and token return, summed over its steps;
+  batch wait = the rest, E2E - queue - compute - comm: time admitted but not on the critical path
+               of a step of its own (pipeline bubbles, other micro-batches' turns, waiting for a
+               slot, re-queueing and recompute after a preemption).
+
+Per model: SLO attainment of each model, their unweighted mean (`slo_attainment_model_mean`: a
+policy that starves a rare model cannot hide it behind the request-weighted figure), and a flag
+for every model a policy leaves unserved: fewer than UNSERVED_BELOW of its requests met the SLO
+(finished share is never below SLO attainment, so this also catches models it drops).
 """
 
 from __future__ import annotations
@@ -22,6 +35,10 @@ from .engine.simulator import RawResults
 
 SCHEMA_VERSION = 1
 _PCTS = (50, 90, 99)
+# A model is "unserved" when under 10% of its requests met the SLO. Our choice (the paper is
+# silent), well below any attainment a serving system would call serving a model; it flags
+# static's OPT-66B at 0-3.5% in the paper scenarios (fidelity audit, cause 3).
+UNSERVED_BELOW = 0.10
 
 
 def requests_frame(raw: RawResults) -> pd.DataFrame:
@@ -51,7 +68,9 @@ def requests_frame(raw: RawResults) -> pd.DataFrame:
     df["e2e_s"] = df.finish_s - df.arrival_s
     multi = df.output_tokens > 1
     df["tpot_s"] = np.where(multi, (df.finish_s - df.first_token_s) / (df.output_tokens - 1).clip(lower=1), np.nan)
-    df["queue_s"] = df.e2e_s - df.compute_s - df.comm_s  # waiting anywhere: gateway, instance, pipeline bubbles
+    df["queue_s"] = df.admitted_s - df.arrival_s  # gateway + instance queue, up to the first admission
+    # admitted but off the critical path: bubbles, other micro-batches, preemption and recompute
+    df["batch_wait_s"] = df.e2e_s - df.queue_s - df.compute_s - df.comm_s
     ttft_slo = df.model.map(lambda m: slo[m][0])
     tpot_slo = df.model.map(lambda m: slo[m][1])
     finished = df.drop_reason == ""
@@ -99,6 +118,7 @@ def _block(df: pd.DataFrame, horizon_s: float) -> dict[str, Any]:
         "e2e_s": _stats(fin.e2e_s),
         "breakdown_mean_s": {
             "queue": float(fin.queue_s.mean()) if len(fin) else None,
+            "batch_wait": float(fin.batch_wait_s.mean()) if len(fin) else None,
             "compute": float(fin.compute_s.mean()) if len(fin) else None,
             "comm": float(fin.comm_s.mean()) if len(fin) else None,
         },
@@ -107,6 +127,19 @@ def _block(df: pd.DataFrame, horizon_s: float) -> dict[str, Any]:
         "throughput_rps": float(len(fin) / horizon_s),
         "preemptions": int(df.preemptions.sum()),
     }
+
+
+def model_slo(df: pd.DataFrame) -> tuple[float | None, list[str]]:
+    """(unweighted mean over models of their SLO attainment, models under UNSERVED_BELOW)."""
+    slo = df.groupby("model", sort=True).met_slo.mean()
+    return (float(slo.mean()) if len(slo) else None), [str(m) for m in slo.index if slo[m] < UNSERVED_BELOW]
+
+
+def model_slo_columns(summary: dict, models: list[str]) -> dict[str, float | None]:
+    """`slo_<model>`: each model's SLO attainment (a one-model run has no per-model block: overall)."""
+    per = summary["per_model"]
+    return {f"slo_{m}": per[m]["slo_attainment"] if m in per else
+            (summary["overall"]["slo_attainment"] if len(models) == 1 else None) for m in models}
 
 
 def summarize(raw: RawResults, df: pd.DataFrame, ts: pd.DataFrame) -> dict[str, Any]:
@@ -123,6 +156,10 @@ def summarize(raw: RawResults, df: pd.DataFrame, ts: pd.DataFrame) -> dict[str, 
     span = raw.end_s - sc.warmup_s
     avg_gpus = gpu_s / span if span > 0 else 0.0
     drops = df.drop_reason[df.drop_reason != ""].value_counts().to_dict()
+    overall["slo_attainment_model_mean"], unserved = model_slo(df)
+    blocks = {m: _block(g, horizon) for m, g in df.groupby("model", sort=True)} if len(sc.models) > 1 else {}
+    for m, b in blocks.items():
+        b["unserved"] = m in unserved
     summary = {
         "schema_version": SCHEMA_VERSION,
         "scenario": sc.name,
@@ -132,7 +169,9 @@ def summarize(raw: RawResults, df: pd.DataFrame, ts: pd.DataFrame) -> dict[str, 
         **({"warmup_s": sc.warmup_s} if sc.warmup_s else {}),
         "simulated_s": raw.end_s,
         "overall": overall,
-        "per_model": {m: _block(g, horizon) for m, g in df.groupby("model", sort=True)} if len(sc.models) > 1 else {},
+        "per_model": blocks,
+        "unserved_models": unserved,
+        "unserved_below_slo": UNSERVED_BELOW,
         "drop_reasons": {k: int(v) for k, v in sorted(drops.items())},
         "gpus": {
             "cluster": len(raw.cluster.gpus),

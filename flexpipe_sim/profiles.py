@@ -25,6 +25,10 @@ from .models import ModelSpec
 
 FORMAT = "flexpipe-profile"
 VERSION = 1
+# measured: by our kernel (flexpipe-sim calibrate); anchors: DESIGN.md's H100 points; derived: scaled
+# from another profile by spec-sheet ratios; external: timings measured by others (e.g. Vidur's
+# authors), with "provenance" and "source" naming them.
+KINDS = ("measured", "anchors", "derived", "external")
 SHAPE_KEYS = ("hidden", "num_heads", "num_kv_heads", "intermediate", "vocab", "dtype_bytes")
 
 
@@ -50,7 +54,7 @@ class Profile:
 
     @property
     def kind(self) -> str:
-        return self.raw["kind"]  # measured | anchors | derived
+        return self.raw["kind"]  # measured | anchors | derived | external
 
     @property
     def gpu_kind(self) -> str:
@@ -61,6 +65,8 @@ class Profile:
         return self.raw["model"]
 
     def describe(self) -> str:
+        if self.kind == "external":  # timings someone else measured: say who, never pass them off as ours
+            return f"profile {self.name} (external: {self.raw['provenance']}; {self.raw['device']['name']})"
         src = self.raw.get("derived_from")
         extra = f" from {src}" if src else ""
         return f"profile {self.name} ({self.kind}{extra}; {self.raw['device']['name']})"
@@ -151,8 +157,12 @@ def validate(raw: Any, path: str) -> dict[str, Any]:
         raise ProfileError(f"{path}: profile version {raw.get('version')!r}; this flexpipe reads version {VERSION}")
     for key in ("name", "kind", "device", "model", "prefill", "decode", "links"):
         _need(raw, key, path)
-    if raw["kind"] not in ("measured", "anchors", "derived"):
-        raise ProfileError(f"{path}: kind must be measured, anchors or derived, got {raw['kind']!r}")
+    if raw["kind"] not in KINDS:
+        raise ProfileError(f"{path}: kind must be one of {', '.join(KINDS)}, got {raw['kind']!r}")
+    if raw["kind"] == "external":
+        for key in ("provenance", "source"):  # who measured it and where the data is published
+            if not isinstance(raw.get(key), str) or not raw[key].strip():
+                raise ProfileError(f"{path}: an external profile needs a non-empty \"{key}\" (who measured it, where)")
     _need(raw["device"], "kind", path, "device.")
     for k in SHAPE_KEYS:
         _need(raw["model"], k, path, "model.")

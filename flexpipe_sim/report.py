@@ -108,6 +108,28 @@ def _ms(x: float | None) -> str:
     return "-" if x is None else f"{1e3 * x:,.1f}"
 
 
+def _pct(x: float | None) -> str:
+    return "-" if x is None else f"{100 * x:.1f}%"
+
+
+def model_rows(summary: dict[str, Any]) -> list[tuple[str, str, str | None]]:
+    """Terminal rows for per-model SLO attainment: each model, their unweighted mean, and a
+    highlighted row per unserved model (metrics.UNSERVED_BELOW)."""
+    per, unserved = summary["per_model"], summary["unserved_models"]
+    rows: list[tuple[str, str, str | None]] = []
+    if per:
+        mean = summary["overall"]["slo_attainment_model_mean"]
+        rows.append(("SLO attainment, unweighted mean over models", _pct(mean), None))
+        for m, b in per.items():
+            rows.append((f"  SLO attainment: {m}", _pct(b["slo_attainment"]), "bold red" if b.get("unserved") else None))
+    for m in unserved:
+        b = per.get(m, summary["overall"])
+        share = b["finished"] / b["requests"] if b["requests"] else None
+        rows.append((f"UNSERVED: {m}", f"{_pct(b['slo_attainment'])} met the SLO, {_pct(share)} finished "
+                     f"(flag below {100 * summary['unserved_below_slo']:.0f}%)", "bold red"))
+    return rows
+
+
 def summary_table(summary: dict[str, Any]) -> Group:
     """Two tables: latency percentiles, then the run's counts, SLOs and GPU use."""
     o, g = summary["overall"], summary["gpus"]
@@ -126,8 +148,11 @@ def summary_table(summary: dict[str, Any]) -> Group:
     run.add_row("requests", f"{o['requests']:,} ({o['finished']:,} finished, {o['dropped']:,} dropped)")
     run.add_row("preemptions", f"{o['preemptions']:,}")
     b = o["breakdown_mean_s"]
-    run.add_row("mean E2E = queue + compute + comm (ms)", f"{_ms(b['queue'])} + {_ms(b['compute'])} + {_ms(b['comm'])}")
+    run.add_row("mean E2E = queue + batch wait + compute + comm (ms)",
+                f"{_ms(b['queue'])} + {_ms(b['batch_wait'])} + {_ms(b['compute'])} + {_ms(b['comm'])}")
     run.add_row("SLO attainment", "-" if att is None else f"{100 * att:.1f}%")
+    for row in model_rows(summary):
+        run.add_row(*row[:2], style=row[2])
     run.add_row("goodput / throughput", f"{o['goodput_rps']:.2f} / {o['throughput_rps']:.2f} req/s")
     res, busy = g["reservation_pct_of_peak"], g["busy_frac_of_allocated"]
     run.add_row("GPUs peak / always-on / cluster", f"{g['peak_allocated']} / {g['always_on']} / {g['cluster']}")

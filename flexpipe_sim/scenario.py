@@ -254,10 +254,25 @@ class EngineConfig(_Strict):
 
 
 class CostConfig(_Strict):
-    """Where stage times come from: a calibration profile per model (measured, anchors or derived;
-    its GPU kind must be the cluster's), else the roofline of costmodel.py."""
+    """Where stage times come from: a calibration profile per model (its GPU kind must be the
+    cluster's), else what `engine` says:
+    - eager: the roofline of costmodel.py with efficiencies fitted to torch-eager H100 anchors;
+    - paged: a paged-attention serving engine, from Vidur's A100 measurements (flexpipe_sim/vidur.py):
+      Llama-2-7B-shaped models use the external profile calibrate/profiles/a100-80gb-llama2-7b-vidur.json,
+      every other model the A100 roofline with efficiencies fitted to that profile. A100-80GB only."""
 
+    engine: Literal["eager", "paged"] = Field(
+        "eager", description="cost model for models without a profile: eager (torch-eager roofline) or "
+                             "paged (Vidur's A100 paged-attention measurements)")
     profiles: dict[str, str] = Field(default_factory=dict, description="model name -> profile JSON")
+
+    def check_cluster(self, gpu: str) -> None:
+        """`paged` is built from A100-80GB measurements; on another GPU it would pass them off as that GPU's."""
+        from .vidur import GPU_KIND
+
+        if self.engine == "paged" and gpu != GPU_KIND:
+            raise ValueError(f"cost.engine: paged is built from Vidur's {GPU_KIND} measurements and the cluster's "
+                             f"GPUs are {gpu}; use cluster.gpu: {GPU_KIND}, or cost.engine: eager")
 
     @model_validator(mode="after")
     def _exist(self) -> "CostConfig":
@@ -313,6 +328,7 @@ class Scenario(_Strict):
                     f"models.{i}: {spec.name} cannot fit on any {gpu.name}: even one layer with its "
                     f"embedding needs {smallest / 2**30:.1f} GiB of {gpu.memory_bytes / 2**30:.0f} GiB"
                 )
+        self.cost.check_cluster(self.cluster.gpu)
         for model in self.cost.profiles:
             if model not in names:
                 raise ValueError(f"cost.profiles.{model}: no such model in models ({', '.join(names)})")

@@ -29,7 +29,13 @@ def test_reduced_cv_sweep_and_report(tmp_path):
     for f in FIGURES:
         assert (tmp_path / "report" / f).stat().st_size > 10_000, f
     pv = pd.read_csv(tmp_path / "report" / "paper_vs_ours.csv")
-    assert pv.ours.notna().sum() >= 6 and set(pv.columns) == {"claim", "paper", "ours", "difference"}
+    assert pv.ours.notna().sum() >= 6
+    assert set(pv.columns) == {"claim", "paper", "ours", "difference", "holds", "holds_if", "note"}
+    assert (pv.holds.notna() == pv.ours.notna()).all() and set(pv.holds.dropna()) <= {"yes", "no"}
+    # the breakdown's four parts sum to the mean E2E; every paper model has its own SLO column
+    parts = runs[["queue_s", "batch_wait_s", "compute_s", "comm_s"]].sum(axis=1)
+    assert ((parts - runs.e2e_mean_s).abs() < 1e-4 * runs.e2e_mean_s + 1e-6).all()
+    assert {"slo_model_mean", "slo_llama2-7b", "slo_opt-66b", "unserved"} <= set(runs.columns)
     md = (tmp_path / "report" / "evaluation.md").read_text()
-    assert all(f in md for f in FIGURES) and "paper" in md
+    assert all(f in md for f in FIGURES) and "paper" in md and "SLO attainment per model" in md
     assert (tmp_path / "report" / "evaluation.html").read_text().count("<img") == len(FIGURES)

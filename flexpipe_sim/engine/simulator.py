@@ -84,13 +84,26 @@ class Simulation:
         self._recent: dict[str, deque[float]] = {m: deque() for m in self.specs}
 
     def _cost_models(self) -> dict[str, CostModel]:
-        from ..profiles import ProfileError, load_profile
+        """Per model: its `cost.profiles` entry, else `cost.engine` (eager: the H100-anchored roofline;
+        paged: Vidur's A100 profile for a Llama-2-7B shape, the roofline fitted to it otherwise)."""
+        from ..profiles import SHAPE_KEYS, ProfileError, load_profile
 
         costs: dict[str, CostModel] = {}
+        paged = self.sc.cost.engine == "paged"
+        if paged:
+            from .. import vidur
+
+            vprof = vidur.shipped_profile()  # shape and fit; each model below gets its own copy (own counters)
+            vroof = vidur.roofline_from_fit(vprof.raw["roofline_fit"])
         for name, spec in self.specs.items():
             path = self.sc.cost.profiles.get(name)
             if path is None:
-                costs[name] = CostModel(spec)
+                if not paged:
+                    costs[name] = CostModel(spec)
+                elif all(int(vprof.model[k]) == int(getattr(spec, k)) for k in SHAPE_KEYS):
+                    costs[name] = ProfileCostModel(spec, vidur.shipped_profile(), vroof)
+                else:
+                    costs[name] = CostModel(spec, vroof)
                 continue
             prof = load_profile(path)
             if prof.gpu_kind != self.sc.cluster.gpu:
