@@ -6,6 +6,8 @@ TTFT <= ttft_s and TPOT <= tpot_s (a one-token request has no TPOT and is judged
 Goodput = requests that met their SLO per second of the arrival horizon. GPU reservation = the
 always-on floor (fewest GPUs allocated at any sample after the first launch) as % of the peak.
 Resource efficiency = goodput per average allocated GPU (the paper gives no formula, §9.4).
+Warm-up (`warmup_s`): requests arriving before it are not measured (dropped from the frame) and the
+GPU figures start at it; rates divide by the measured span, horizon - warm-up.
 
 Latency breakdown (Fig. 8), four parts that sum to E2E for every finished request:
   queue      = first admission - arrival: waiting in the gateway and the instance queue;
@@ -60,6 +62,7 @@ def requests_frame(raw: RawResults) -> pd.DataFrame:
             "drop_reason": [r.drop_reason for r in rs],
         }
     ).sort_values("id", kind="stable", ignore_index=True)
+    df = df[df.arrival_s >= raw.scenario.warmup_s].reset_index(drop=True)  # warm-up is not measured
     slo = {m.name: (m.slo.ttft_s, m.slo.tpot_s) for m in raw.scenario.models}
     df["ttft_s"] = df.first_token_s - df.arrival_s
     df["e2e_s"] = df.finish_s - df.arrival_s
@@ -77,6 +80,7 @@ def requests_frame(raw: RawResults) -> pd.DataFrame:
 
 def timeseries_frame(raw: RawResults) -> pd.DataFrame:
     ts = pd.DataFrame(raw.samples)
+    ts = ts[ts.time_s >= raw.scenario.warmup_s].reset_index(drop=True)  # warm-up is not measured
     dt = ts.time_s.diff()
     ts["gpu_busy_frac"] = (ts.busy_gpu_s.diff() / (dt * ts.gpus_allocated.where(ts.gpus_allocated > 0))).clip(0, 1)
     return ts
@@ -140,17 +144,20 @@ def model_slo_columns(summary: dict, models: list[str]) -> dict[str, float | Non
 
 def summarize(raw: RawResults, df: pd.DataFrame, ts: pd.DataFrame) -> dict[str, Any]:
     sc = raw.scenario
-    horizon = sc.horizon_s
+    horizon = sc.horizon_s - sc.warmup_s  # the measured span of arrivals
     alloc = ts.gpus_allocated.to_numpy()
     t = ts.time_s.to_numpy()
     gpu_s = float(np.sum(alloc[:-1] * np.diff(t))) if len(t) > 1 else 0.0
     after = alloc[np.argmax(alloc > 0):] if (alloc > 0).any() else alloc
     peak = int(alloc.max()) if len(alloc) else 0
     floor = int(after.min()) if len(after) else 0
-    busy = float(ts.busy_gpu_s.iloc[-1]) if len(ts) else 0.0  # own stage work, without interference
-    interference = float(ts.interference_gpu_s.iloc[-1]) if len(ts) and "interference_gpu_s" in ts else 0.0
+    # own stage work, without interference; measured from the first sample (after any warm-up)
+    busy = float(ts.busy_gpu_s.iloc[-1] - ts.busy_gpu_s.iloc[0]) if len(ts) else 0.0
+    interference = (float(ts.interference_gpu_s.iloc[-1] - ts.interference_gpu_s.iloc[0])
+                    if len(ts) and "interference_gpu_s" in ts else 0.0)
     overall = _block(df, horizon)
-    avg_gpus = gpu_s / raw.end_s if raw.end_s > 0 else 0.0
+    span = raw.end_s - sc.warmup_s
+    avg_gpus = gpu_s / span if span > 0 else 0.0
     drops = df.drop_reason[df.drop_reason != ""].value_counts().to_dict()
     overall["slo_attainment_model_mean"], unserved = model_slo(df)
     blocks = {m: _block(g, horizon) for m, g in df.groupby("model", sort=True)} if len(sc.models) > 1 else {}
@@ -161,7 +168,8 @@ def summarize(raw: RawResults, df: pd.DataFrame, ts: pd.DataFrame) -> dict[str, 
         "scenario": sc.name,
         "policy": sc.policy.name,
         "seed": sc.seed,
-        "horizon_s": horizon,
+        "horizon_s": sc.horizon_s,
+        **({"warmup_s": sc.warmup_s} if sc.warmup_s else {}),
         "simulated_s": raw.end_s,
         "overall": overall,
         "per_model": blocks,
@@ -192,7 +200,9 @@ def summarize(raw: RawResults, df: pd.DataFrame, ts: pd.DataFrame) -> dict[str, 
             "cold_starts": int(sum(1 for x in raw.launches if x["cold_stages"] and x["load_s"] > 0)),
         },
         "cost_models": raw.cost_models,
-        "notes": raw.notes,
+        "notes": raw.notes + ([f"warm-up: requests arriving before {sc.warmup_s:g} s and GPU time before it "
+                               f"are excluded from the request, SLO and GPU figures (measured: {horizon:g} s of arrivals)"]
+                              if sc.warmup_s else []),
     }
     # Wall-clock numbers vary between runs; they go to run_info (see `run_info`), so that
     # summary.json is byte-identical for the same scenario and seed.

@@ -74,6 +74,9 @@ class ShapeConfig(_Strict):
     max_context: int = Field(gt=0)
     mlp: Literal["swiglu", "gelu"] = "swiglu"
     dtype_bytes: int = Field(2, ge=1, le=4)
+    kind: Literal["decoder", "encoder", "encoder-decoder"] = "decoder"
+    encoder_tokens: int = Field(0, ge=0, description="encoder-decoder: fixed encoder input length")
+    max_output_tokens: int | None = Field(None, gt=0, description="decoder positions, if below max_context")
 
     @model_validator(mode="after")
     def _divisible(self) -> "ShapeConfig":
@@ -81,6 +84,10 @@ class ShapeConfig(_Strict):
             raise ValueError("hidden must be a multiple of num_heads")
         if self.num_heads % self.num_kv_heads:
             raise ValueError("num_heads must be a multiple of num_kv_heads")
+        if (self.kind == "encoder-decoder") != (self.encoder_tokens > 0):
+            raise ValueError("encoder_tokens: give it (> 0) for kind encoder-decoder, and only for it")
+        if self.encoder_tokens >= self.max_context:
+            raise ValueError("encoder_tokens must be below max_context")
         return self
 
 
@@ -159,10 +166,15 @@ class TraceArrivals(_Strict):
     cv: float | None = Field(None, gt=0, description="reshape inter-arrival times to this CV")
     top: int | None = Field(None, ge=1, description="azure-functions: busiest N functions; servegen: first N clients")
     expand: Literal["uniform", "equidistant"] = "uniform"
+    stream_s: float | None = Field(None, gt=0, description="realise rate and CV over a stream this long "
+                                   "(default: the horizon); the run replays a window of it")
+    offset_s: float = Field(0.0, ge=0, description="the run starts this far into the stream (needs stream_s)")
 
     @model_validator(mode="after")
     def _exists(self) -> "TraceArrivals":
         _must_exist(self.path)
+        if self.offset_s > 0 and self.stream_s is None:
+            raise ValueError("offset_s: a window into the stream needs stream_s (the stream's length)")
         return self
 
 
@@ -287,6 +299,8 @@ class Scenario(_Strict):
     seed: int = Field(0, ge=0)
     horizon_s: float = Field(gt=0, description="arrivals stop here")
     drain_s: float = Field(300.0, ge=0, description="extra time to finish in-flight requests")
+    warmup_s: float = Field(0.0, ge=0, description="arrivals before this run but are not measured "
+                            "(excluded from every metric; summary.json says so)")
     cluster: ClusterConfig = ClusterConfig()
     models: list[ModelConfig] = Field(min_length=1)
     workload: WorkloadConfig
@@ -299,6 +313,13 @@ class Scenario(_Strict):
     def _cross_checks(self) -> "Scenario":
         from .policies import registry  # local: policies import nothing from here at module level
 
+        if self.warmup_s >= self.horizon_s:
+            raise ValueError(f"warmup_s: the warm-up ({self.warmup_s:g} s) must end before the horizon "
+                             f"({self.horizon_s:g} s), or nothing is measured")
+        a = self.workload.arrivals
+        if isinstance(a, TraceArrivals) and a.stream_s is not None and a.offset_s + self.horizon_s > a.stream_s + 1e-9:
+            raise ValueError(f"workload.arrivals.offset_s: the run's window [{a.offset_s:g}, "
+                             f"{a.offset_s + self.horizon_s:g}) s ends after the stream (stream_s={a.stream_s:g})")
         names = [m.name for m in self.models]
         if len(set(names)) != len(names):
             raise ValueError("models: the same model is listed twice")

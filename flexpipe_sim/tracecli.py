@@ -20,7 +20,8 @@ def scenario_stream(path: Path, overrides: list[str]) -> tuple[str, np.ndarray, 
     sc = load_scenario(path, overrides)
     rng = np.random.default_rng(np.random.SeedSequence(sc.seed).spawn(3)[1])  # the simulator's workload stream
     w = build_workload(sc, rng)
-    return sc.name, w.arrival_s, w.prompt_tokens, w.output_tokens
+    m = w.arrival_s >= sc.warmup_s  # what the run measures (a warm-up is not)
+    return sc.name, w.arrival_s[m], w.prompt_tokens[m], w.output_tokens[m]
 
 
 def stats_table(name: str, st: dict) -> Table:
@@ -35,6 +36,12 @@ def stats_table(name: str, st: dict) -> Table:
     t.add_row("burstiness B", f"{st['burstiness']:.2f}")
     t.add_row("IDC at 1 s / 10 s / 60 s", f"{st['idc_1s']:.2f} / {st['idc_10s']:.2f} / {st['idc_60s']:.2f}")
     t.add_row("peak/mean of per-minute counts", f"{st['peak_to_mean_per_minute']:.2f}")
+    for key, label in (("window_15s_iat_cv", "15 s windows: IAT CV"), ("window_15s_count_cv", "15 s windows: CV of 1 s counts"),
+                       ("first_300s_window_15s_iat_cv", "first 300 s, 15 s windows: IAT CV")):
+        w = st.get(key, {})
+        if w.get("windows"):
+            t.add_row(f"{label} min · p5 · p50 · p95 · max",
+                      f"{w['min']:.2f} · {w['p5']:.2f} · {w['p50']:.2f} · {w['p95']:.2f} · {w['max']:.2f} ({w['windows']} windows)")
     for name_, label in (("prompt_tokens", "prompt tokens"), ("output_tokens", "output tokens")):
         if name_ in st:
             v = st[name_]

@@ -183,7 +183,7 @@ class Simulation:
             mean_rate = len(sub) / self.sc.horizon_s if self.sc.horizon_s > 0 else 0.0
             iat = np.diff(np.sort(sub.arrival_s))
             cv = float(iat.std() / iat.mean()) if len(iat) > 1 and iat.mean() > 0 else 0.0
-            facts[name] = (sub.peak_rate(), prompt, w.mean_output_tokens, mean_rate, cv)
+            facts[name] = (sub.peak_rate(), prompt, w.mean_output_of(idx), mean_rate, cv)  # per model: kinds differ
         return facts
 
     def _arrival_stats(self, model: str) -> tuple[float, float, float]:

@@ -10,7 +10,7 @@ from ..scenario import (FixedLengthConfig, GammaArrivals, MMPPArrivals, PoissonA
                         ServeGenLengths, TraceArrivals, TraceLengths)
 from .arrivals import (diurnal_warp, gamma_arrivals, mmpp_arrivals, mmpp_mean_rate, poisson_arrivals,
                        rescale_rate, reshape_cv)
-from .lengths import TABLES, EmpiricalLengths, FixedLengths, load_servegen_lengths
+from .lengths import TABLES, EmpiricalLengths, FixedLengths, SpeechLengths, load_servegen_lengths
 from .loaders import Trace, TraceError, load_trace
 
 
@@ -28,6 +28,12 @@ class Workload:
     def __len__(self) -> int:
         return len(self.arrival_s)
 
+    def mean_output_of(self, idx: int) -> float:
+        """Mean output of one model's requests (the stream's mean if it has none): an encoder's 1,
+        a speech model's transcript, a chat model's reply differ by 50-200x."""
+        sel = self.model_idx == idx
+        return float(self.output_tokens[sel].mean()) if sel.any() else self.mean_output_tokens
+
     def peak_rate(self, window_s: float = 60.0) -> float:
         """Highest arrival rate over fixed windows (what static provisioning sizes for)."""
         if len(self) == 0:
@@ -37,7 +43,14 @@ class Workload:
 
 
 def trace_arrivals(cfg: TraceArrivals, horizon_s: float, rng: np.random.Generator) -> Trace:
-    """Load, cut at start_s, reshape to a CV, time-scale to a rate, truncate at the horizon."""
+    """Load, cut at start_s, reshape to a CV, time-scale to a rate, cut the run's window.
+
+    The rate and CV are realised over a stream of `cfg.stream_s` seconds (default: the horizon):
+    with a rate, the stream is exactly the first N = round(rate x stream_s) arrivals after start_s
+    (the trace's own order and gaps), reshaped to the CV and time-scaled so that arrival N + 1
+    lands at stream_s. The mean over the stream is then the stated rate (to 1/stream_s) and the IAT
+    CV the stated one. The run replays [offset_s, offset_s + horizon_s) of that stream, so a window
+    (the burst test) keeps its place in the stream whatever the horizon."""
     tr = load_trace(cfg.path, cfg.format, rng, expand=cfg.expand, top=cfg.top)
     keep = tr.arrival_s >= cfg.start_s
     t = tr.arrival_s[keep] - cfg.start_s
@@ -46,11 +59,11 @@ def trace_arrivals(cfg: TraceArrivals, horizon_s: float, rng: np.random.Generato
         return None if a is None else a[keep]
 
     prompt, output, key = sub(tr.prompt_tokens), sub(tr.output_tokens), sub(tr.key)
+    stream_s = cfg.stream_s if cfg.stream_s is not None else horizon_s
+    n_want = int(round(cfg.rate * stream_s)) if cfg.rate is not None else 0
     if cfg.rate is not None:
-        # Only about horizon x rate arrivals can be replayed: reshape and scale the stretch that will
-        # be used (twice that, for slack), not a whole day of a long trace.
-        n_use = min(len(t), int(np.ceil(horizon_s * cfg.rate * 2)) + 100)
-        t, prompt, output, key = t[:n_use], *(None if a is None else a[:n_use] for a in (prompt, output, key))
+        # N arrivals inside the stream plus the one that closes it (sets the time scale).
+        t, prompt, output, key = t[: n_want + 1], *(None if a is None else a[: n_want + 1] for a in (prompt, output, key))
     if len(t) < 3:
         raise TraceError(cfg.path, f"fewer than 3 arrivals after start_s={cfg.start_s}")
     if cfg.cv is not None:
@@ -58,12 +71,16 @@ def trace_arrivals(cfg: TraceArrivals, horizon_s: float, rng: np.random.Generato
             t = reshape_cv(t, cfg.cv)
         except ValueError as e:
             raise TraceError(cfg.path, str(e)) from None
-    if cfg.rate is not None:
-        t = rescale_rate(t, cfg.rate)
     t = t - t[0]
-    inside = t < horizon_s
-    return Trace(tr.source, t[inside], None if prompt is None else prompt[inside],
-                 None if output is None else output[inside], None if key is None else key[inside])
+    n = len(t)
+    if cfg.rate is not None and n == n_want + 1:
+        t = t[:-1] * (stream_s / t[-1])  # the closing arrival lands at stream_s and is not replayed
+        n = n_want
+    elif cfg.rate is not None:
+        t = rescale_rate(t, cfg.rate)  # the trace is shorter than the stream: keep the rate, end early
+    inside = (t >= cfg.offset_s) & (t < cfg.offset_s + horizon_s)
+    prompt, output, key = (None if a is None else a[:n][inside] for a in (prompt, output, key))
+    return Trace(tr.source, t[inside] - cfg.offset_s, prompt, output, key)
 
 
 def _arrivals(sc: Scenario, rng: np.random.Generator) -> Trace:
@@ -116,6 +133,23 @@ def assign_by_key(keys: np.ndarray, names: list[str], shares: np.ndarray) -> np.
     return target[inverse]
 
 
+def per_kind_lengths(specs: list, model_idx: np.ndarray, prompt: np.ndarray, output: np.ndarray,
+                     rng: np.random.Generator) -> None:
+    """Lengths by model kind (models.py), in place. Decoders keep the scenario's lengths. An
+    encoder makes one forward pass over its prompt: 1 output token (it finishes at its first token,
+    TTFT = E2E, and is judged on TTFT alone). An encoder-decoder reads its fixed encoder input and
+    writes a short transcript (SpeechLengths). Draws come after the scenario's, so a scenario of
+    decoders only gets exactly the lengths it had."""
+    for j, spec in enumerate(specs):
+        if spec.kind == "decoder":
+            continue
+        sel = np.flatnonzero(model_idx == j)
+        if spec.kind == "encoder":
+            output[sel] = 1
+        else:
+            prompt[sel], output[sel] = SpeechLengths(spec.encoder_tokens).sample(len(sel), rng)
+
+
 def build_workload(sc: Scenario, rng: np.random.Generator) -> Workload:
     tr = _arrivals(sc, rng)
     t = tr.arrival_s
@@ -133,11 +167,15 @@ def build_workload(sc: Scenario, rng: np.random.Generator) -> Workload:
     else:
         model_idx = rng.choice(len(shares), size=n, p=shares / shares.sum())
     prompt, output = _lengths(sc, tr, rng)
-    prompt, output = np.asarray(prompt, np.int64), np.asarray(output, np.int64)
-    # Clip to each model's context window: keep the output (capped at half the context), shorten
-    # the prompt (a server truncates prompts; outputs are what the user asked for).
-    ctx = np.array([m.spec().max_context for m in sc.models])[model_idx]
-    output = np.minimum(output, ctx // 2)
+    prompt, output = np.array(prompt, np.int64), np.array(output, np.int64)  # copies: edited below
+    specs = [m.spec() for m in sc.models]
+    per_kind_lengths(specs, model_idx, prompt, output, rng)
+    # Clip to each model's context window: keep the output (capped at half the context and at the
+    # decoder's positions), shorten the prompt (a server truncates prompts; outputs are what the
+    # user asked for).
+    ctx = np.array([s.max_context for s in specs])[model_idx]
+    max_out = np.array([s.max_output_tokens or s.max_context for s in specs])[model_idx]
+    output = np.minimum(output, np.minimum(ctx // 2, max_out))
     prompt = np.clip(prompt, 1, ctx - output)
     mean_out = float(output.mean()) if n else 1.0
     return Workload(t, model_idx.astype(np.int64), prompt, output, tuple(names), mean_out)

@@ -66,6 +66,36 @@ TABLES = {t.name: t for t in (AZURE_CONV, AZURE_CODE)}
 
 
 @dataclass(frozen=True)
+class SpeechLengths:
+    """Encoder-decoder speech recognition (Whisper): every request's encoder input is the fixed
+    30 s log-Mel window, `encoder_tokens` frames after the conv stem (1,500 for Whisper: it pads or
+    cuts all audio to 30 s, Radford et al. 2022 §2.2), and the output is the transcript of the clip.
+
+    No production distribution of clip lengths is published for the paper's workload. Clip
+    durations are uniform over Whisper's window, 1-30 s (mean 15.5 s; LibriSpeech utterances
+    average 12.3-12.7 s, Panayotov et al. 2015, the same range). Transcript: 2.5 words/s (150 words
+    per minute, the usual conversational English rate) x 4/3 BPE tokens per word (OpenAI's "100
+    tokens ~ 75 words"; Whisper uses GPT-2's byte-level BPE) + 4 control tokens (start of
+    transcript, language, task, end of text): 7-104 tokens, mean 56."""
+
+    encoder_tokens: int
+    min_s: float = 1.0
+    max_s: float = 30.0
+    words_per_s: float = 2.5
+    tokens_per_word: float = 4.0 / 3.0
+    control_tokens: int = 4
+
+    def sample(self, n: int, rng: np.random.Generator) -> tuple[np.ndarray, np.ndarray]:
+        dur = rng.uniform(self.min_s, self.max_s, n)
+        out = np.rint(dur * self.words_per_s * self.tokens_per_word).astype(np.int64) + self.control_tokens
+        return np.full(n, self.encoder_tokens, np.int64), out
+
+    @property
+    def mean_output(self) -> float:
+        return (self.min_s + self.max_s) / 2 * self.words_per_s * self.tokens_per_word + self.control_tokens
+
+
+@dataclass(frozen=True)
 class FixedLengths:
     """Every request has the same lengths (tests, closed-form checks)."""
 

@@ -1,7 +1,10 @@
 """Statistics of a request stream, with the definitions of ../shared/traces/README.md:
 IAT CV = sd/mean of inter-arrival times; burstiness B = (sd - mean)/(sd + mean) of IATs;
 IDC(w) = variance/mean of arrival counts in windows of w seconds (1 for Poisson at every w);
-peak/mean of per-minute counts; percentiles with numpy's linear interpolation."""
+peak/mean of per-minute counts; percentiles with numpy's linear interpolation.
+Window CVs (the paper's Fig. 9 "CV per 15 s window", not defined there): the IAT CV of the arrivals
+inside each full 15 s window with >= 3 of them (`window_iat_cvs`), and the CV of the window's
+per-second counts (`window_count_cvs`; at most sqrt(14) = 3.74 with 15 bins)."""
 
 from __future__ import annotations
 
@@ -17,6 +20,43 @@ def idc(times: np.ndarray, window_s: float) -> float:
     counts = np.bincount((times // window_s).astype(np.int64))
     full = counts[: int(times[-1] // window_s)] if times[-1] >= window_s else counts  # drop the partial tail
     return float(full.var() / full.mean()) if full.mean() > 0 else float("nan")
+
+
+def _full_windows(times: np.ndarray, window_s: float):
+    t0 = times[0] if len(times) else 0.0
+    n = int((times[-1] - t0) // window_s) if len(times) else 0
+    idx = np.searchsorted(times, t0 + window_s * np.arange(n + 1))
+    return [times[a:b] for a, b in zip(idx[:-1], idx[1:])], t0
+
+
+def window_iat_cvs(times: np.ndarray, window_s: float = 15.0) -> np.ndarray:
+    """IAT CV inside each full window (windows with fewer than 3 arrivals are skipped)."""
+    out = []
+    for w in _full_windows(times, window_s)[0]:
+        if len(w) >= 3:
+            d = np.diff(w)
+            out.append(d.std() / d.mean() if d.mean() > 0 else np.nan)
+    return np.array(out, float)
+
+
+def window_count_cvs(times: np.ndarray, window_s: float = 15.0, bin_s: float = 1.0) -> np.ndarray:
+    """CV of per-`bin_s` arrival counts inside each full window that has arrivals."""
+    wins, t0 = _full_windows(times, window_s)
+    out = []
+    for k, w in enumerate(wins):
+        if len(w):
+            c = np.bincount(((w - t0 - k * window_s) // bin_s).astype(np.int64), minlength=int(window_s / bin_s))
+            out.append(c.std() / c.mean())
+    return np.array(out, float)
+
+
+def _spread(v: np.ndarray) -> dict[str, float]:
+    v = v[np.isfinite(v)]
+    if not len(v):
+        return {"windows": 0}
+    q = np.percentile(v, [5, 50, 95])
+    return {"windows": int(len(v)), "min": float(v.min()), "p5": float(q[0]), "p50": float(q[1]),
+            "p95": float(q[2]), "max": float(v.max())}
 
 
 def stream_stats(times: np.ndarray, prompt: np.ndarray | None, output: np.ndarray | None) -> dict[str, Any]:
@@ -37,6 +77,9 @@ def stream_stats(times: np.ndarray, prompt: np.ndarray | None, output: np.ndarra
         "idc_10s": idc(times, 10.0),
         "idc_60s": idc(times, 60.0),
         "peak_to_mean_per_minute": float(per_min.max() / per_min.mean()) if per_min.mean() > 0 else float("nan"),
+        "window_15s_iat_cv": _spread(window_iat_cvs(times)),
+        "window_15s_count_cv": _spread(window_count_cvs(times)),
+        "first_300s_window_15s_iat_cv": _spread(window_iat_cvs(times[times < (times[0] if len(times) else 0) + 300])),
     }
     for name, v in (("prompt_tokens", prompt), ("output_tokens", output)):
         if v is not None and len(v):
