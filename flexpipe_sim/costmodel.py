@@ -78,6 +78,7 @@ class CostModel:
         self._flops_pair = model.attn_flops_per_pair
         self._layer_bytes = model.layer_bytes
         self._kvb = model.kv_bytes_per_token_layer
+        self._overhead = 0.0  # measured per-step overhead on top of the roofline's (profiles set it)
 
     def layer_time(self, gpu: GPUSpec, w: BatchWork) -> float:
         r = self.roofline
@@ -99,7 +100,12 @@ class CostModel:
         t = s.num_layers * self.layer_time(s.gpu, w)
         if s.has_head:
             t += self.head_time(s.gpu, w.n_seqs)
-        return (t + self.roofline.step_overhead_s) * s.slowdown
+        return (t + self.step_overhead_s) * s.slowdown
+
+    @property
+    def step_overhead_s(self) -> float:
+        """Fixed time per stage step (the roofline's; a profile adds its measured one)."""
+        return self.roofline.step_overhead_s + self._overhead
 
     def hop_time(self, link: LinkSpec, n_tokens: int) -> float:
         return link.latency_s + n_tokens * self.model.activation_bytes_per_token / link.bytes_per_s
@@ -129,8 +135,8 @@ class ProfileCostModel(CostModel):
         self.profile = profile
         self._c_min = float(profile.raw["decode"]["context"][0])
         head = profile.raw.get("head")
-        self._head = (head["batch"], head["s"]) if head else None
-        self._overhead = float(profile.raw.get("overheads", {}).get("stage_step_s", 0.0))
+        self._head = ([float(x) for x in head["batch"]], [float(x) for x in head["s"]]) if head else None
+        self._overhead = float(profile.raw.get("overheads", {}).get("stage_step_s", 0.0))  # measured per stage step
 
     def layer_time(self, gpu: GPUSpec, w: BatchWork) -> float:
         pr = self.profile
@@ -147,12 +153,10 @@ class ProfileCostModel(CostModel):
     def head_time(self, gpu: GPUSpec, n_seqs: int) -> float:
         if self._head is None:
             return super().head_time(gpu, n_seqs)
-        import numpy as np
+        from .profiles import _interp  # pure Python: called on every step of the last stage
 
-        return float(np.interp(n_seqs, self._head[0], self._head[1]))
-
-    def stage_time(self, s: StageShape, w: BatchWork) -> float:
-        return super().stage_time(s, w) + self._overhead * s.slowdown
+        xs, ys = self._head
+        return _interp(min(max(float(n_seqs), xs[0]), xs[-1]), xs, ys)
 
     def host_to_gpu_bytes_per_s(self, gpu: GPUSpec) -> float:
         rate = self.profile.raw["links"].get("host_to_device_pinned_Bps")
@@ -193,12 +197,13 @@ class PipelineCost:
         self.back = back  # last stage -> first stage (sampled tokens)
 
     def stage_times(self, w: BatchWork) -> list[float]:
-        # Same result as [cost.stage_time(s, w) for s in stages], pricing a layer once per GPU kind.
-        if type(self.cost) is not CostModel:
+        # Same result as [cost.stage_time(s, w) for s in stages], pricing a layer once per GPU kind
+        # (a profile lookup or a roofline: both depend on the stage only through its GPU kind).
+        if type(self.cost).stage_time is not CostModel.stage_time:
             return [self.cost.stage_time(s, w) for s in self.stages]
         layer: dict[str, float] = {}
         out = []
-        oh = self.cost.roofline.step_overhead_s
+        oh = self.cost.step_overhead_s
         for s in self.stages:
             t = layer.get(s.gpu.name)
             if t is None:

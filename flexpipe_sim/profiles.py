@@ -12,6 +12,7 @@ least-squares fit, t = a + b*N (prefill), t = a + b*B + c*B*C (decode), counted 
 
 from __future__ import annotations
 
+import bisect
 import json
 import math
 import warnings
@@ -87,28 +88,40 @@ class Profile:
             warnings.warn(f"{self.path}: {what} is beyond the measured grid; using the fitted roofline "
                           "(warned once; the run's notes count all such lookups)", ExtrapolationWarning, stacklevel=3)
 
+    def _grids(self) -> tuple:
+        """Log-space grids as plain lists, built once: the simulator looks a stage time up on every
+        micro-batch step, and scalar numpy calls cost ~10x pure Python there (profiled)."""
+        g = self.__dict__.get("_grid_cache")
+        if g is None:
+            p, d = self.raw["prefill"], self.raw["decode"]
+            ln = [math.log(float(x)) for x in p["tokens"]]
+            lt = [math.log(float(x)) for x in p["layer_s"]]
+            lb = [math.log(float(x)) for x in d["batch"]]
+            lc = [math.log(float(x)) for x in d["context"]]
+            lz = [[math.log(float(x)) for x in row] for row in d["layer_s"]]
+            g = self.__dict__["_grid_cache"] = (ln, lt, lb, lc, lz, float(p["tokens"][-1]), float(d["batch"][-1]),
+                                                float(d["context"][-1]), min(map(float, p["layer_s"])),
+                                                min(float(x) for row in d["layer_s"] for x in row))
+        return g
+
     def prefill_layer_s(self, tokens: float) -> float:
-        g = self.raw["prefill"]
-        n = np.asarray(g["tokens"], float)
-        t = np.asarray(g["layer_s"], float)
-        if tokens <= n[-1]:
-            return float(np.exp(np.interp(math.log(max(tokens, n[0])), np.log(n), np.log(t))))
+        ln, lt, _, _, _, n_max, _, _, t_min, _ = self._grids()
+        if tokens <= n_max:
+            lx = max(math.log(tokens), ln[0]) if tokens > 0 else ln[0]
+            return math.exp(_interp(lx, ln, lt))
         self._warn("prefill", f"prefill of {tokens:.0f} tokens")
         a, b = self._fit("prefill")
-        return max(a + b * tokens, float(t.min()))
+        return max(a + b * tokens, t_min)
 
     def decode_layer_s(self, batch: float, context: float) -> float:
-        g = self.raw["decode"]
-        bs, cs = np.asarray(g["batch"], float), np.asarray(g["context"], float)
-        t = np.asarray(g["layer_s"], float)  # [len(batch), len(context)]
-        if batch <= bs[-1] and context <= cs[-1]:
-            lb, lc = math.log(max(batch, bs[0])), math.log(max(context, cs[0]))
-            i = int(np.clip(np.searchsorted(np.log(bs), lb) - 1, 0, len(bs) - 2)) if len(bs) > 1 else 0
-            j = int(np.clip(np.searchsorted(np.log(cs), lc) - 1, 0, len(cs) - 2)) if len(cs) > 1 else 0
-            return float(np.exp(_bilinear(np.log(bs), np.log(cs), np.log(t), i, j, lb, lc)))
+        _, _, lbs, lcs, lz, _, b_max, c_max, _, t_min = self._grids()
+        if batch <= b_max and context <= c_max:
+            lb = max(math.log(batch), lbs[0]) if batch > 0 else lbs[0]
+            lc = max(math.log(context), lcs[0]) if context > 0 else lcs[0]
+            return math.exp(_bilinear(lbs, lcs, lz, lb, lc))
         self._warn("decode", f"decode batch {batch:.0f} at context {context:.0f}")
         a, b, c = self._fit("decode")
-        return max(a + b * batch + c * batch * context, float(t.min()))
+        return max(a + b * batch + c * batch * context, t_min)
 
     def _fit(self, which: str) -> tuple[float, ...]:
         cache = self.raw.setdefault("_fit", {})
@@ -131,17 +144,34 @@ class Profile:
         return float(self.raw["links"][key])
 
 
-def _bilinear(x: np.ndarray, y: np.ndarray, z: np.ndarray, i: int, j: int, xv: float, yv: float) -> float:
-    if len(x) == 1 and len(y) == 1:
-        return float(z[0, 0])
+def _cell(x: list[float], v: float) -> int:
+    """Index i of the grid cell [x[i], x[i+1]] used for v (edge cells beyond the ends)."""
+    if len(x) < 2:
+        return 0
+    return min(max(bisect.bisect_left(x, v) - 1, 0), len(x) - 2)
+
+
+def _interp(v: float, x: list[float], y: list[float]) -> float:
+    """np.interp for v inside [x[0], x[-1]] (callers clamp below; above is the fitted roofline)."""
     if len(x) == 1:
-        return float(np.interp(yv, y, z[0]))
+        return y[0]
+    i = _cell(x, v)
+    t = (v - x[i]) / (x[i + 1] - x[i])
+    return y[i] + t * (y[i + 1] - y[i])
+
+
+def _bilinear(x: list[float], y: list[float], z: list[list[float]], xv: float, yv: float) -> float:
+    if len(x) == 1 and len(y) == 1:
+        return z[0][0]
+    if len(x) == 1:
+        return _interp(yv, y, z[0])
     if len(y) == 1:
-        return float(np.interp(xv, x, z[:, 0]))
+        return _interp(xv, x, [row[0] for row in z])
+    i, j = _cell(x, xv), _cell(y, yv)
     tx = (xv - x[i]) / (x[i + 1] - x[i])
     ty = (yv - y[j]) / (y[j + 1] - y[j])
-    return float((1 - tx) * (1 - ty) * z[i, j] + tx * (1 - ty) * z[i + 1, j]
-                 + (1 - tx) * ty * z[i, j + 1] + tx * ty * z[i + 1, j + 1])
+    return ((1 - tx) * (1 - ty) * z[i][j] + tx * (1 - ty) * z[i + 1][j]
+            + (1 - tx) * ty * z[i][j + 1] + tx * ty * z[i + 1][j + 1])
 
 
 def _need(d: dict, key: str, path: str, where: str = "") -> Any:
