@@ -71,7 +71,7 @@ def place_pipeline(
     chosen: list[GPUView] = []
     by_id = {g.id: g for g in view.gpus}
     fixed = fixed or {}
-    roof = view.models[model].cost.roofline
+    roof = view.models[model].cost.roofline if mux_penalty is not None and balance else None
     for k, (first, end) in enumerate(ranges):
         if k in fixed:
             chosen.append(by_id[fixed[k]])

@@ -244,10 +244,14 @@ class FlexPipePolicy:
         next pipeline adds the most useful throughput (capped at its deficit) per GB it occupies."""
 
         def value(w: _Want) -> tuple[bool, float]:
+            # m_j: with stage_kv "all" a stage takes its whole GPU; "sized": weights + the sized KV
+            # (every stage holds its L/S layers of all the pipeline's tokens: kv_tokens x L in all)
             spec = w.mv.spec
-            gb = (spec.stage_weight_bytes(0, spec.num_layers)
-                  + w.st.kv_tokens[w.depth] * spec.kv_bytes_per_token_layer * spec.num_layers / w.depth) / 1e9
-            return w.floor_deficit > 1e-9, min(w.st.mu[w.depth], w.deficit) / gb
+            if self.p.stage_kv == "all":
+                nbytes = w.depth * view.gpu_kind.memory_bytes * view.engine.gpu_memory_utilization
+            else:
+                nbytes = spec.total_bytes + w.st.kv_tokens[w.depth] * spec.kv_bytes_per_token_layer * spec.num_layers
+            return w.floor_deficit > 1e-9, min(w.st.mu[w.depth], w.deficit) / (nbytes / 1e9)
 
         acts: list[Action] = []
         pending = list(wants)
