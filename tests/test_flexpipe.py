@@ -206,11 +206,13 @@ def test_token_cycle_has_bottleneck_and_bubbles():
 
 def test_candidate_profiles_know_depth():
     view = _sim().view()
-    prof = ModelProfile(view.models["opt-66b"], view, FlexPipeParams(granularities=[2, 4, 8]))
+    prof = ModelProfile(view.models["opt-66b"], view, FlexPipeParams(granularities=[2, 4, 8], min_kv_share=0.01))
     mv = view.models["opt-66b"]
-    # KV fit: two 66 GB stages leave room for ~3 sequences per micro-batch, so T_2 is far below
-    # half of T_4 (the SLO alone would allow 46)
+    # KV fit: two 66 GB stages leave room for a few sequences per micro-batch, so T_2 is far below
+    # half of T_4 (the SLO alone would allow 46)...
     assert prof.by_depth[2].throughput < 0.3 * prof.by_depth[4].throughput
+    # ... and under min_kv_share of the SLO batch the depth is no candidate at all
+    assert 2 not in ModelProfile(mv, view, FlexPipeParams(granularities=[2, 4, 8])).by_depth
     # L_k is the latency at each depth's own operating batch: not the same at every depth
     assert len({round(c.latency, 3) for c in prof.cands}) == len(prof.cands)
     for g, c in prof.by_depth.items():

@@ -81,6 +81,8 @@ class FlexPipeParams(BaseModel):
     min_kv_share: float = Field(0.25, gt=0, le=1, description="a pipeline whose stages cannot hold this share of its "
                                 "sized batch's KV is not worth its GPUs (not given)")
     refactor_cooldown_s: float = Field(30.0, ge=0, description="at most one refactor per instance in this long")
+    launch_order: Literal["eq6", "largest"] = Field("eq6", description="launches across models: Eq. 6 (floors, then "
+                                                    "req/s per GB) or largest model first (first-fit decreasing; ablation)")
 
     def check_scenario(self, sc) -> None:
         for m in sc.models:
@@ -251,6 +253,8 @@ class FlexPipePolicy:
                 nbytes = w.depth * view.gpu_kind.memory_bytes * view.engine.gpu_memory_utilization
             else:
                 nbytes = spec.total_bytes + w.st.kv_tokens[w.depth] * spec.kv_bytes_per_token_layer * spec.num_layers
+            if self.p.launch_order == "largest":
+                return True, float(spec.total_bytes)
             return w.floor_deficit > 1e-9, min(w.st.mu[w.depth], w.deficit) / (nbytes / 1e9)
 
         acts: list[Action] = []

@@ -45,10 +45,15 @@ class ModelProfile:
             if fit < 1:
                 del self.ranges[g]  # the weights leave no KV room for one sequence per micro-batch
                 continue
-            eta_min = eta_min or g
             shapes = typical_shapes(view, mv, self.ranges[g])
             hop = cost.hop_time(self.link, 1)
             batch = slo_batch(mv, shapes, view.engine.max_seqs, p.slo_headroom, fit, hop)
+            if batch < p.min_kv_share * slo_batch(mv, shapes, view.engine.max_seqs, p.slo_headroom, None, hop):
+                # KV holds under `min_kv_share` of the batch the SLO allows: not worth its GPUs
+                # (OPT-66B in two 66 GB stages: ~3 sequences per micro-batch of the SLO's 46)
+                del self.ranges[g]
+                continue
+            eta_min = eta_min or g
             thr = replica_rate(mv, shapes, batch, hop)
             pr = int(mv.mean_prompt_tokens)
             pre = sum(cost.stage_time(s, BatchWork(pr, 1, pr * (pr + 1) // 2, 0, 0)) for s in shapes)
