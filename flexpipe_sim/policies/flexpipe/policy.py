@@ -322,7 +322,10 @@ class FlexPipePolicy:
             launch = place(kv, set(taken))
             if launch is None:
                 return None
-            balanced = self._balance(view, mv, st, launch, kv) if p.balance and not fixed else launch
+            if p.balance and not fixed:
+                balanced, kv = self._balance(view, mv, st, launch, kv, max(mv.spec.max_context, int(p.min_kv_share * want)))
+            else:
+                balanced = launch
             if balanced is not None:
                 break
             # Eq. 8 violated even with Eq. 2's rebalancing: drop the slowest GPU and try again
@@ -335,27 +338,36 @@ class FlexPipePolicy:
         # reserves only the amount checked above, leaving room to co-locate other stages.
         return Launch(balanced.model, balanced.stages, kv if p.stage_kv == "sized" else None)
 
-    def _balance(self, view: ClusterView, mv: ModelView, st: _ModelState, launch: Launch, kv: int) -> Launch | None:
+    def _balance(self, view: ClusterView, mv: ModelView, st: _ModelState, launch: Launch, kv: int,
+                 kv_floor: int) -> tuple[Launch | None, int]:
         """Eq. 2 re-run with the chosen GPUs' speeds (a slow GPU gets fewer layers), then Eq. 8:
-        None if the stage times still differ by more than `balance_eps`."""
+        None if the stage times still differ by more than `balance_eps`. A stage that gains layers
+        needs more KV bytes for the same tokens: the cut must hold at least `kv_floor` tokens per
+        stage; returned with the KV tokens every stage of it holds (at most `kv`)."""
         by_id = {g.id: g for g in view.gpus}
         gpus = [by_id[s.gpu] for s in launch.stages]
         speeds = [slowdown(g.tenant_sm_frac, mv.cost.roofline) for g in gpus]
         cuts = [(s.first_layer, s.end_layer) for s in launch.stages]
         if max(speeds) > min(speeds):
             eng, spec = view.engine, mv.spec
-            mem = [float(spec.layer_bytes + kv * spec.kv_bytes_per_token_layer)] * spec.num_layers
+            mem = [float(spec.layer_bytes + kv_floor * spec.kv_bytes_per_token_layer)] * spec.num_layers
             limits = [usable_bytes(g.free_bytes, eng) - eng.workspace_bytes for g in gpus]
             limits[0] -= spec.embedding_bytes  # the embedding on the first stage, the LM head on the last
             limits[-1] -= spec.embedding_bytes
             try:
-                cuts = rebalance(st.t_c, st.s_p, speeds, st.link.bytes_per_s, mem=mem, limits=limits)
+                # compute only: Eq. 2's s_p/B (36 ms a 7B layer over RDMA against 1.6 ms of compute)
+                # is a one-off load, the same on every GPU; Eq. 8 bounds serving throughput
+                new = rebalance(st.t_c, [0.0] * len(st.t_c), speeds, st.link.bytes_per_s, mem=mem, limits=limits)
+                if new != cuts:  # the KV every stage of the new cut can hold, up to the sized amount
+                    kv = min([kv] + [int((lim - spec.layer_bytes * (e - f)) // (spec.kv_bytes_per_token_layer * (e - f)))
+                                     for lim, (f, e) in zip(limits, new)])
+                    cuts = new
             except ValueError:
                 pass  # no rebalanced cut fits: keep the even one and let Eq. 8 judge it
         times = stage_times(st.t_c, cuts, speeds)
         if max(times) > (1 + self.p.balance_eps) * min(times):
-            return None
-        return Launch(launch.model, tuple(StagePlan(f, e, g.id) for (f, e), g in zip(cuts, gpus)))
+            return None, kv
+        return Launch(launch.model, tuple(StagePlan(f, e, g.id) for (f, e), g in zip(cuts, gpus))), kv
 
     def _note(self, text: str) -> None:
         if text not in self.notes:
