@@ -308,10 +308,13 @@ def test_eq6_launch_order_is_value_per_gb_not_largest_first():
              _Want(view.models["llama2-7b"], sts["llama2-7b"], 1, 5.0, 0.0)]
     acts = pol._launch(view, wants, set())
     assert acts[0].model == "llama2-7b"  # more req/s per GB than the 66B pipeline
-    # an unmet always-ready floor comes first whatever its value
+    # an unmet always-ready floor comes first whatever its value; floors go largest first
     wants = [_Want(view.models["opt-66b"], sts["opt-66b"], 4, 0.3, 0.3),
              _Want(view.models["llama2-7b"], sts["llama2-7b"], 1, 5.0, 0.0)]
     assert pol._launch(view, wants, set())[0].model == "opt-66b"
+    wants = [_Want(view.models["llama2-7b"], sts["llama2-7b"], 1, 0.3, 0.3),
+             _Want(view.models["opt-66b"], sts["opt-66b"], 4, 0.3, 0.3)]
+    assert [a.model for a in pol._launch(view, wants, set())] == ["opt-66b", "llama2-7b"]
 
 
 def test_refactor_keeps_the_stage_that_stays():

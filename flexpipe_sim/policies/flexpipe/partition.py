@@ -33,7 +33,7 @@ def partition(t_c: list[float], s_p: list[float], k: int, bandwidth: float, mem_
     pen = cut_penalty or [0.0] * n
 
     def stage_cost(i: int, j: int) -> float:  # vertices i..j-1
-        if prefix_m[j] - prefix_m[i] > mem_limit:
+        if prefix_m[j] - prefix_m[i] > mem_limit * (1 + 1e-12):  # prefix differences round: 14 + x - 14 > x
             return math.inf
         r = pen[j - 1] if j < n else 0.0
         return abs(prefix_w[j] - prefix_w[i] - c) + lam * r
@@ -96,7 +96,7 @@ def rebalance(t_c: list[float], s_p: list[float], speeds: list[float], bandwidth
     c = pc[-1] / sum(1 / v for v in speeds) + pp[-1] / k  # every stage's compute equal, loads shared
 
     def cost(stage: int, i: int, j: int) -> float:
-        if pm[j] - pm[i] > limits[stage]:
+        if pm[j] - pm[i] > limits[stage] * (1 + 1e-12):
             return math.inf
         return abs((pc[j] - pc[i]) * speeds[stage] + pp[j] - pp[i] - c)
 

@@ -242,8 +242,9 @@ class FlexPipePolicy:
 
     # --- launches across models (Eq. 6) ---------------------------------------------------------
     def _launch(self, view: ClusterView, wants: list[_Want], taken: set[int]) -> list[Action]:
-        """Greedy Eq. 6: the always-ready floors first; then, one pipeline at a time, the model whose
-        next pipeline adds the most useful throughput (capped at its deficit) per GB it occupies."""
+        """Greedy Eq. 6: the always-ready floors first (largest model first: bin packing); then, one
+        pipeline at a time, the model whose next pipeline adds the most useful throughput (capped at
+        its deficit) per GB it occupies."""
 
         def value(w: _Want) -> tuple[bool, float]:
             # m_j: with stage_kv "all" a stage takes its whole GPU; "sized": weights + the sized KV
@@ -253,9 +254,12 @@ class FlexPipePolicy:
                 nbytes = w.depth * view.gpu_kind.memory_bytes * view.engine.gpu_memory_utilization
             else:
                 nbytes = spec.total_bytes + w.st.kv_tokens[w.depth] * spec.kv_bytes_per_token_layer * spec.num_layers
-            if self.p.launch_order == "largest":
-                return True, float(spec.total_bytes)
-            return w.floor_deficit > 1e-9, min(w.st.mu[w.depth], w.deficit) / (nbytes / 1e9)
+            floor = w.floor_deficit > 1e-9
+            if self.p.launch_order == "largest" or floor:
+                # the always-ready floors are packed first-fit decreasing: their big stages need
+                # the big fragments, which the small models' pipelines would otherwise take
+                return floor, float(spec.total_bytes)
+            return False, min(w.st.mu[w.depth], w.deficit) / (nbytes / 1e9)
 
         acts: list[Action] = []
         pending = list(wants)
