@@ -132,6 +132,7 @@ class FlexPipePolicy:
         self._models: dict[str, _ModelState] = {}
         self._hosted: dict[tuple[str, int], float] = {}  # (model, server) -> last time it hosted the model
         self._last_refactor: dict[int, float] = {}
+        self._kv_at: dict[tuple[str, tuple[int, ...]], int] = {}  # (model, GPUs) -> KV tokens per stage placed
 
     def decide(self, view: ClusterView) -> list[Action]:
         for g in view.gpus:
@@ -154,7 +155,7 @@ class FlexPipePolicy:
         p = self.p
         g = st.chooser.update(mv.arrival_cv, mv.rate_slope, view.now)
         insts = [i for i in view.instances_of(mv.name) if i.state != "draining"]
-        cap = {i.id: st.capacity(len(i.gpus)) for i in insts}
+        cap = {i.id: st.capacity(len(i.gpus), self._kv_at.get((mv.name, i.gpus))) for i in insts}
         have = sum(cap.values())
         floor = p.always_ready * mv.peak_rate  # 30% of peak capacity, in req/s
         required = max(floor, p.headroom * mv.arrival_rate)
@@ -273,7 +274,7 @@ class FlexPipePolicy:
                 pending.remove(w)
                 continue
             acts.append(launch)
-            mu = w.st.capacity(len(launch.stages))
+            mu = w.st.capacity(len(launch.stages), self._kv_at.get((w.mv.name, tuple(s.gpu for s in launch.stages))))
             w.deficit -= mu
             w.floor_deficit -= mu
             if w.deficit <= 1e-9:
@@ -338,6 +339,7 @@ class FlexPipePolicy:
         else:
             return None
         taken.update(s.gpu for s in balanced.stages if not fixed or s.gpu not in fixed.values())
+        self._kv_at[(mv.name, tuple(s.gpu for s in balanced.stages))] = kv  # its capacity follows its KV
         # "all": like vLLM, a stage then takes the KV its GPU's free memory allows; "sized": it
         # reserves only the amount checked above, leaving room to co-locate other stages.
         return Launch(balanced.model, balanced.stages, kv if p.stage_kv == "sized" else None)

@@ -38,6 +38,8 @@ class ModelProfile:
         self.by_depth: dict[int, Candidate] = {}
         self.kv_tokens: dict[int, int] = {}
         self.mu: dict[int, float] = {}  # Eq. 5: req/s one replica contributes, net of coordination overhead
+        self._sized: dict[int, tuple] = {}  # depth -> (typical shapes, hop s, batch per micro-batch)
+        self._mv, self._p, self._length = mv, p, mv.mean_prompt_tokens + mv.mean_output_tokens
         length = mv.mean_prompt_tokens + mv.mean_output_tokens
         eta_min = None
         for g in sorted(self.ranges):
@@ -62,14 +64,23 @@ class ModelProfile:
             self.cands.append(c)
             self.by_depth[g] = c
             self.mu[g] = thr / (p.beta1 + p.beta2 * g)
+            self._sized[g] = (shapes, hop, batch)
             # Tokens each stage holds: all S x B sequences of the pipeline, over the stage's L/S
             # layers; in bytes that is B x length x L layers whatever S is (sizing.py).
             self.kv_tokens[g] = int(p.kv_headroom * batch * g * length)
         if not self.ranges:
             raise ValueError(f"policy.params.granularities: no candidate depth of {mv.name} fits a GPU")
 
-    def capacity(self, depth: int) -> float:
-        """Eq. 5 capacity of a replica of `depth` stages (a depth not among the candidates: the nearest one)."""
+    def capacity(self, depth: int, kv_tokens: int | None = None) -> float:
+        """Eq. 5 capacity of a replica of `depth` stages (a depth not among the candidates: the nearest
+        one). `kv_tokens`: what its stages actually hold, where placement found less than the sized
+        KV on fragments: the batch is then what fits, and so is the capacity."""
+        if depth in self.mu and kv_tokens is not None:
+            shapes, hop, batch = self._sized[depth]
+            fit = int(kv_tokens // (depth * self._length))
+            if fit < batch:
+                rate = replica_rate(self._mv, shapes, max(1, fit), hop)
+                return rate / (self._p.beta1 + self._p.beta2 * depth)
         if depth in self.mu:
             return self.mu[depth]
         return self.mu[min(self.mu, key=lambda d: (abs(d - depth), d))]
