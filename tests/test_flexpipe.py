@@ -211,8 +211,11 @@ def test_candidate_profiles_know_depth():
     # KV fit: two 66 GB stages leave room for a few sequences per micro-batch, so T_2 is far below
     # half of T_4 (the SLO alone would allow 46)...
     assert prof.by_depth[2].throughput < 0.3 * prof.by_depth[4].throughput
-    # ... and under min_kv_share of the SLO batch the depth is no candidate at all
-    assert 2 not in ModelProfile(mv, view, FlexPipeParams(granularities=[2, 4, 8])).by_depth
+    # ... and under min_kv_share of the best throughput per GPU the depth is no candidate at all
+    per_gpu = {g: c.throughput / g for g, c in prof.by_depth.items()}
+    assert per_gpu[2] < 0.5 * max(per_gpu.values())
+    assert 2 not in ModelProfile(mv, view, FlexPipeParams(granularities=[2, 4, 8], min_kv_share=0.5)).by_depth
+    assert len(ModelProfile(mv, view, FlexPipeParams(granularities=[2, 4, 8], min_kv_share=1.0)).by_depth) == 1
     # L_k is the latency at each depth's own operating batch: not the same at every depth
     assert len({round(c.latency, 3) for c in prof.cands}) == len(prof.cands)
     for g, c in prof.by_depth.items():

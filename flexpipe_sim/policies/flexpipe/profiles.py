@@ -50,11 +50,6 @@ class ModelProfile:
             shapes = typical_shapes(view, mv, self.ranges[g])
             hop = cost.hop_time(self.link, 1)
             batch = slo_batch(mv, shapes, view.engine.max_seqs, p.slo_headroom, fit, hop)
-            if batch < p.min_kv_share * slo_batch(mv, shapes, view.engine.max_seqs, p.slo_headroom, None, hop):
-                # KV holds under `min_kv_share` of the batch the SLO allows: not worth its GPUs
-                # (OPT-66B in two 66 GB stages: ~3 sequences per micro-batch of the SLO's 46)
-                del self.ranges[g]
-                continue
             eta_min = eta_min or g
             thr = replica_rate(mv, shapes, batch, hop)
             pr = int(mv.mean_prompt_tokens)
@@ -70,6 +65,13 @@ class ModelProfile:
             self.kv_tokens[g] = int(p.kv_headroom * batch * g * length)
         if not self.ranges:
             raise ValueError(f"policy.params.granularities: no candidate depth of {mv.name} fits a GPU")
+        # A depth whose throughput per GPU is under `min_kv_share` of the model's best is not worth
+        # its GPUs (OPT-66B in two 66 GB stages holds a few sequences per micro-batch); the best stays.
+        best = max(c.throughput / c.stages for c in self.cands)
+        for c in [c for c in self.cands if c.throughput / c.stages < p.min_kv_share * best]:
+            self.cands.remove(c)
+            for d in (self.ranges, self.by_depth, self.kv_tokens, self.mu, self._sized):
+                del d[c.stages]
 
     def capacity(self, depth: int, kv_tokens: int | None = None) -> float:
         """Eq. 5 capacity of a replica of `depth` stages (a depth not among the candidates: the nearest
