@@ -134,3 +134,213 @@ def test_compare_runs_every_policy_on_the_same_arrivals(tmp_path, write_scenario
     assert (tmp_path / "small" / "flexpipe" / "summary.json").exists()
     bad = CliRunner().invoke(app, ["compare", str(path), "--policies", "static,nope"])
     assert bad.exit_code == 2 and "valid policies" in bad.output
+
+
+# --- issue 11: capacity accounting, sizing with KV, Eqs. 2/6/8/9/12, reclamation, in-place refactor ---
+
+import dataclasses  # noqa: E402
+
+from flexpipe_sim.policies.base import InstanceView, StagePlan  # noqa: E402
+from flexpipe_sim.policies.flexpipe.policy import (  # noqa: E402
+    FlexPipeParams, FlexPipePolicy, _ModelState, _Want, eq12_new)
+from flexpipe_sim.policies.flexpipe.partition import rebalance, stage_times  # noqa: E402
+from flexpipe_sim.policies.flexpipe.profiles import ModelProfile  # noqa: E402
+from flexpipe_sim.policies.placement import place_pipeline  # noqa: E402
+from flexpipe_sim.policies.sizing import (  # noqa: E402
+    kv_batch, planned_batch, replica_rate, slo_batch, token_cycle, typical_shapes)
+
+PAPER_MODELS = [
+    {"name": "llama2-7b", "share": 8, "slo": {"ttft_s": 2.0, "tpot_s": 0.12}},
+    {"name": "paper-21b", "share": 3, "slo": {"ttft_s": 3.0, "tpot_s": 0.4}},
+    {"name": "opt-66b", "share": 1, "slo": {"ttft_s": 5.0, "tpot_s": 1.1}},
+]
+
+
+def _sim(**changes) -> Simulation:
+    raw = small_raw(**{"models": PAPER_MODELS, "cluster.servers": 16, "cluster.gpus": 32, "cluster.tenant_scale": 0.0,
+                       "policy": {"name": "flexpipe", "params": {}}, "horizon_s": 1, **changes})
+    return Simulation(parse_scenario(raw))
+
+
+def test_sized_batch_fits_the_kv_memory_at_every_depth():
+    # 21B (46 layers, 42 GB) at one stage: the TPOT SLO allows 28 sequences, ~21 fit an 80 GB GPU.
+    view = _sim().view()
+    mv, eng = view.models["paper-21b"], view.engine
+    length = mv.mean_prompt_tokens + mv.mean_output_tokens
+    usable = view.gpu_kind.memory_bytes * eng.gpu_memory_utilization
+    for depth in (1, 2, 4, 8):
+        ranges = mv.spec.even_split(depth)
+        shapes, b = planned_batch(view, mv, ranges, 0.8)
+        assert b == min(kv_batch(view, mv, ranges), slo_batch(mv, shapes, eng.max_seqs, 0.8))
+        for f, e in ranges:  # S micro-batches of b sequences, each stage its own layers
+            kv = depth * b * length * mv.spec.kv_bytes_per_token_layer * (e - f)
+            assert mv.spec.stage_weight_bytes(f, e) + eng.workspace_bytes + kv <= usable
+    assert planned_batch(view, mv, mv.spec.even_split(1), 0.8)[1] < 25  # was 28 (SLO only)
+
+
+def test_stage_kv_reservation_in_bytes_does_not_grow_with_depth():
+    # A stage holds S x b sequences over L/S layers: for equal b the bytes are the same at any S.
+    view = _sim().view()
+    prof = ModelProfile(view.models["llama2-7b"], view, FlexPipeParams())
+    spec = view.models["llama2-7b"].spec
+    per_seq = {g: prof.kv_tokens[g] * spec.kv_bytes_per_token_layer * (spec.num_layers / g)
+               / (prof.kv_tokens[g] / g) for g in prof.kv_tokens}
+    assert len({round(v) for v in per_seq.values()}) == 1
+    bytes_ = {g: prof.kv_tokens[g] * spec.kv_bytes_per_token_layer * spec.num_layers / g for g in prof.kv_tokens}
+    assert max(bytes_.values()) <= 1.01 * bytes_[1]  # never more than the 1-stage reservation
+
+
+def test_token_cycle_has_bottleneck_and_bubbles():
+    view = _sim().view()
+    mv = view.models["llama2-7b"]
+    one = typical_shapes(view, mv, [(0, 32)])
+    eight = typical_shapes(view, mv, mv.spec.even_split(8))
+    t1 = token_cycle(mv, one, 8)
+    t8 = token_cycle(mv, eight, 8)
+    # the last stage carries the LM head: 8 x slowest stage exceeds the sum of stage times
+    assert t8 > t1
+    # hops longer than a stage step leave the stages idle: the pass sets the cycle
+    assert token_cycle(mv, eight, 8, hop_s=1.0) == pytest.approx(t1 + 8.0, rel=0.05)
+    assert replica_rate(mv, eight, 8, hop_s=1.0) < replica_rate(mv, eight, 8)
+
+
+def test_candidate_profiles_know_depth():
+    view = _sim().view()
+    prof = ModelProfile(view.models["opt-66b"], view, FlexPipeParams(granularities=[2, 4, 8], min_kv_share=0.01))
+    mv = view.models["opt-66b"]
+    # KV fit: two 66 GB stages leave room for a few sequences per micro-batch, so T_2 is far below
+    # half of T_4 (the SLO alone would allow 46)...
+    assert prof.by_depth[2].throughput < 0.3 * prof.by_depth[4].throughput
+    # ... and under min_kv_share of the best throughput per GPU the depth is no candidate at all
+    per_gpu = {g: c.throughput / g for g, c in prof.by_depth.items()}
+    assert per_gpu[2] < 0.5 * max(per_gpu.values())
+    assert 2 not in ModelProfile(mv, view, FlexPipeParams(granularities=[2, 4, 8], min_kv_share=0.5)).by_depth
+    assert len(ModelProfile(mv, view, FlexPipeParams(granularities=[2, 4, 8], min_kv_share=1.0)).by_depth) == 1
+    # L_k is the latency at each depth's own operating batch: not the same at every depth
+    assert len({round(c.latency, 3) for c in prof.cands}) == len(prof.cands)
+    for g, c in prof.by_depth.items():
+        shapes = typical_shapes(view, mv, prof.ranges[g])
+        assert c.latency > mv.mean_output_tokens * token_cycle(mv, shapes, 1)
+
+
+def _policy_view(sim: Simulation, insts: tuple = (), now: float = 0.0, **model_changes):
+    view = sim.view()
+    models = {k: dataclasses.replace(v, **model_changes.get(k, {})) for k, v in view.models.items()}
+    return dataclasses.replace(view, instances=insts, now=now, models=models)
+
+
+def test_floor_counts_capacity_at_the_launched_depth():
+    # OPT-66B, peak 16 req/s, the chooser at 8 stages: the 30% floor is 4.8 req/s of capacity,
+    # which one 8-stage pipeline covers (Eq. 5 mu_8 ~5.6). The old rule counted the floor in
+    # pipelines at the coarsest depth (4 stages) and launched them at 8: 2 pipelines, 16 GPUs.
+    sim = _sim(**{"policy.params": {"granularities": [4, 8], "dwell_s": 1e9}})
+    pol: FlexPipePolicy = sim.policy
+    view = _policy_view(sim, **{m: {"arrival_rate": 0.0, "peak_rate": 16.0 if m == "opt-66b" else 0.0} for m in sim.specs})
+    pol._models["opt-66b"] = st = _ModelState(view.models["opt-66b"], view, pol.p)
+    st.chooser.current = st.by_depth[8]
+    acts = [a for a in pol.decide(view) if a.model == "opt-66b"]
+    floor = 0.3 * 16.0
+    assert all(len(a.stages) == 8 for a in acts)
+    assert len(acts) == math.ceil(floor / st.mu[8]) == 1
+    assert sum(st.capacity(len(a.stages)) for a in acts) >= floor
+
+
+def test_idle_capacity_is_reclaimed_at_once_after_the_window():
+    sim = _sim(**{"models": PAPER_MODELS[:1], "policy.params": {"granularities": [1], "reclaim_s": 300.0}})
+    pol: FlexPipePolicy = sim.policy
+    insts = tuple(InstanceView(i, "llama2-7b", "ready", (i,), ((0, 32),), 0, 0) for i in range(6))
+    quiet = {"llama2-7b": {"arrival_rate": 0.5, "peak_rate": 1.0}}
+    retired = []
+    for t in range(0, 302, 1):
+        acts = pol.decide(_policy_view(sim, insts, float(t), **quiet))
+        retired += [(t, a.instance_id) for a in acts if isinstance(a, Retire)]
+    st = pol._models["llama2-7b"]
+    keep = math.ceil(max(0.3 * 1.0, 1.2 * 0.5) / st.mu[1] - 1e-9)
+    # every idle pipeline goes in one decision after 300 s, not one per window
+    assert len({t for t, _ in retired}) == 1 and retired[0][0] == 300
+    assert len(retired) == 6 - keep
+
+
+def test_eq12_counts_initialisation_time():
+    assert eq12_new(2.0, 0.0, have=1.0, mu_new=1.0, queue=10) == 4  # 2*1 + 2*n*1 >= 10
+    assert eq12_new(2.0, 1.0, have=1.0, mu_new=1.0, queue=10) == 8  # new ones serve 1 s of the 2
+    assert eq12_new(2.0, 5.0, have=1.0, mu_new=1.0, queue=10) == 1  # too slow to help in time: one
+    assert eq12_new(2.0, 1.0, have=10.0, mu_new=1.0, queue=10) == 0
+
+
+def test_eq9_is_a_penalty_not_a_ban():
+    view = _sim().view()
+    g0, g1 = view.gpus[0], view.gpus[1]
+    shared = dataclasses.replace(g0, models=frozenset({"paper-9b"}))
+    ranges = [(0, 32)]
+    both = dataclasses.replace(view, gpus=(shared, g1))
+    assert place_pipeline(both, "llama2-7b", ranges, set(), mux_penalty=2.0).stages[0].gpu == g1.id
+    only = dataclasses.replace(view, gpus=(shared,))
+    assert place_pipeline(only, "llama2-7b", ranges, set(), mux_penalty=2.0) is not None  # used when nothing else fits
+
+
+def test_eq2_gives_a_slow_gpu_fewer_layers_and_eq8_bounds_imbalance():
+    t_c, s_p = [1.0] * 12, [0.0] * 12
+    cuts = rebalance(t_c, s_p, [1.0, 2.0], 1e9)
+    assert cuts == [(0, 8), (8, 12)]  # times 8 and 8
+    times = stage_times(t_c, cuts, [1.0, 2.0])
+    assert max(times) == min(times)
+    # memory limits still bind: the fast GPU can hold only 6 layers
+    assert rebalance(t_c, s_p, [1.0, 2.0], 1e9, mem=[1.0] * 12, limits=[6.0, 100.0]) == [(0, 6), (6, 12)]
+    # the policy on two GPUs, one with a tenant using all its SMs (2x slower): the slow GPU gets
+    # about a third of the layers; with Eq. 8's bound at 0 and whole layers, no set passes
+    sim = _sim(**{"models": PAPER_MODELS[:1]})
+    view = sim.view()
+    slow = dataclasses.replace(view.gpus[0], tenant_sm_frac=1.0)
+    view = dataclasses.replace(view, gpus=(slow, view.gpus[1]))
+    pol: FlexPipePolicy = sim.policy
+    st = _ModelState(view.models["llama2-7b"], view, pol.p)
+    launch = pol._place(view, view.models["llama2-7b"], st.ranges[2], set(), st)
+    layers = {p.gpu: p.end_layer - p.first_layer for p in launch.stages}
+    assert layers[slow.id] < 14 and sum(layers.values()) == 32  # was 16 / 16 (even split)
+    strict = FlexPipePolicy(FlexPipeParams(balance_eps=0.0))
+    assert strict._place(view, view.models["llama2-7b"], st.ranges[2], set(), st) is None
+
+
+def test_eq6_launch_order_is_value_per_gb_not_largest_first():
+    sim = _sim()
+    pol: FlexPipePolicy = sim.policy
+    view = _policy_view(sim)
+    sts = {m: _ModelState(view.models[m], view, pol.p) for m in ("llama2-7b", "opt-66b")}
+    wants = [_Want(view.models["opt-66b"], sts["opt-66b"], 4, 5.0, 0.0),
+             _Want(view.models["llama2-7b"], sts["llama2-7b"], 1, 5.0, 0.0)]
+    acts = pol._launch(view, wants, set())
+    assert acts[0].model == "llama2-7b"  # more req/s per GB than the 66B pipeline
+    # an unmet always-ready floor comes first whatever its value; floors go largest first
+    wants = [_Want(view.models["opt-66b"], sts["opt-66b"], 4, 0.3, 0.3),
+             _Want(view.models["llama2-7b"], sts["llama2-7b"], 1, 5.0, 0.0)]
+    assert pol._launch(view, wants, set())[0].model == "opt-66b"
+    wants = [_Want(view.models["llama2-7b"], sts["llama2-7b"], 1, 0.3, 0.3),
+             _Want(view.models["opt-66b"], sts["opt-66b"], 4, 0.3, 0.3)]
+    assert [a.model for a in pol._launch(view, wants, set())] == ["opt-66b", "llama2-7b"]
+
+
+def test_refactor_keeps_the_stage_that_stays():
+    # Fig. 6: a 1-stage pipeline split into 2 keeps layers 0-16 on its GPU and loads only 16-32
+    sim = _sim(**{"models": PAPER_MODELS[:1]})
+    tr = sim.transitions
+    spec = sim.specs["llama2-7b"]
+    sim.env.run(until=1)
+    inst = tr.launch(Launch("llama2-7b", (StagePlan(0, 32, 0),)))
+    sim.env.run(until=60)
+    before = sim.cluster.gpus[0].used_bytes
+    tr.refactor(Refactor(inst.id, (StagePlan(0, 16, 0), StagePlan(16, 32, 2))))
+    assert tr.rejected == []
+    sim.env.run(until=120)
+    rec = tr.refactors[-1]
+    assert rec["weight_bytes"] == spec.stage_weight_bytes(16, 32)  # only the new GPU loads
+    assert rec["new_gpus"] == "0 2" and [s.gpu for s in inst.stages] == [0, 2]
+    assert sim.cluster.gpus[0].used_bytes == before  # same allocation, the dropped layers became KV room
+    assert inst.stages[0].kv_blocks > 0 and inst.kv.capacity_tokens > 0
+    # the policy plans it that way
+    pol: FlexPipePolicy = sim.policy
+    view = sim.view()
+    st = _ModelState(view.models["llama2-7b"], view, pol.p)
+    one = InstanceView(inst.id, "llama2-7b", "ready", (5,), ((0, 32),), 0, 0)
+    acts = pol._refactor_one(view, view.models["llama2-7b"], st, [one], 4, set())
+    assert acts and acts[0].stages[0].gpu == 5 and 5 not in [p.gpu for p in acts[0].stages[1:]]

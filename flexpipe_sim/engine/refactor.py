@@ -30,9 +30,10 @@ def copy_seconds(tr: Transitions, inst: Instance, new: list[StageInfo], tokens: 
     stages in parallel; one stage's pieces from several old stages one after another)."""
     kvb = tr.specs[inst.model].kv_bytes_per_token_layer
     worst, total = 0.0, 0
+    old_gpus = {s.gpu for s in inst.stages}
     for ns in new:
-        if ns in inst.stages:
-            continue  # kept as it is: its KV is already there
+        if ns.gpu in old_gpus:
+            continue  # the stage stayed on its GPU (same layers or a subset): its KV is already there
         t = 0.0
         for os_ in inst.stages:
             a, b = max(ns.first_layer, os_.first_layer), min(ns.end_layer, os_.end_layer)
@@ -60,7 +61,8 @@ def refactor_process(tr: Transitions, inst: Instance, new: list[StageInfo]):
     env = tr.env
     t0 = env.now
     old = list(inst.stages)
-    fresh = [s for s in new if s not in old]
+    old_gpus, new_gpus = {s.gpu for s in old}, {s.gpu for s in new}
+    fresh = [s for s in new if s.gpu not in old_gpus]  # a stage that stays keeps its weights (Fig. 6)
     cold, weight_bytes = yield env.process(tr.load_stages(inst.model, fresh))  # shares the load fabric
     load_s = env.now - t0
     rounds, kv_bytes = 0, 0
@@ -82,7 +84,7 @@ def refactor_process(tr: Transitions, inst: Instance, new: list[StageInfo]):
     if secs > 0:
         yield env.timeout(secs)
     for s in old:
-        if s not in new:
+        if s.gpu not in new_gpus:
             tr.free_stage(inst.model, inst.id, s)
     preempted = inst.switch(new, tr.pipeline_cost(inst.model, new), tr.block_size)
     inst.refactoring = False

@@ -79,7 +79,8 @@ class Transitions:
 
     def _check(self, model: str, stages: tuple[StagePlan, ...], spec: ModelSpec,
                own: dict[int, StageInfo] | None = None, share: bool = False) -> str | None:
-        """Plan sanity; `own`: the refactored instance's stages, whose GPUs an unchanged stage may keep."""
+        """Plan sanity; `own`: the refactored instance's stages, whose GPUs a stage may keep with the
+        same layers or a subset of them (Fig. 6: the stage that stays)."""
         gpus = [p.gpu for p in stages]
         if len(set(gpus)) != len(gpus):
             return "two stages of one model on one GPU"
@@ -90,7 +91,9 @@ class Transitions:
         for p in stages:
             if not 0 <= p.gpu < len(self.cluster.gpus):
                 return f"no GPU {p.gpu}"
-            kept = own is not None and p.gpu in own and (own[p.gpu].first_layer, own[p.gpu].end_layer) == (p.first_layer, p.end_layer)
+            o = own.get(p.gpu) if own is not None else None
+            kept = o is not None and ((o.first_layer, o.end_layer) == (p.first_layer, p.end_layer) or (
+                o.weights is None and o.first_layer <= p.first_layer and p.end_layer <= o.end_layer))
             allocs = self.cluster.gpus[p.gpu].allocations
             mapped = share and self.weights_key(model, p.first_layer, p.end_layer) in allocs
             if not kept and not mapped and any(o.startswith(f"{model}/") for o in allocs):
@@ -113,8 +116,17 @@ class Transitions:
             return reason
 
         for p in stages:
-            if own is not None and p.gpu in own and (own[p.gpu].first_layer, own[p.gpu].end_layer) == (p.first_layer, p.end_layer):
-                infos.append(own[p.gpu])
+            o = own.get(p.gpu) if own is not None else None
+            if o is not None and (o.first_layer, o.end_layer) == (p.first_layer, p.end_layer):
+                infos.append(o)
+                continue
+            if o is not None and o.weights is None and o.first_layer <= p.first_layer and p.end_layer <= o.end_layer:
+                # Fig. 6: the stage stays and keeps a subset of its layers: no load, same memory
+                # allocation; the dropped layers' weights become KV room at the switch (refactor.py).
+                n_layers = p.end_layer - p.first_layer
+                kept_bytes = o.alloc_bytes - spec.stage_weight_bytes(p.first_layer, p.end_layer) - self.workspace_bytes
+                blocks = kept_bytes // (self.block_size * spec.kv_bytes_per_token_layer * n_layers)
+                infos.append(StageInfo(p.gpu, p.first_layer, p.end_layer, int(blocks), o.alloc_bytes, o.weights))
                 continue
             g = self.cluster.gpus[p.gpu]
             n_layers = p.end_layer - p.first_layer

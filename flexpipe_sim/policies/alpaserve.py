@@ -29,7 +29,7 @@ from pydantic import BaseModel, ConfigDict, Field
 from ..costmodel import BatchWork
 from .base import Action, ClusterView, ModelView
 from .placement import fitting_depth, place_pipeline
-from .sizing import replica_rate, slo_batch, typical_shapes
+from .sizing import planned_batch, replica_rate
 
 
 class AlpaServeParams(BaseModel):
@@ -76,12 +76,11 @@ class AlpaServePolicy:
 
     def _profile(self, view: ClusterView, mv: ModelView, depth: int) -> tuple[int, float, float, float, int] | None:
         """(lanes per replica, service s, prefill s, replica rate, KV tokens) at this depth, None if it cannot fit."""
-        spec, eng = mv.spec, view.engine
+        spec = mv.spec
         ranges = spec.even_split(depth)
         if fitting_depth(view, mv.name, depth) != depth:
             return None
-        shapes = typical_shapes(view, mv, ranges)
-        b = slo_batch(mv, shapes, eng.max_seqs, self.p.slo_headroom)
+        shapes, b = planned_batch(view, mv, ranges, self.p.slo_headroom)  # SLO batch capped by KV fit
         ctx = int(mv.mean_prompt_tokens + mv.mean_output_tokens / 2)
         times = [mv.cost.stage_time(s, BatchWork(b, b, b * ctx, b * ctx, b)) for s in shapes]
         token = max(sum(times), depth * max(times))

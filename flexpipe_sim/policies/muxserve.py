@@ -26,7 +26,7 @@ from pydantic import BaseModel, ConfigDict, Field
 
 from .base import Action, ClusterView, Launch, ModelView, StagePlan
 from .placement import fitting_depth, place_pipeline, stage_need_bytes, usable_bytes
-from .sizing import replica_rate, slo_batch, typical_shapes
+from .sizing import planned_batch, replica_rate
 
 
 class MuxServeParams(BaseModel):
@@ -47,13 +47,12 @@ class MuxServePolicy:
 
     def _sizing(self, view: ClusterView, mv: ModelView):
         """(ranges, replicas, compute load per replica, KV tokens) at the model's smallest depth."""
-        spec, eng = mv.spec, view.engine
+        spec = mv.spec
         d = fitting_depth(view, mv.name)
         if d is None:
             return None
         ranges = spec.even_split(d)
-        shapes = typical_shapes(view, mv, ranges)
-        b = slo_batch(mv, shapes, eng.max_seqs, self.p.slo_headroom)
+        shapes, b = planned_batch(view, mv, ranges, self.p.slo_headroom)  # SLO batch capped by KV fit
         rate = replica_rate(mv, shapes, b)
         n = max(1, math.ceil(self.p.fraction * mv.peak_rate / rate))
         load = min(1.0, mv.mean_rate / n / rate)  # share of the unit's compute one replica keeps busy

@@ -9,6 +9,7 @@ the one with most free memory.
 
 from __future__ import annotations
 
+from ..costmodel import slowdown
 from ..models import ModelSpec
 from .base import ClusterView, EngineLimits, GPUView, Launch, StagePlan
 
@@ -46,6 +47,8 @@ def place_pipeline(
     topology: bool = True,
     isolate: int = 0,
     balance: bool = False,
+    mux_penalty: float | None = None,
+    fixed: dict[int, int] | None = None,
 ) -> Launch | None:
     """Greedy placement of one pipeline; `taken` holds GPUs already promised in this decision
     (updated on success); every stage gets room for `kv_tokens` tokens of KV. Returns None when
@@ -57,11 +60,22 @@ def place_pipeline(
     - proximity to the previous stage (same server, rack, RDMA); `topology=False` ignores it (ablation).
     - `server_score` (higher first): FlexPipe's affinity (Eq. 13).
     Then least tenant SM load, most free memory.
+    `mux_penalty` (FlexPipe, replaces `isolate`): rank GPUs first by Eq. 6's per-GPU term,
+    speed - gamma * [the GPU runs our other models' stages], speed = 1 / tenant slowdown (1 without
+    `balance`), in 0.1 steps: a penalty (Eq. 9), so a shared GPU is used when nothing better fits.
+    `fixed`: stage index -> GPU that already holds this model's stage and keeps a subset of its
+    layers (in-place refactoring, Fig. 6): taken as is, no memory check (it only shrinks).
     """
     spec = view.models[model].spec
     eng = view.engine
     chosen: list[GPUView] = []
-    for first, end in ranges:
+    by_id = {g.id: g for g in view.gpus}
+    fixed = fixed or {}
+    roof = view.models[model].cost.roofline if mux_penalty is not None and balance else None
+    for k, (first, end) in enumerate(ranges):
+        if k in fixed:
+            chosen.append(by_id[fixed[k]])
+            continue
         need = stage_need_bytes(spec, first, end, eng, kv_tokens)
         prev = chosen[-1] if chosen else None
         fits = [
@@ -78,6 +92,14 @@ def place_pipeline(
         aff = (lambda g: -server_score.get(g.server, 0.0)) if server_score else (lambda g: 0.0)
         mux = (lambda g: len(g.models)) if isolate else (lambda g: 0)
         speed = (lambda g: round(g.tenant_sm_frac, 1)) if balance else (lambda g: 0)
+        if mux_penalty is not None:
+            pen = mux_penalty
+
+            def mux(g: GPUView) -> float:  # noqa: F811 - Eq. 6 term, higher first
+                fast = 1.0 / slowdown(g.tenant_sm_frac, roof) if balance else 1.0
+                return -round(fast - pen * bool(g.models), 1)
+
+            speed = lambda g: 0  # noqa: E731 - folded into the Eq. 6 term
         if prev is None:
             key = lambda g: (mux(g), speed(g), aff(g), round(g.tenant_sm_frac, 2), -g.free_bytes, g.id)  # noqa: E731
         elif topology:
@@ -86,7 +108,7 @@ def place_pipeline(
             key = lambda g: (mux(g), speed(g), aff(g), g.id)  # noqa: E731
         best = min(fits, key=key)
         chosen.append(best)
-    taken.update(g.id for g in chosen)
+    taken.update(g.id for k, g in enumerate(chosen) if k not in fixed)
     return Launch(model, tuple(StagePlan(f, e, g.id) for (f, e), g in zip(ranges, chosen)))
 
 

@@ -17,7 +17,7 @@ from pydantic import BaseModel, ConfigDict, Field
 
 from .base import Action, ClusterView
 from .placement import fitting_depth, place_pipeline
-from .sizing import replica_rate, slo_batch, typical_shapes
+from .sizing import planned_batch, replica_rate
 
 
 class StaticParams(BaseModel):
@@ -55,8 +55,8 @@ class StaticPolicy:
     def plan(self, view: ClusterView, model: str, ranges: list[tuple[int, int]]) -> tuple[int, int]:
         """(replicas, KV tokens each stage must hold) for one model."""
         mv = view.models[model]
-        shapes = typical_shapes(view, mv, ranges)
-        batch = self.p.target_batch or slo_batch(mv, shapes, view.engine.max_seqs, self.p.slo_headroom)
+        shapes, fit = planned_batch(view, mv, ranges, self.p.slo_headroom)  # SLO batch capped by KV fit
+        batch = self.p.target_batch or fit
         # KV for every micro-batch's sequences at their full length, so the sized batch never preempts.
         kv_tokens = int(batch * len(ranges) * (mv.mean_prompt_tokens + mv.mean_output_tokens))
         if isinstance(self.p.replicas, int):

@@ -24,7 +24,7 @@ from pydantic import BaseModel, ConfigDict, Field
 
 from .base import Action, ClusterView, Launch, ModelView, Retire, StagePlan
 from .placement import min_server_depth, place_on_server, servers_of, usable_bytes
-from .sizing import replica_rate, slo_batch, typical_shapes
+from .sizing import planned_batch, replica_rate
 
 
 class TetrisParams(BaseModel):
@@ -52,8 +52,7 @@ class TetrisPolicy:
             self._note(f"tetris: {mv.name} fits on no single server; its requests wait and time out")
             return None
         ranges = mv.spec.even_split(d)
-        shapes = typical_shapes(view, mv, ranges)
-        batch = slo_batch(mv, shapes, view.engine.max_seqs, self.p.slo_headroom)
+        shapes, batch = planned_batch(view, mv, ranges, self.p.slo_headroom)  # SLO batch capped by KV fit
         kv = int(batch * d * (mv.mean_prompt_tokens + mv.mean_output_tokens))
         return ranges, replica_rate(mv, shapes, batch), kv
 

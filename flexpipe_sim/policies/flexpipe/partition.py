@@ -33,7 +33,7 @@ def partition(t_c: list[float], s_p: list[float], k: int, bandwidth: float, mem_
     pen = cut_penalty or [0.0] * n
 
     def stage_cost(i: int, j: int) -> float:  # vertices i..j-1
-        if prefix_m[j] - prefix_m[i] > mem_limit:
+        if prefix_m[j] - prefix_m[i] > mem_limit * (1 + 1e-12):  # prefix differences round: 14 + x - 14 > x
             return math.inf
         r = pen[j - 1] if j < n else 0.0
         return abs(prefix_w[j] - prefix_w[i] - c) + lam * r
@@ -75,3 +75,49 @@ def merge(finest: list[tuple[int, int]], t_c: list[float], s_p: list[float], k: 
     sp = [sum(s_p[a:b]) for a, b in finest]
     groups = partition(tc, sp, k, bandwidth, mem_limit)
     return [(finest[i][0], finest[j - 1][1]) for i, j in groups]
+
+
+def rebalance(t_c: list[float], s_p: list[float], speeds: list[float], bandwidth: float, *,
+              mem: list[float] | None = None, limits: list[float] | None = None) -> list[tuple[int, int]]:
+    """Eq. 2 re-run for GPUs of unequal speed: stage k's compute costs t_c x speeds[k] (its GPU's
+    slowdown), so a slow GPU gets fewer layers. C is the balanced share sum(w) / sum(1/speed).
+    `mem[i]`: bytes vertex i needs on its GPU (weights and its KV), `limits[k]`: what stage k's GPU
+    has for them. Minimises sum_k |t_c(S_k) x speed_k + s_p(S_k)/B - C| like `partition`."""
+    n, k = len(t_c), len(speeds)
+    if not 1 <= k <= n:
+        raise ValueError(f"cannot cut {n} vertices into {k} stages")
+    mem = mem or [0.0] * n
+    limits = limits or [math.inf] * k
+    pc, pp, pm = [0.0], [0.0], [0.0]
+    for i in range(n):
+        pc.append(pc[-1] + t_c[i])
+        pp.append(pp[-1] + s_p[i] / bandwidth)
+        pm.append(pm[-1] + mem[i])
+    c = pc[-1] / sum(1 / v for v in speeds) + pp[-1] / k  # every stage's compute equal, loads shared
+
+    def cost(stage: int, i: int, j: int) -> float:
+        if pm[j] - pm[i] > limits[stage] * (1 + 1e-12):
+            return math.inf
+        return abs((pc[j] - pc[i]) * speeds[stage] + pp[j] - pp[i] - c)
+
+    inf = math.inf
+    best = [[inf] * (n + 1) for _ in range(k + 1)]
+    back = [[-1] * (n + 1) for _ in range(k + 1)]
+    best[0][0] = 0.0
+    for s in range(1, k + 1):
+        for j in range(s, n - (k - s) + 1):
+            for i in range(s - 1, j):
+                if best[s - 1][i] < inf and (v := best[s - 1][i] + cost(s - 1, i, j)) < best[s][j]:
+                    best[s][j], back[s][j] = v, i
+    if best[k][n] == inf:
+        raise ValueError("no partition fits the GPUs' memory")
+    cuts, j = [], n
+    for s in range(k, 0, -1):
+        i = back[s][j]
+        cuts.append((i, j))
+        j = i
+    return cuts[::-1]
+
+
+def stage_times(t_c: list[float], cuts: list[tuple[int, int]], speeds: list[float]) -> list[float]:
+    return [sum(t_c[a:b]) * v for (a, b), v in zip(cuts, speeds)]
