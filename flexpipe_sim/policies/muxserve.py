@@ -52,7 +52,7 @@ class MuxServePolicy:
         if d is None:
             return None
         ranges = spec.even_split(d)
-        shapes, b = planned_batch(view, mv, ranges, self.p.slo_headroom)  # SLO batch capped by KV fit
+        shapes, b = planned_batch(view, mv, ranges, self.p.slo_headroom, typical_gpu=True)  # SLO batch, KV quota fits a median GPU
         rate = replica_rate(mv, shapes, b)
         n = max(1, math.ceil(self.p.fraction * mv.peak_rate / rate))
         load = min(1.0, mv.mean_rate / n / rate)  # share of the unit's compute one replica keeps busy

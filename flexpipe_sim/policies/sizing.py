@@ -36,13 +36,20 @@ def token_cycle(mv: ModelView, stages: list[StageShape], batch: int, hop_s: floa
     return max(sum(times) + hops, len(times) * max(times))
 
 
-def kv_batch(view: ClusterView, mv: ModelView, ranges: list[tuple[int, int]]) -> int:
+def typical_free_bytes(view: ClusterView) -> float:
+    """Free memory of the median GPU (other tenants' memory taken): what a policy that reserves a
+    fixed KV quota per instance can expect to find on a GPU it did not choose for its emptiness."""
+    free = sorted(g.free_bytes for g in view.gpus)
+    return float(free[len(free) // 2])
+
+
+def kv_batch(view: ClusterView, mv: ModelView, ranges: list[tuple[int, int]], free_bytes: float | None = None) -> int:
     """Most decoding sequences per micro-batch whose KV (at the mean full length, so a sized batch
-    never preempts) fits every stage on an otherwise empty GPU of the cluster's kind, S micro-batches
-    sharing each stage. 0 if a stage's weights leave no room."""
+    never preempts) fits every stage on an otherwise empty GPU of the cluster's kind (or one with
+    `free_bytes` free), S micro-batches sharing each stage. 0 if a stage's weights leave no room."""
     spec, eng = mv.spec, view.engine
     length = mv.mean_prompt_tokens + mv.mean_output_tokens
-    usable = view.gpu_kind.memory_bytes * eng.gpu_memory_utilization
+    usable = (view.gpu_kind.memory_bytes if free_bytes is None else free_bytes) * eng.gpu_memory_utilization
     fits = []
     for f, e in ranges:
         room = usable - spec.stage_weight_bytes(f, e) - eng.workspace_bytes
@@ -81,7 +88,10 @@ def typical_shapes(view: ClusterView, mv: ModelView, ranges: list[tuple[int, int
 
 
 def planned_batch(view: ClusterView, mv: ModelView, ranges: list[tuple[int, int]], headroom: float,
-                  hop_s: float = 0.0) -> tuple[list[StageShape], int]:
-    """(typical stage shapes, decode batch per micro-batch) of `ranges`: the SLO batch capped by KV fit."""
+                  hop_s: float = 0.0, typical_gpu: bool = False) -> tuple[list[StageShape], int]:
+    """(typical stage shapes, decode batch per micro-batch) of `ranges`: the SLO batch capped by KV fit
+    on an empty GPU, or with `typical_gpu` on the median GPU's free memory (for a policy that turns the
+    batch into a fixed KV quota: sized on an empty GPU, the quota would fit only empty GPUs)."""
     shapes = typical_shapes(view, mv, ranges)
-    return shapes, slo_batch(mv, shapes, view.engine.max_seqs, headroom, kv_batch(view, mv, ranges), hop_s)
+    free = typical_free_bytes(view) if typical_gpu else None
+    return shapes, slo_batch(mv, shapes, view.engine.max_seqs, headroom, kv_batch(view, mv, ranges, free), hop_s)

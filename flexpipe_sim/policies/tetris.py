@@ -52,7 +52,7 @@ class TetrisPolicy:
             self._note(f"tetris: {mv.name} fits on no single server; its requests wait and time out")
             return None
         ranges = mv.spec.even_split(d)
-        shapes, batch = planned_batch(view, mv, ranges, self.p.slo_headroom)  # SLO batch capped by KV fit
+        shapes, batch = planned_batch(view, mv, ranges, self.p.slo_headroom, typical_gpu=True)  # SLO batch, KV quota fits a median GPU
         kv = int(batch * d * (mv.mean_prompt_tokens + mv.mean_output_tokens))
         return ranges, replica_rate(mv, shapes, batch), kv
 
