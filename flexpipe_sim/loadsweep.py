@@ -87,7 +87,7 @@ def sweep(sc: Scenario, rates: list[float], policies: list[str], out: Path,
 def table_row(rate: float, policy: str, sc: Scenario, summary: dict) -> dict:
     r = row(sc, summary)
     models = {k: v for k, v in r.items() if k.startswith("slo_") and k not in ("slo_attainment", "slo_model_mean")}
-    return {"rate": rate, "policy": policy, "realised_rps": r["requests"] / sc.horizon_s,
+    return {"rate": rate, "policy": policy, "realised_rps": r["requests"] / (sc.horizon_s - sc.warmup_s),
             "slo_attainment": r["slo_attainment"], "slo_model_mean": r["slo_model_mean"], "unserved": r["unserved"],
             "e2e_p50_s": r["e2e_p50_s"], "e2e_p99_s": r["e2e_p99_s"], "gpu_hours": r["gpu_s"] / 3600,
             "goodput_rps": r["goodput_rps"], "peak_gpus": r["peak_gpus"], "dropped": r["dropped"], **models}

@@ -163,6 +163,9 @@ def summarize(raw: RawResults, df: pd.DataFrame, ts: pd.DataFrame) -> dict[str, 
     blocks = {m: _block(g, horizon) for m, g in df.groupby("model", sort=True)} if len(sc.models) > 1 else {}
     for m, b in blocks.items():
         b["unserved"] = m in unserved
+    # warm-up events are not measured either (the warm burst test counts refactors of its window)
+    refactors = [r for r in raw.refactors if r["requested_s"] >= sc.warmup_s]
+    launches = [x for x in raw.launches if x["requested_s"] >= sc.warmup_s]
     summary = {
         "schema_version": SCHEMA_VERSION,
         "scenario": sc.name,
@@ -188,16 +191,16 @@ def summarize(raw: RawResults, df: pd.DataFrame, ts: pd.DataFrame) -> dict[str, 
             "resource_efficiency_goodput_per_gpu": overall["goodput_rps"] / avg_gpus if avg_gpus else None,
         },
         "refactors": {
-            "count": len(raw.refactors),
-            "pause_s_mean": float(np.mean([r["pause_s"] for r in raw.refactors])) if raw.refactors else None,
-            "pause_s_max": float(np.max([r["pause_s"] for r in raw.refactors])) if raw.refactors else None,
-            "duration_s_mean": float(np.mean([r["duration_s"] for r in raw.refactors])) if raw.refactors else None,
-            "kv_gb_total": float(sum(r["kv_bytes"] for r in raw.refactors) / 1e9),
+            "count": len(refactors),
+            "pause_s_mean": float(np.mean([r["pause_s"] for r in refactors])) if refactors else None,
+            "pause_s_max": float(np.max([r["pause_s"] for r in refactors])) if refactors else None,
+            "duration_s_mean": float(np.mean([r["duration_s"] for r in refactors])) if refactors else None,
+            "kv_gb_total": float(sum(r["kv_bytes"] for r in refactors) / 1e9),
         },
         "instances": {
-            "launched": len(raw.launches),
+            "launched": len(launches),
             "rejected_actions": len(raw.rejected),
-            "cold_starts": int(sum(1 for x in raw.launches if x["cold_stages"] and x["load_s"] > 0)),
+            "cold_starts": int(sum(1 for x in launches if x["cold_stages"] and x["load_s"] > 0)),
         },
         "cost_models": raw.cost_models,
         "notes": raw.notes + ([f"warm-up: requests arriving before {sc.warmup_s:g} s and GPU time before it "

@@ -18,7 +18,8 @@ flexpipe-sim compare scenarios/paper/cv1.yaml scenarios/paper/cv2.yaml -p "$poli
 a=$!
 flexpipe-sim compare scenarios/paper/cv4.yaml scenarios/paper/cv8.yaml -p "$policies" "${sets[@]}" -o "$out/b" &
 b=$!
-wait $a; wait $b
+rc=0; wait $a || rc=$?; wait $b || rc=$?  # both halves finish (or fail) before we stop
+[ $rc -eq 0 ] || exit $rc
 flexpipe-sim compare scenarios/paper/burst_cv8.yaml -p "$policies" --set "cost.engine=$engine" -o "$out/burst"
 flexpipe-sim report "$out/a" "$out/b" "$out/burst" -o "$out/report"
 python scripts/collect_results.py "$out" "docs/results/$name"

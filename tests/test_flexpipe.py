@@ -329,6 +329,7 @@ def test_refactor_keeps_the_stage_that_stays():
     inst = tr.launch(Launch("llama2-7b", (StagePlan(0, 32, 0),)))
     sim.env.run(until=60)
     before = sim.cluster.gpus[0].used_bytes
+    blocks_before, cap_before = inst.stages[0].kv_blocks, inst.capacity_tokens_per_s(1000.0)
     tr.refactor(Refactor(inst.id, (StagePlan(0, 16, 0), StagePlan(16, 32, 2))))
     assert tr.rejected == []
     sim.env.run(until=120)
@@ -336,7 +337,9 @@ def test_refactor_keeps_the_stage_that_stays():
     assert rec["weight_bytes"] == spec.stage_weight_bytes(16, 32)  # only the new GPU loads
     assert rec["new_gpus"] == "0 2" and [s.gpu for s in inst.stages] == [0, 2]
     assert sim.cluster.gpus[0].used_bytes == before  # same allocation, the dropped layers became KV room
-    assert inst.stages[0].kv_blocks > 0 and inst.kv.capacity_tokens > 0
+    assert inst.stages[0].kv_blocks > blocks_before and inst.kv.capacity_tokens > 0  # half the layers: more tokens
+    # routing sees the new pipeline (the capacity cache was kept across the switch before)
+    assert inst.capacity_tokens_per_s(1000.0) != cap_before
     # the policy plans it that way
     pol: FlexPipePolicy = sim.policy
     view = sim.view()
@@ -344,3 +347,16 @@ def test_refactor_keeps_the_stage_that_stays():
     one = InstanceView(inst.id, "llama2-7b", "ready", (5,), ((0, 32),), 0, 0)
     acts = pol._refactor_one(view, view.models["llama2-7b"], st, [one], 4, set())
     assert acts and acts[0].stages[0].gpu == 5 and 5 not in [p.gpu for p in acts[0].stages[1:]]
+
+
+def test_nu_is_anchored_at_the_coarsest_remaining_candidate():
+    # Eq. 4's nu_k = nu0 (eta_k / eta_min)^2 with eta_min the coarsest candidate that stays; on the
+    # paged engine OPT-66B's coarsest fitting depth is dropped (min_kv_share), and its 4 and 8
+    # stages had nu 4 and 16 instead of 1 and 4.
+    view = _sim(**{"cost": {"engine": "paged"}}).view()
+    p = FlexPipeParams()
+    for name, mv in view.models.items():
+        cands = sorted(ModelProfile(mv, view, p).cands, key=lambda c: c.stages)
+        assert cands[0].nu == pytest.approx(p.nu0), name
+        for c in cands:
+            assert c.nu == pytest.approx(p.nu0 * (c.stages / cands[0].stages) ** 2), name

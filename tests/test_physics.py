@@ -321,3 +321,34 @@ def test_gpu_timeline_backfills_gaps_without_moving_bookings():
     old.book(0, 1.0, 1.0, 0.0)
     old.book(0, 4.0, 1.0, 0.0)
     assert old.book(0, 0.0, 1.0, 0.0) == 5.0  # booking ahead: only after the last booking
+
+
+def test_copies_into_one_gpu_share_its_link_and_paired_gpus_share_their_uplink():
+    """Host -> GPU copies (host cache warm): two into one GPU (co-located stages) share its x16
+    link, two into GPUs behind one switch share the uplink, two into GPUs behind different
+    switches do not. Before: one pooled per-server resource (uplinks x rate), so two copies into
+    one GPU ran at twice its link rate."""
+    from flexpipe_sim.costmodel import LoadRates
+    from flexpipe_sim.engine.loads import LoadFabric
+
+    sim = Simulation(parse_scenario(small_raw(**{"cluster.servers": 1, "cluster.gpus": 4, "cluster.racks": 1})))
+    env, n = simpy.Environment(), 10e9
+    fabric = LoadFabric(env, sim.cluster, LoadRates())
+    gpus = sim.cluster.servers[0].gpu_ids
+
+    def finish(targets):
+        done = {}
+
+        def one(k, g):
+            yield env.process(fabric.copy(g, n, PCIE))
+            done[k] = env.now
+        start = env.now
+        procs = [env.process(one(k, g)) for k, g in enumerate(targets)]
+        env.run(until=simpy.AllOf(env, procs))
+        return max(done.values()) - start
+
+    alone = n / PCIE
+    assert finish([gpus[0]]) == pytest.approx(alone)
+    assert finish([gpus[0], gpus[0]]) == pytest.approx(2 * alone)  # one GPU's link
+    assert finish([gpus[0], gpus[1]]) == pytest.approx(2 * alone)  # one switch's uplink
+    assert finish([gpus[0], gpus[2]]) == pytest.approx(alone)      # two uplinks

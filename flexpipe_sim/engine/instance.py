@@ -174,6 +174,7 @@ class Instance:
         for slot in self.slots[n_new:]:
             slot.recount()
         self.busy_s = [0.0] * n_new
+        self._capacity = None  # new stages, new KV: the routing capacity is recomputed
         self.interference_s = [0.0] * n_new
         self._stage_free = [0.0] * n_new  # nothing in flight: every earlier step is over
         self.paused = False

@@ -5,8 +5,9 @@ The paper's resource graph names the bandwidths that loads contend for (§7): pe
 
 - each server's storage read bandwidth (`storage`, LoadRates.storage_bytes_per_s),
 - the cluster's storage backend (`cluster`, LoadRates.cluster_storage_bytes_per_s),
-- each server's host -> GPU PCIe uplinks (`pcie`: uplinks x the GPU's host-link rate; GPUs share
-  an x16 uplink in pairs, LoadRates.gpus_per_pcie_uplink),
+- each server's host -> GPU PCIe uplinks (`uplink`: the GPU's host-link rate, shared by the GPUs
+  behind one switch, in pairs: LoadRates.gpus_per_pcie_uplink) and each GPU's own x16 link (`gpu`:
+  two loads into one GPU, co-located stages, share it),
 
 and each flow is also capped by its own rate (a host -> GPU copy by the GPU's pinned copy rate).
 Concurrent flows share by max-min fairness (water-filling), recomputed whenever a flow starts or
@@ -116,11 +117,15 @@ class LoadFabric:
         self.cluster = cluster
         cap = self.net.capacity
         cap[("cluster",)] = rates.cluster_storage_bytes_per_s
+        self._uplink: dict[int, tuple] = {}  # GPU id -> its PCIe uplink resource
         for s in cluster.servers:
             cap[("storage", s.id)] = rates.storage_bytes_per_s
-            link = cluster.gpus[s.gpu_ids[0]].spec.host_link_bytes_per_s
-            uplinks = -(-len(s.gpu_ids) // rates.gpus_per_pcie_uplink)
-            cap[("pcie", s.id)] = uplinks * link
+            for i, g in enumerate(s.gpu_ids):
+                link = cluster.gpus[g].spec.host_link_bytes_per_s
+                key = ("uplink", s.id, i // rates.gpus_per_pcie_uplink)  # GPUs paired behind one switch
+                cap[key] = link
+                cap[("gpu", g)] = link  # two loads into one GPU (co-located stages) share its x16 link
+                self._uplink[g] = key
 
     def read(self, server: int, nbytes: int) -> simpy.Event:
         """Storage -> the server's host memory (a host-cache fill)."""
@@ -130,4 +135,4 @@ class LoadFabric:
         """A SimPy process: host memory -> `gpu`, once the bytes are in host memory (`after`)."""
         if after is not None and not after.processed:
             yield after
-        yield self.net.transfer(nbytes, (("pcie", self.cluster.gpus[gpu].server),), cap=copy_bytes_per_s)
+        yield self.net.transfer(nbytes, (self._uplink[gpu], ("gpu", gpu)), cap=copy_bytes_per_s)

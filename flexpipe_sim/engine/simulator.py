@@ -73,7 +73,8 @@ class Simulation:
             self.env, self.cluster, self.specs, self.costs, self.gateway, self._finish,
             block_size=e.block_size, token_budget=e.token_budget, max_seqs=e.max_seqs,
             gpu_memory_utilization=e.gpu_memory_utilization, workspace_bytes=int(e.workspace_gb * 2**30),
-            expected_output=self.workload.mean_output_tokens, prewarm=e.prewarm,
+            expected_output={n: self.workload.mean_output_of(i) for i, n in enumerate(self.workload.model_names)},
+            prewarm=e.prewarm,
             load_rates=LoadRates(c.storage_gb_s * 1e9, c.cluster_storage_gb_s * 1e9, c.gpus_per_pcie_uplink),
         )
         self.policy = registry.create(sc.policy.name, sc.policy.params, sc)

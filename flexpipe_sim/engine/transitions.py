@@ -39,7 +39,7 @@ class Transitions:
     max_seqs: int
     gpu_memory_utilization: float
     workspace_bytes: int
-    expected_output: float
+    expected_output: dict[str, float]  # model -> mean output tokens (an operator's history; kinds differ 50-200x)
     prewarm: bool
     load_rates: LoadRates = field(default_factory=LoadRates)
     instances: dict[int, Instance] = field(default_factory=dict)
@@ -183,7 +183,7 @@ class Transitions:
         inst = Instance(
             self.env, iid, a.model, infos, self.pipeline_cost(a.model, infos),
             block_size=self.block_size, token_budget=self.token_budget, max_seqs=self.max_seqs,
-            expected_output=self.expected_output, on_finish=self.on_finish, gpu_time=self.gpu_time,
+            expected_output=self.expected_output[a.model], on_finish=self.on_finish, gpu_time=self.gpu_time,
         )
         self.instances[iid] = inst
         self.env.process(self._load(inst, spec))

@@ -140,7 +140,7 @@ class FlexPipePolicy:
             # Eq. 5: M(g) replicas at the chosen granularity; refactor only until that many
             # pipelines have it (deepening every replica would multiply its GPUs by the depth).
             m_g = max(1, math.ceil(required / st.mu[g.stages]))
-            at_depth = sum(len(i.gpus) == g.stages for i in insts) + sum(i.state == "refactoring" for i in insts)
+            at_depth = sum(len(i.gpus) == g.stages or i.state == "refactoring" for i in insts)  # each once
             if at_depth < m_g:
                 acts += self._refactor_one(view, mv, st, ready, g.stages, taken)
         return acts

@@ -9,6 +9,8 @@ at that operating point (prefill pass through every stage and hop + outputs x cy
 
 from __future__ import annotations
 
+import dataclasses
+
 from ...costmodel import BatchWork
 from ...hardware import LinkKind, link_spec
 from ..base import ClusterView, ModelView
@@ -72,6 +74,11 @@ class ModelProfile:
             self.cands.remove(c)
             for d in (self.ranges, self.by_depth, self.kv_tokens, self.mu, self._sized):
                 del d[c.stages]
+        # nu_k is anchored at the coarsest candidate that remains (params.nu0: "nu_k of the coarsest
+        # candidate"); anchored at a dropped depth, OPT-66B's 4 and 8 stages had nu 4 and 16, not 1 and 4.
+        eta_min = min(c.stages for c in self.cands)
+        self.cands = [dataclasses.replace(c, nu=p.nu0 * (c.stages / eta_min) ** 2) for c in self.cands]
+        self.by_depth = {c.stages: c for c in self.cands}
 
     def capacity(self, depth: int, kv_tokens: int | None = None) -> float:
         """Eq. 5 capacity of a replica of `depth` stages (a depth not among the candidates: the nearest
