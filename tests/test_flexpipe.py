@@ -183,9 +183,9 @@ def test_stage_kv_reservation_in_bytes_does_not_grow_with_depth():
     view = _sim().view()
     prof = ModelProfile(view.models["llama2-7b"], view, FlexPipeParams())
     spec = view.models["llama2-7b"].spec
-    per_seq = {g: prof.kv_tokens[g] * spec.kv_bytes_per_token_layer * (spec.num_layers / g)
-               / (prof.kv_tokens[g] / g) for g in prof.kv_tokens}
-    assert len({round(v) for v in per_seq.values()}) == 1
+    # tokens per micro-batch (kv_tokens / S) never grow with depth: deeper pipelines split, not multiply, KV
+    per_mb = [prof.kv_tokens[g] / g for g in sorted(prof.kv_tokens)]
+    assert all(b <= a * 1.01 for a, b in zip(per_mb, per_mb[1:]))
     bytes_ = {g: prof.kv_tokens[g] * spec.kv_bytes_per_token_layer * spec.num_layers / g for g in prof.kv_tokens}
     assert max(bytes_.values()) <= 1.01 * bytes_[1]  # never more than the 1-stage reservation
 

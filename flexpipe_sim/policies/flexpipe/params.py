@@ -53,7 +53,8 @@ class FlexPipeParams(BaseModel):
     kv_headroom: float = Field(1.0, ge=1, description="sized KV = batch x micro-batches x mean length x this: room for "
                                "the length tail (Azure conversation P90 total length is ~2x its mean)")
     min_kv_share: float = Field(0.25, gt=0, le=1, description="a pipeline whose stages cannot hold this share of its "
-                                "sized batch's KV is not worth its GPUs (not given)")
+                                "sized batch's KV is not worth its GPUs; a candidate depth whose throughput per GPU is "
+                                "under this share of the model's best is dropped (the best stays) (not given)")
     refactor_cooldown_s: float = Field(30.0, ge=0, description="at most one refactor per instance in this long")
     launch_order: Literal["eq6", "largest"] = Field("eq6", description="launches across models: Eq. 6 (floors, then "
                                                     "req/s per GB) or largest model first (first-fit decreasing; ablation)")
