@@ -9,8 +9,8 @@ Where a target already exists:
     folder the previous run's files, as its run_info.json lists them, are removed first);
   - any other non-empty folder: refused, unless `force`, when our files are moved into it and
     nothing else in it is touched.
-An input (the scenario file, a folder `report` reads) inside the target is always refused: the
-target's old content is removed or overwritten.
+An input (the scenario file, a folder `report` reads) inside the target is refused, as the target's
+old content is removed or overwritten; except a results folder's own scenario.yaml, re-run into it.
 """
 
 from __future__ import annotations
@@ -18,6 +18,7 @@ from __future__ import annotations
 import json
 import os
 import shutil
+import tempfile
 import uuid
 from contextlib import contextmanager
 from pathlib import Path
@@ -45,8 +46,8 @@ def is_results_folder(p: Path) -> bool:
     return p.is_dir() and any((p / m).is_file() for m in MARKERS)
 
 
-def is_staging(p: Path) -> bool:
-    return TMP_TAG in p.name or OLD_TAG in p.name
+def is_staging(name: str) -> bool:
+    return TMP_TAG in name or OLD_TAG in name
 
 
 def _inside(child: Path, parent: Path) -> bool:
@@ -62,16 +63,31 @@ def check_out_dir(target: Path, *, force: bool = False, inputs: Iterable[Path] =
     anc = next(p for p in [t, *t.parents] if p.exists())
     # the staging folder goes beside the target: its parent (or the nearest existing ancestor) must be writable
     where = t.parent if t.parent.exists() else anc
-    if not os.access(where, os.W_OK | os.X_OK) or (t.exists() and not os.access(t, os.W_OK | os.X_OK)):
-        raise OutDirError(f"{option} {target}: no permission to write in {where if not t.exists() else t}")
+    for d in ([where, t] if t.exists() else [where]):
+        if not _writable(d):
+            raise OutDirError(f"{option} {target}: cannot write in {d} (no permission, or a read-only file system)")
     rt = t.resolve()
     for inp in inputs:
-        if _inside(Path(inp).expanduser().resolve(), rt):
+        ri = Path(inp).expanduser().resolve()
+        if ri == rt / "scenario.yaml" and is_results_folder(rt):
+            continue  # re-running a results folder's own scenario.yaml into it: the new run writes it again
+        if _inside(ri, rt):
             raise OutDirError(f"{option} {target}: the input {inp} is inside it, and writing the results would "
                               "replace it; choose another folder")
     if t.is_dir() and any(t.iterdir()) and not is_results_folder(t) and not force:
         raise OutDirError(f"{option} {target}: the folder is not empty and holds no flexpipe results; choose "
                           "another folder, or pass --force to add flexpipe's files to it")
+
+
+def _writable(d: Path) -> bool:
+    """Try it (os.access says yes to root on a read-only file system)."""
+    if not os.access(d, os.W_OK | os.X_OK):
+        return False
+    try:
+        os.rmdir(tempfile.mkdtemp(prefix=".flexpipe-probe-", dir=d))
+    except OSError:
+        return False
+    return True
 
 
 def read_info(folder: Path) -> dict[str, Any]:
