@@ -9,6 +9,7 @@ import typer
 from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 
+from .outdir import FORCE_HELP
 from .scenario import Scenario, ScenarioError, load_scenario
 from .profiles import ProfileError
 from .workload.loaders import TraceError
@@ -32,6 +33,33 @@ err = Console(stderr=True)
 SET_HELP = "Override a scenario value, e.g. --set workload.rate=20 --set models.0.slo.ttft_s=1 (repeatable)."
 
 
+def _check_out(target: Path, force: bool, inputs: list[Path]) -> None:
+    """Refuse a results folder we cannot or should not write before anything is computed (exit 2)."""
+    from .outdir import OutDirError, check_out_dir
+
+    try:
+        check_out_dir(target, force=force, inputs=inputs)
+    except OutDirError as e:
+        err.print(f"[bold red]error:[/] {e}", highlight=False, soft_wrap=True)
+        raise typer.Exit(2) from None
+
+
+def _interrupted(what: str, out: Path | None, missing: list[str] | None = None) -> typer.Exit:
+    """Ctrl-C: say what was kept and what is missing; exit 130 (the shell's code for SIGINT)."""
+    msg = f"[bold yellow]interrupted:[/] {what}"
+    if out is not None and out.exists():
+        msg += f"; what was computed is in {out}, marked 'interrupted' in run_info.json"
+    if missing:
+        msg += f"; missing runs: {', '.join(missing)}"
+    err.print(msg, highlight=False, soft_wrap=True)
+    return typer.Exit(130)
+
+
+OUT_HELP = (" Written beside it first and moved into place when done, so a folder never mixes two runs; "
+            "a previous flexpipe results folder there is replaced. Ctrl-C keeps what was computed, marked "
+            "'interrupted' in run_info.json (exit code 130).")
+
+
 def _load(path: Path, overrides: list[str], seed: Optional[int] = None) -> Scenario:
     if seed is not None:
         overrides = [*overrides, f"seed={seed}"]
@@ -45,16 +73,20 @@ def _load(path: Path, overrides: list[str], seed: Optional[int] = None) -> Scena
 @app.command()
 def run(
     scenario: Path = typer.Argument(..., help="Scenario YAML file (see scenarios/ and docs/scenarios.md)."),
-    out: Optional[Path] = typer.Option(None, "--out", "-o", help="Results folder (default: outputs.dir of the scenario)."),
+    out: Optional[Path] = typer.Option(None, "--out", "-o", help="Results folder (default: outputs.dir of the "
+                                       "scenario, results/<name>)." + OUT_HELP),
     seed: Optional[int] = typer.Option(None, "--seed", help="Random seed; overrides the scenario's seed."),
     set_: list[str] = typer.Option([], "--set", help=SET_HELP),
     quiet: bool = typer.Option(False, "--quiet", "-q", help="No progress bar."),
+    force: bool = typer.Option(False, "--force", help=FORCE_HELP),
 ) -> None:
     """Replay a scenario's workload against its policy; print a summary table and write results."""
     from .report import summary_table
-    from .runner import resolve_out_dir, run_scenario
+    from .runner import RunInterrupted, resolve_out_dir, run_scenario
 
     sc = _load(scenario, set_, seed)
+    target = resolve_out_dir(sc, out)
+    _check_out(target, force, [scenario])
     horizon = sc.horizon_s
     with Progress(
         TextColumn("[bold]{task.description}"), BarColumn(), TextColumn("{task.fields[sim]}"),
@@ -67,7 +99,15 @@ def run(
             bar.update(task, completed=done, sim=f"t={now:,.0f}/{horizon:,.0f}s")
 
         try:
-            result = run_scenario(sc, out, progress=progress)
+            result = run_scenario(sc, target, progress=progress, force=force, inputs=[scenario])
+        except RunInterrupted as e:
+            bar.stop()
+            o = e.output.summary["overall"]
+            raise _interrupted(f"stopped at t={e.output.raw.end_s:,.0f}/{horizon:,.0f} s simulated "
+                               f"({o['finished']:,} of {o['requests']:,} requests finished)", target) from None
+        except KeyboardInterrupt:
+            bar.stop()
+            raise _interrupted("the run was stopped", target) from None
         except (ScenarioError, TraceError, ProfileError) as e:
             err.print(f"[bold red]error:[/] {e}", highlight=False, soft_wrap=True)
             raise typer.Exit(2) from None
@@ -79,7 +119,7 @@ def run(
         console.print(f"[yellow]note:[/] {note}")
     info = result.info
     console.print(
-        f"results: {resolve_out_dir(sc, out)}  ·  wall {info['wall_s']:.1f} s  ·  "
+        f"results: {target}  ·  wall {info['wall_s']:.1f} s  ·  "
         f"{info['simulated_requests_per_wall_s']:,.0f} simulated requests per wall second"
     )
     if result.plot_error:
@@ -94,11 +134,14 @@ def compare(
         "static,flexpipe", "--policies", "-p",
         help="Comma-separated policies: static, flexpipe, serverlessllm, alpaserve, muxserve, tetris; a variant "
              "sets params: 'flexpipe:refactor=false+topology=false'."),
-    out: Path = typer.Option(Path("results/compare"), "--out", "-o", help="Folder for the comparison and each run's results."),
+    out: Path = typer.Option(Path("results/compare"), "--out", "-o",
+                             help="Folder for the comparison and each run's results." + OUT_HELP),
     seed: Optional[int] = typer.Option(None, "--seed", help="Random seed for every run (default: each scenario's)."),
     set_: list[str] = typer.Option([], "--set", help=SET_HELP),
+    force: bool = typer.Option(False, "--force", help=FORCE_HELP),
 ) -> None:
     """Run several policies on the same scenarios and seeds; write comparison.csv/.md/.png."""
+    from .compare import RunsInterrupted
     from .compare import compare as run_compare
     from .compare import with_policy
 
@@ -111,9 +154,13 @@ def compare(
             except ScenarioError as e:
                 err.print(f"[bold red]error:[/] {e}", highlight=False, soft_wrap=True)
                 raise typer.Exit(2) from None
-    out.mkdir(parents=True, exist_ok=True)
+    _check_out(out, force, list(scenarios))
     try:
-        df = run_compare(scs, names, out, on_run=lambda s, p: err.print(f"running {s} with {p} ..."))
+        df = run_compare(scs, names, out, on_run=lambda s, p: err.print(f"running {s} with {p} ..."), force=force)
+    except RunsInterrupted as e:
+        raise _interrupted(f"{len(e.done)} of {len(e.done) + len(e.missing)} runs finished", out, e.missing) from None
+    except KeyboardInterrupt:
+        raise _interrupted("compare was stopped", out) from None
     except (ScenarioError, TraceError, ProfileError) as e:
         err.print(f"[bold red]error:[/] {e}", highlight=False, soft_wrap=True)
         raise typer.Exit(2) from None
@@ -158,15 +205,17 @@ def loadsweep(
     rates: str = typer.Option("5,10,15,20,25", "--rates", "-r",
                               help="Comma-separated total rates in req/s, e.g. 5,10,15,20,25."),
     policies: str = typer.Option("static,flexpipe", "--policies", "-p", help="Policies (and variants) as in `compare`."),
-    out: Path = typer.Option(Path("results/loadsweep"), "--out", "-o", help="Folder for the sweep and each run's results."),
+    out: Path = typer.Option(Path("results/loadsweep"), "--out", "-o",
+                             help="Folder for the sweep and each run's results." + OUT_HELP),
     seed: Optional[int] = typer.Option(None, "--seed", help="Random seed for every run (default: the scenario's)."),
     set_: list[str] = typer.Option([], "--set", help=SET_HELP),
+    force: bool = typer.Option(False, "--force", help=FORCE_HELP),
 ) -> None:
     """Run every policy at several total arrival rates; write loadsweep.csv/.md/.png (policy x rate: SLO,
     per-model SLO, E2E p50/p99, GPU-hours, goodput) and claims.csv/.md (the rates where each paper claim holds)."""
     from rich.table import Table
 
-    from .compare import with_policy
+    from .compare import RunsInterrupted, with_policy
     from .loadsweep import at_rate, parse_rates, sweep
 
     try:
@@ -183,6 +232,7 @@ def loadsweep(
     except ScenarioError as e:
         err.print(f"[bold red]error:[/] {e}", highlight=False, soft_wrap=True)
         raise typer.Exit(2) from None
+    _check_out(out, force, [scenario])
     with Progress(TextColumn("[bold]{task.description}"), BarColumn(), MofNCompleteColumn(),
                   TextColumn("{task.fields[now]}"), TimeElapsedColumn(), console=err, transient=False) as bar:
         task = bar.add_task("load sweep", total=len(rate_list) * len(names), now="")
@@ -194,7 +244,13 @@ def loadsweep(
             bar.update(task, now=f"t={now:,.0f}/{sc.horizon_s:,.0f}s, {done:,} requests done")
 
         try:
-            table, claims = sweep(sc, rate_list, names, out, on_run=on_run, progress=progress)
+            table, claims = sweep(sc, rate_list, names, out, on_run=on_run, progress=progress, force=force)
+        except RunsInterrupted as e:
+            bar.stop()
+            raise _interrupted(f"{len(e.done)} of {len(e.done) + len(e.missing)} runs finished", out, e.missing) from None
+        except KeyboardInterrupt:
+            bar.stop()
+            raise _interrupted("the sweep was stopped", out) from None
         except (ScenarioError, TraceError, ProfileError) as e:
             err.print(f"[bold red]error:[/] {e}", highlight=False, soft_wrap=True)
             raise typer.Exit(2) from None
@@ -222,20 +278,33 @@ def loadsweep(
 @app.command()
 def report(
     folders: list[Path] = typer.Argument(..., help="Folders holding runs (compare outputs); searched recursively."),
-    out: Path = typer.Option(Path("results/report"), "--out", "-o", help="Folder for the report."),
+    out: Path = typer.Option(Path("results/report"), "--out", "-o", help="Folder for the report." + OUT_HELP),
+    force: bool = typer.Option(False, "--force", help=FORCE_HELP),
 ) -> None:
-    """Build the paper-style evaluation report (Figs. 8-12, paper-vs-ours table) from finished runs."""
+    """Build the paper-style evaluation report (Figs. 8-12, paper-vs-ours table) from finished runs.
+    Runs marked interrupted or failed are left out; the report warns when the set of runs is incomplete
+    (an interrupted compare, a policy missing for a scenario). Wall-clock figures go to timing.csv/.md."""
     from .evaluation import write_report
+    from .outdir import results_folder
 
     missing = [f for f in folders if not f.is_dir()]
     if missing:
         err.print(f"[bold red]error:[/] not a folder: {', '.join(map(str, missing))}")
         raise typer.Exit(2)
-    t = write_report(folders, out)
+    _check_out(out, force, list(folders))
+    try:
+        with results_folder(out, "report", force=force) as rf:
+            t, warnings = write_report(folders, rf.path, shown=[str(f) for f in folders])
+            rf.info["warnings"] = warnings
+    except KeyboardInterrupt:
+        raise _interrupted("the report was stopped", out) from None
+    for w in warnings:
+        err.print(f"[yellow]warning:[/] incomplete set of runs: {w}", highlight=False, soft_wrap=True)
     if t.empty:
-        err.print(f"[bold red]error:[/] no runs (summary.json) under {', '.join(map(str, folders))}")
+        err.print(f"[bold red]error:[/] no finished runs (summary.json) under {', '.join(map(str, folders))}")
         raise typer.Exit(2)
-    console.print(f"{len(t)} runs; written: {out / 'evaluation.md'}, {out / 'evaluation.html'}, figures and CSVs")
+    console.print(f"{len(t)} runs; written: {out / 'evaluation.md'}, {out / 'evaluation.html'}, figures and CSVs "
+                  f"(wall-clock figures: {out / 'timing.csv'})")
 
 
 @cluster_app.command("stats")

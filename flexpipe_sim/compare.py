@@ -5,6 +5,8 @@ as comparison.csv, comparison.md and comparison.png in <out>, and the paper-styl
 (evaluation.py: markdown, HTML, Figs. 8-12) in <out>/report. A policy takes the scenario's params
 when the scenario names that policy, else its defaults; a variant names its own params:
 `flexpipe:refactor=false+use_affinity=false` (values are YAML: numbers, true/false, lists).
+The folder is written beside <out> and moved into place when done (outdir.py); Ctrl-C keeps the
+finished runs, marked `interrupted` in run_info.json with the runs that are missing.
 """
 
 from __future__ import annotations
@@ -15,8 +17,10 @@ from typing import Callable
 import pandas as pd
 import yaml
 
+from .engine.simulator import ProgressFn
 from .evaluation import write_report
 from .metrics import model_slo_columns
+from .outdir import ResultsFolder, results_folder
 from .runner import run_scenario
 from .scenario import Scenario, parse_scenario
 
@@ -74,22 +78,58 @@ def row(sc: Scenario, summary: dict) -> dict:
     }
 
 
-def compare(scenarios: list[Scenario], policies: list[str], out: Path,
-            on_run: Callable[[str, str], None] | None = None) -> pd.DataFrame:
-    rows = []
-    for sc in scenarios:
-        for pol in policies:
+class RunsInterrupted(KeyboardInterrupt):
+    """Ctrl-C stopped a set of runs: the finished ones are kept in `out`; `missing` names the others."""
+
+    def __init__(self, out: Path, done: list[str], missing: list[str]) -> None:
+        super().__init__("interrupted")
+        self.out, self.done, self.missing = out, done, missing
+
+
+def run_all(plan: list[tuple[str, Scenario]], rf: ResultsFolder, on_row: Callable[[str, Scenario, dict], None],
+            on_run: Callable[[int, str], None] | None = None, progress: ProgressFn | None = None) -> None:
+    """Run each (folder label, scenario) into the staged folder, calling on_row after each. run_info.json
+    lists the runs done and missing; Ctrl-C raises RunsInterrupted (the caller's folder keeps the
+    finished runs and is marked interrupted), any other error leaves it marked failed."""
+    done: list[str] = []
+    rf.info.update(runs_done=done, runs_missing=[label for label, _ in plan])
+    try:
+        for i, (label, sc) in enumerate(plan):
             if on_run:
-                on_run(sc.name, pol)
-            run = with_policy(sc, pol)
-            res = run_scenario(run, out / sc.name / pol.replace("/", "_"))
-            rows.append({**row(run, res.summary), "policy": pol})
-            # results so far are on disk before the next run can fail
-            pd.DataFrame(rows).to_csv(out / "comparison.csv", index=False)
-    df = pd.DataFrame(rows)
-    (out / "comparison.md").write_text(df.to_markdown(index=False, floatfmt=".3g") + "\n")
-    plot(df, out / "comparison.png")
-    write_report([out], out / "report")
+                on_run(i, label)
+            res = run_scenario(sc, rf.path / label, staged=False, progress=progress)
+            done.append(label)
+            rf.info["runs_missing"] = [lb for lb, _ in plan[i + 1:]]
+            on_row(label, sc, res.summary)
+    except KeyboardInterrupt:
+        raise RunsInterrupted(rf.target, done, rf.info["runs_missing"]) from None
+
+
+def compare(scenarios: list[Scenario], policies: list[str], out: Path,
+            on_run: Callable[[str, str], None] | None = None, *, force: bool = False,
+            progress: ProgressFn | None = None) -> pd.DataFrame:
+    """Every policy on every scenario, written as one results folder (staged beside `out`, moved into
+    place when done or interrupted: outdir.py). Raises RunsInterrupted on Ctrl-C."""
+    plan = [(f"{sc.name}/{pol.replace('/', '_')}", sc, pol) for sc in scenarios for pol in policies]
+    rows: list[dict] = []
+    with results_folder(out, "compare", force=force) as rf:
+        def on_row(label: str, run: Scenario, summary: dict) -> None:
+            pol = next(p for lb, _, p in plan if lb == label)
+            rows.append({**row(run, summary), "policy": pol})
+            pd.DataFrame(rows).to_csv(rf.path / "comparison.csv", index=False)  # what is done, as it is done
+
+        try:
+            run_all([(lb, with_policy(sc, pol)) for lb, sc, pol in plan], rf, on_row,
+                    on_run=(lambda i, lb: on_run(plan[i][1].name, plan[i][2])) if on_run else None,
+                    progress=progress)
+        except KeyboardInterrupt:
+            if rows:  # the finished runs' table, as readable as a complete one
+                (rf.path / "comparison.md").write_text(pd.DataFrame(rows).to_markdown(index=False, floatfmt=".3g") + "\n")
+            raise
+        df = pd.DataFrame(rows)
+        (rf.path / "comparison.md").write_text(df.to_markdown(index=False, floatfmt=".3g") + "\n")
+        plot(df, rf.path / "comparison.png")
+        write_report([rf.path], rf.path / "report", shown=[str(out)])
     return df
 
 

@@ -23,10 +23,10 @@ from typing import Callable
 
 import pandas as pd
 
-from .compare import row, with_policy
+from .compare import row, run_all, with_policy
 from .evaluation import find_runs, paper_vs_ours, policy_style, runs_table
 from .metrics import UNSERVED_BELOW
-from .runner import run_scenario
+from .outdir import results_folder
 from .scenario import Scenario, parse_scenario
 
 RATE_KEY = "workload.arrivals.rate"
@@ -65,22 +65,26 @@ def rate_dir(out: Path, rate: float) -> Path:
 
 def sweep(sc: Scenario, rates: list[float], policies: list[str], out: Path,
           on_run: Callable[[float, str, int, int], None] | None = None,
-          progress: Callable[[float, int], None] | None = None) -> tuple[pd.DataFrame, pd.DataFrame]:
+          progress: Callable[[float, int], None] | None = None, *,
+          force: bool = False) -> tuple[pd.DataFrame, pd.DataFrame]:
     """Run every policy at every rate; write the table, plot and claims. Returns (table, claims).
-    `on_run(rate, policy, index, total)` before each run; `progress(sim_time, done)` inside it."""
-    out.mkdir(parents=True, exist_ok=True)
+    `on_run(rate, policy, index, total)` before each run; `progress(sim_time, done)` inside it.
+    The folder is staged and moved into place like compare's; Ctrl-C raises compare.RunsInterrupted."""
     scs = {r: at_rate(sc, r) for r in rates}  # every rate is checked before the first run starts
-    runs = {(r, p): with_policy(scs[r], p) for r in rates for p in policies}
-    rows = []
-    for i, ((rate, pol), run) in enumerate(runs.items()):
-        if on_run:
-            on_run(rate, pol, i, len(runs))
-        res = run_scenario(run, rate_dir(out, rate) / pol.replace("/", "_"), progress=progress)
-        rows.append(table_row(rate, pol, run, res.summary))
-        pd.DataFrame(rows).to_csv(out / "loadsweep.csv", index=False)  # results so far survive a failure
-    table = pd.DataFrame(rows)
-    claims = claims_by_rate(out, rates)
-    write_outputs(out, sc, table, claims)
+    keys = [(r, p) for r in rates for p in policies]
+    plan = [(f"{rate_dir(Path(), r)}/{p.replace('/', '_')}", with_policy(scs[r], p)) for r, p in keys]
+    rows: list[dict] = []
+    with results_folder(out, "loadsweep", force=force) as rf:
+        def on_row(label: str, run: Scenario, summary: dict) -> None:
+            rate, pol = keys[len(rows)]
+            rows.append(table_row(rate, pol, run, summary))
+            pd.DataFrame(rows).to_csv(rf.path / "loadsweep.csv", index=False)  # results so far survive a failure
+
+        run_all(plan, rf, on_row, progress=progress,
+                on_run=(lambda i, lb: on_run(*keys[i], i, len(keys))) if on_run else None)
+        table = pd.DataFrame(rows)
+        claims = claims_by_rate(rf.path, rates)
+        write_outputs(rf.path, sc, table, claims)
     return table, claims
 
 

@@ -7,7 +7,8 @@ Files in the results folder:
   rejected_actions.csv   actions the backend refused, with the reason (only if any)
   refactors.csv          every inflight refactor: stages before/after, loads, KV bytes, rounds, pause
   summary.json           the run's summary (deterministic for a scenario + seed)
-  run_info.json          wall time, simulator speed, policy decision time (varies run to run)
+  run_info.json          status (complete / interrupted / failed), files written, wall time, simulator
+                         speed, policy decision time (varies run to run); outdir.py
   scenario.yaml          the scenario as run, with defaults and --set overrides filled in
   latency_cdf.png, gpus_over_time.png, queue_length.png
 """

@@ -7,11 +7,12 @@ whose message names the file and the key; the CLI prints it and exits with code 
 
 from __future__ import annotations
 
+import re
 from pathlib import Path
 from typing import Annotated, Any, Literal
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
 from .hardware import GPUS
 from .models import CATALOGUE, ModelSpec
@@ -295,7 +296,7 @@ class OutputConfig(_Strict):
 
 
 class Scenario(_Strict):
-    name: str = Field(pattern=r"^[A-Za-z0-9_.-]+$")
+    name: str = Field(description="letters, digits, _ . - ; not starting with . or - (a results folder name)")
     seed: int = Field(0, ge=0)
     horizon_s: float = Field(gt=0, description="arrivals stop here")
     drain_s: float = Field(300.0, ge=0, description="extra time to finish in-flight requests")
@@ -308,6 +309,15 @@ class Scenario(_Strict):
     engine: EngineConfig = EngineConfig()
     cost: CostConfig = CostConfig()
     outputs: OutputConfig = OutputConfig()
+
+    @field_validator("name")
+    @classmethod
+    def _folder_name(cls, v: str) -> str:
+        # outputs.dir formats it into a path: "/", "..", "." (or a hidden name) would escape results/
+        if not re.fullmatch(r"[A-Za-z0-9_][A-Za-z0-9_.-]*", v):
+            raise ValueError(f"{v!r} is not a usable results folder name: use letters, digits, '_', '.' and '-', "
+                             "starting with a letter, digit or '_'")
+        return v
 
     @model_validator(mode="after")
     def _cross_checks(self) -> "Scenario":

@@ -125,13 +125,14 @@ def test_compare_runs_every_policy_on_the_same_arrivals(tmp_path, write_scenario
     from flexpipe_sim.cli import app
 
     path = write_scenario(small_raw(**{"horizon_s": 40}))
-    res = CliRunner().invoke(app, ["compare", str(path), "--policies", "static,flexpipe", "-o", str(tmp_path)])
+    out = tmp_path / "c"  # not tmp_path itself: it holds the scenario (a folder without results is refused)
+    res = CliRunner().invoke(app, ["compare", str(path), "--policies", "static,flexpipe", "-o", str(out)])
     assert res.exit_code == 0, res.output
-    df = pd.read_csv(tmp_path / "comparison.csv")
+    df = pd.read_csv(out / "comparison.csv")
     assert list(df.policy) == ["static", "flexpipe"]
     assert df.requests.nunique() == 1  # the same arrivals for both
-    assert (tmp_path / "comparison.md").exists() and (tmp_path / "comparison.png").exists()
-    assert (tmp_path / "small" / "flexpipe" / "summary.json").exists()
+    assert (out / "comparison.md").exists() and (out / "comparison.png").exists()
+    assert (out / "small" / "flexpipe" / "summary.json").exists()
     bad = CliRunner().invoke(app, ["compare", str(path), "--policies", "static,nope"])
     assert bad.exit_code == 2 and "valid policies" in bad.output
 

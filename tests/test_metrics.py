@@ -77,14 +77,15 @@ def test_summary_compare_row_and_terminal_table_flag_an_unserved_model():
 
 
 def test_one_model_run_has_its_slo_column_and_no_flag(tmp_path, write_scenario):
-    res = CliRunner().invoke(app, ["compare", str(write_scenario(small_raw())), "-p", "static", "-o", str(tmp_path),
+    out = tmp_path / "c"  # not tmp_path itself: it holds the scenario (a folder without results is refused)
+    res = CliRunner().invoke(app, ["compare", str(write_scenario(small_raw())), "-p", "static", "-o", str(out),
                                    "--set", "horizon_s=20"])
     assert res.exit_code == 0, res.output
-    c = pd.read_csv(tmp_path / "comparison.csv", keep_default_na=False)
+    c = pd.read_csv(out / "comparison.csv", keep_default_na=False)
     assert c.slo_model_mean[0] == c.slo_attainment[0] == c["slo_llama2-7b"][0]
-    runs = pd.read_csv(tmp_path / "report" / "runs.csv")
+    runs = pd.read_csv(out / "report" / "runs.csv")
     assert {"queue_s", "batch_wait_s", "slo_model_mean", "slo_llama2-7b", "unserved"} <= set(runs.columns)
-    md = (tmp_path / "report" / "evaluation.md").read_text()
+    md = (out / "report" / "evaluation.md").read_text()
     assert "SLO attainment per model" in md and "Unserved" in md and ": none." in md
 
 

@@ -46,6 +46,7 @@ class RawResults:
     decide_wall_s: list[float] = field(default_factory=list)
     cost_models: dict[str, str] = field(default_factory=dict)
     refactors: list[dict] = field(default_factory=list)
+    interrupted: bool = False  # stopped early by KeyboardInterrupt (Ctrl-C): the results are partial
 
 
 class Simulation:
@@ -261,11 +262,15 @@ class Simulation:
         env.process(self._monitor(progress))
         limit = self.sc.horizon_s + self.sc.drain_s
         end = env.any_of([self.all_done, env.timeout(limit)]) if len(self.workload) else env.timeout(0)
-        env.run(until=end)
-        end_s = max(env.now, self.sc.horizon_s)
+        interrupted = False
+        try:
+            env.run(until=end)
+        except KeyboardInterrupt:  # Ctrl-C (raised at a clean point by runner.sigint_at_progress): keep what ran
+            interrupted = True
+        end_s = env.now if interrupted else max(env.now, self.sc.horizon_s)
         for r in self.requests:
             if not r.is_done:
-                r.drop_reason = "unfinished at end of drain"
+                r.drop_reason = "interrupted (run stopped early)" if interrupted else "unfinished at end of drain"
         for inst in self.transitions.instances.values():
             inst.abort_all()  # the run is over: in-flight requests give their KV back
         # Requests the feeder never released (only if the run stopped early) are accounted too.
@@ -276,7 +281,7 @@ class Simulation:
             self.requests.append(r)
         for g in self.cluster.gpus:
             assert g.used_bytes <= g.capacity_bytes, f"GPU {g.id} over-committed"
-        if progress:
+        if progress and not interrupted:
             progress(end_s, len(self.requests))
         notes = list(getattr(self.policy, "notes", []))
         for name, cost in self.costs.items():
@@ -287,4 +292,4 @@ class Simulation:
         return RawResults(self.sc, self.requests, self.samples, self.transitions.launches,
                           self.transitions.rejected, notes, end_s, time.perf_counter() - t0, self.cluster,
                           self.decide_wall_s, {n: c.describe() for n, c in self.costs.items()},
-                          self.transitions.refactors)
+                          self.transitions.refactors, interrupted)
