@@ -9,7 +9,7 @@ runs them. Written in <out>:
                                unweighted mean over models, each model's SLO, unserved models,
                                E2E p50/p99, GPU-hours, goodput, peak GPUs
   loadsweep.png                SLO attainment, GPU-hours and E2E p99 against the rate, one fixed
-                               colour and marker per policy (evaluation.policy_style)
+                               colour and marker per policy (palette.py)
   claims.csv, claims.md        each claim of the paper-vs-ours table (evaluation.CLAIMS) at every
                                rate: our value, whether its ordering holds (evaluation.HOLDS), and
                                the rates at which it holds and fails
@@ -24,8 +24,9 @@ from typing import Callable
 import pandas as pd
 
 from .compare import row, with_policy
-from .evaluation import find_runs, paper_vs_ours, policy_style, runs_table
+from .evaluation import find_runs, paper_vs_ours, runs_table
 from .metrics import UNSERVED_BELOW
+from .palette import policy_style
 from .runner import run_scenario
 from .scenario import Scenario, parse_scenario
 

@@ -48,7 +48,11 @@ def write_scenario(path: Path, scenario) -> None:
     path.write_text(yaml.safe_dump(scenario.model_dump(mode="json"), sort_keys=False))
 
 
-def write_plots(out: Path, df: pd.DataFrame, ts: pd.DataFrame, title: str) -> list[Path]:
+def write_plots(out: Path, df: pd.DataFrame, ts: pd.DataFrame, title: str,
+                slos: dict[str, tuple[float, float]] | None = None) -> list[Path]:
+    """latency_cdf.png (TTFT, TPOT, E2E per model, with each model's TTFT/TPOT SLO from `slos`:
+    model -> (ttft_s, tpot_s)), gpus_over_time.png and queue_length.png. A model has one colour
+    in every panel (palette.py), whichever panels it has values in (a one-token model has no TPOT)."""
     import matplotlib
 
     matplotlib.use("Agg")
@@ -56,48 +60,58 @@ def write_plots(out: Path, df: pd.DataFrame, ts: pd.DataFrame, title: str) -> li
     import matplotlib.pyplot as plt
     import numpy as np
 
+    from .palette import model_color
+
     paths = []
+    slos = slos or {}
     fin = df[df.drop_reason == ""]
-    fig, axes = plt.subplots(1, 3, figsize=(13, 3.8))
-    for ax, col, label in zip(axes, ("ttft_s", "tpot_s", "e2e_s"), ("TTFT", "TPOT", "end-to-end latency")):
+    fig, axes = plt.subplots(1, 3, figsize=(13, 4.2), layout="constrained")
+    panels = (("ttft_s", "TTFT", 0), ("tpot_s", "TPOT", 1), ("e2e_s", "end-to-end latency", None))
+    for ax, (col, label, slo_i) in zip(axes, panels):
         for model, g in fin.groupby("model"):
             v = np.sort(g[col].dropna().to_numpy())
-            if len(v):
-                ax.plot(v, np.arange(1, len(v) + 1) / len(v), label=model)
+            if not len(v):
+                continue
+            ax.plot(v, np.arange(1, len(v) + 1) / len(v), label=model, color=model_color(str(model)))
+            if slo_i is not None and model in slos:
+                ax.axvline(slos[model][slo_i], color=model_color(str(model)), ls="--", lw=1)
         ax.set_xscale("log")
         ax.set_xlabel(f"{label} (s, log scale)")
         ax.set_ylabel("fraction of finished requests")
         ax.xaxis.set_minor_formatter(matplotlib.ticker.NullFormatter())
         ax.grid(alpha=0.3, which="both")
+        # a request meets its SLO on TTFT and TPOT; the scenario sets no E2E objective
+        ax.set_title("dashed: each model's SLO" if slo_i is not None and slos else
+                     "no E2E SLO (the SLO is TTFT and TPOT)" if slos else "", fontsize=9)
     axes[0].legend(fontsize=8)
     fig.suptitle(f"{title}: latency CDFs ({len(fin)} finished, {len(df) - len(fin)} dropped)")
-    fig.tight_layout()
     paths.append(out / "latency_cdf.png")
     fig.savefig(paths[-1], dpi=110)
     plt.close(fig)
 
     def over_time(name: str, ylabel: str, what: str, draw) -> None:
-        fig, ax = plt.subplots(figsize=(9, 3.6))
+        fig, ax = plt.subplots(figsize=(9, 3.6), layout="constrained")
         draw(ax)
-        ax.set_xlabel("simulated time (s)")
+        ax.set_xlabel("simulated time (min)")  # as in the evaluation report's time axes
         ax.set_ylabel(ylabel)
         ax.set_ylim(bottom=0)
         ax.legend()
         ax.grid(alpha=0.3)
         ax.set_title(f"{title}: {what} over time")
-        fig.tight_layout()
         paths.append(out / name)
         fig.savefig(paths[-1], dpi=110)
         plt.close(fig)
 
+    minutes = ts.time_s / 60
+
     def gpus(ax) -> None:
-        ax.step(ts.time_s, ts.gpus_allocated, where="post", label="GPUs allocated")
-        ax.plot(ts.time_s, ts.gpus_allocated * ts.gpu_busy_frac.fillna(0), lw=0.8, alpha=0.8,
+        ax.step(minutes, ts.gpus_allocated, where="post", label="GPUs allocated")
+        ax.plot(minutes, ts.gpus_allocated * ts.gpu_busy_frac.fillna(0), lw=0.8, alpha=0.8,
                 label="GPUs busy (equivalent)")
 
     def queues(ax) -> None:
-        ax.plot(ts.time_s, ts.gateway_queue + ts.instance_queue, label="waiting (gateway + instances)")
-        ax.plot(ts.time_s, ts.running, label="running", alpha=0.8)
+        ax.plot(minutes, ts.gateway_queue + ts.instance_queue, label="waiting (gateway + instances)")
+        ax.plot(minutes, ts.running, label="running", alpha=0.8)
 
     over_time("gpus_over_time.png", "GPUs", "GPUs", gpus)
     over_time("queue_length.png", "requests", "queue length", queues)

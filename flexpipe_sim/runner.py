@@ -41,7 +41,7 @@ def run_scenario(sc: Scenario, out: str | Path | None = None, *, write: bool = T
     plot_error = None
     if sc.outputs.plots:
         try:
-            write_plots(out_dir, df, ts, sc.name)
+            write_plots(out_dir, df, ts, sc.name, {m.name: (m.slo.ttft_s, m.slo.tpot_s) for m in sc.models})
         except Exception as e:  # noqa: BLE001 - reported to the user, results are already on disk
             plot_error = f"{type(e).__name__}: {e}"
     return RunOutput(summary, info, out_dir, raw, plot_error)
