@@ -9,7 +9,6 @@ minutes. Constrained layout and wrapped titles keep every title and legend insid
 
 from __future__ import annotations
 
-import textwrap
 from pathlib import Path
 from typing import TYPE_CHECKING
 
@@ -17,6 +16,7 @@ import numpy as np
 import pandas as pd
 
 from .palette import policy_order, policy_style
+from .report import wrap_title
 from .stalls import BASELINE_Q, RECOVER_X, STALL_X, recoveries
 
 if TYPE_CHECKING:
@@ -44,8 +44,7 @@ def _per_cv(n: int, **kw):
 
 
 def _save(fig: Figure, path: Path, title: str) -> Figure:
-    # ~11 characters of a 12 pt title per inch of figure: wrap rather than clip
-    fig.suptitle(textwrap.fill(title, max(40, int(11 * fig.get_figwidth()))))
+    fig.suptitle(wrap_title(title, fig.get_figwidth()))  # wrapped rather than clipped
     fig.savefig(path, dpi=110)
     _plt().close(fig)
     return fig

@@ -5,6 +5,8 @@ HTML's CSS (wide tables scroll in their box). runs.csv and paper_vs_ours.csv kee
 
 from __future__ import annotations
 
+import re
+
 import numpy as np
 import pandas as pd
 
@@ -52,3 +54,11 @@ CSS = ("body{font-family:sans-serif;margin:2em;max-width:100%}"
        "vertical-align:bottom;text-align:center}"
        "td{white-space:nowrap;text-align:right}table.runs td:nth-child(-n+2){text-align:left}"
        "table.claims td{white-space:normal;text-align:left;min-width:4em}pre{white-space:pre-wrap}")
+
+
+def to_markdown(shown: pd.DataFrame) -> str:
+    """A `display` table as markdown: numbers and percentages right-aligned, text left."""
+    num = re.compile(r"-|-?[\d,.]+(e[+-]?\d+)?%?")
+    align = ["right" if (shown[c] != "-").any() and all(num.fullmatch(v) for v in shown[c]) else "left"
+             for c in shown.columns]
+    return shown.to_markdown(index=False, colalign=align, disable_numparse=True)  # keep our formats

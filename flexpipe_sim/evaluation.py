@@ -26,7 +26,7 @@ import yaml
 from .evalfigs import FIGURES as _NEEDS
 from .evalfigs import (  # noqa: F401 - the figures stay importable from here
     draw_all, fig_breakdown, fig_burst, fig_efficiency, fig_gpus, fig_percentiles, fig_stalls)
-from .evaltables import CLAIM_COLUMNS, CSS, RUN_COLUMNS, display
+from .evaltables import CLAIM_COLUMNS, CSS, RUN_COLUMNS, display, to_markdown
 from .metrics import UNSERVED_BELOW, model_slo_columns
 from .palette import POLICY_ORDER, POLICY_STYLE, policy_order, policy_style  # noqa: F401 - re-exported
 from .stalls import recoveries
@@ -271,9 +271,9 @@ def write_report(roots: list[Path], out: Path) -> pd.DataFrame:
     left_out = [f"- {s}" for s in skipped]
     md = ["# FlexPipe evaluation: our simulator beside the paper", "",
           f"{len(runs)} runs from {', '.join(str(r) for r in roots)}.", "", "## Runs", "",
-          runs_shown.to_markdown(index=False), "", "## SLO attainment per model", "",
-          models_shown.to_markdown(index=False), "", flags, "", "## The paper's claims beside ours", "",
-          pv_shown.to_markdown(index=False), "", DISCUSSION, "## Figures", "", *left_out, *([""] if left_out else [])]
+          to_markdown(runs_shown), "", "## SLO attainment per model", "",
+          to_markdown(models_shown), "", flags, "", "## The paper's claims beside ours", "",
+          to_markdown(pv_shown), "", DISCUSSION, "## Figures", "", *left_out, *([""] if left_out else [])]
     md += [f"![{f}]({f})" for f in figs]
     (out / "evaluation.md").write_text("\n".join(md) + "\n")
 

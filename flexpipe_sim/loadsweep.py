@@ -27,6 +27,7 @@ from .compare import row, with_policy
 from .evaluation import find_runs, paper_vs_ours, runs_table
 from .metrics import UNSERVED_BELOW
 from .palette import policy_style
+from .report import wrap_title
 from .runner import run_scenario
 from .scenario import Scenario, parse_scenario
 
@@ -143,7 +144,7 @@ def plot(table: pd.DataFrame, path: Path, title: str) -> None:
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    fig, (a, b, c) = plt.subplots(1, 3, figsize=(15, 4.2))
+    fig, (a, b, c) = plt.subplots(1, 3, figsize=(15, 4.2), layout="constrained")
     for pol in dict.fromkeys(table.policy):
         d = table[table.policy == pol].sort_values("rate")
         color, marker = policy_style(pol)
@@ -163,7 +164,6 @@ def plot(table: pd.DataFrame, path: Path, title: str) -> None:
         ax.set_xlabel("total arrival rate (req/s)")
         ax.grid(alpha=0.3)
     a.legend(fontsize=8)
-    fig.suptitle(f"{title}: policies against load")
-    fig.tight_layout()
+    fig.suptitle(wrap_title(f"{title}: policies against load", 15))
     fig.savefig(path, dpi=110)
     plt.close(fig)

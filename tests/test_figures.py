@@ -142,6 +142,18 @@ def test_titles_and_legends_inside_the_image(reports):
                     name, text)
 
 
+def test_run_plot_titles_inside_the_image_for_a_long_scenario_name(tmp_path):
+    name = "a_scenario_with_a_long_descriptive_name_" * 3
+    sc = parse_scenario(small_raw(name=name, horizon_s=10, **{"outputs.plots": True}), "test")
+    with Saved() as saved:
+        run_scenario(sc, tmp_path)
+    assert sorted(saved.extents) == ["gpus_over_time.png", "latency_cdf.png", "queue_length.png"]
+    for file, boxes in saved.extents.items():
+        fig = saved[file].bbox
+        for text, b in boxes:
+            assert fig.x0 - 1 <= b.x0 and b.x1 <= fig.x1 + 1 and b.y1 <= fig.y1 + 1, (file, text)
+
+
 def test_stall_cdf_draws_no_invented_floor(figs, tmp_path):
     # normalised latency 1 (baseline), then a stall recovered at the same instant and one after 0.5 s
     arr = [*range(10), 10, 10, 20, 20.5]
