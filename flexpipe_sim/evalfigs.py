@@ -248,8 +248,8 @@ def fig_gpus(runs: list[Run], path: Path) -> Figure | None:
             ax.axvline(h / MIN_S, color="gray", ls=":", lw=1)
         ax.set_xlabel("simulated time (min); dotted: arrivals end" if ends else "simulated time (min)")
         ax.set_title(f"CV {cv:g}")
-        ax.set_ylim(bottom=0)
         ax.grid(alpha=0.3)
+    axes[0][0].set_ylim(bottom=0)  # once all panels are drawn: the shared axis then fits every panel
     axes[0][0].set_ylabel("GPUs allocated")
     _policy_legend(fig, drawn, marker=False)
     return _save(fig, path, "GPUs allocated over time per CV")

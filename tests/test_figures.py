@@ -131,6 +131,19 @@ def test_magnitude_axes_start_at_zero_and_time_axes_in_minutes(reports):
     assert goodput.get_ylim()[0] == 0 and goodput.get_xlim() == (0, 100)
     assert "(min)" in figs["fig09_burst.png"].axes[0].get_xlabel()
     assert "(min)" in figs["gpus_reserved.png"].axes[0].get_xlabel()
+    assert figs["gpus_reserved.png"].axes[0].get_ylim()[0] == 0
+
+
+def test_gpus_reserved_shared_axis_fits_every_panel(figs, tmp_path):
+    from flexpipe_sim.evaluation import fig_gpus
+
+    def run(cv: float, peak: int) -> Run:
+        ts = pd.DataFrame({"time_s": [0.0, 30.0, 60.0], "gpus_allocated": [2, peak, peak]})
+        return Run(tmp_path, f"s{cv:g}", "flexpipe", cv, False, ["m"], {}, pd.DataFrame(), ts)
+
+    fig_gpus([run(2.0, 10), run(4.0, 60)], tmp_path / "g.png")  # the later panel has the higher peak
+    for ax in figs["g.png"].axes:
+        assert ax.get_ylim()[0] == 0 and ax.get_ylim()[1] >= 60, (ax.get_title(), ax.get_ylim())
 
 
 def test_titles_and_legends_inside_the_image(reports):
