@@ -144,7 +144,8 @@ def terminal_tables(df: pd.DataFrame) -> list:
     for scenario, d in df.groupby("scenario", sort=False):
         cells = [[("-" if pd.isna(r[k]) else fmt.format(r[k])) for _, k, fmt in TERMINAL_COLUMNS]
                  for _, r in d.iterrows()]
-        t = Table(title=f"{scenario}: policies on the same arrivals", box=box.SIMPLE_HEAD, padding=(0, 1), pad_edge=False, collapse_padding=True,
+        t = Table(title=f"{scenario}: policies on the same arrivals", box=box.SIMPLE_HEAD, padding=(0, 1),
+                  pad_edge=False, collapse_padding=True,
                   title_justify="left")
         t.add_column("policy", overflow="fold", min_width=8)
         for i, (head, _, _) in enumerate(TERMINAL_COLUMNS):

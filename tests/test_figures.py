@@ -108,7 +108,8 @@ def test_policy_colours_fixed_when_a_cv_lacks_a_policy(reports):
     assert checked >= 8  # 3 runs in each of Figs. 10 and 11 and GPUs reserved (not all of Fig. 11 may stall)
     # the CV 4 panel holds static alone: still orange
     cv4 = next(ax for ax in figs["fig10_percentiles.png"].axes if ax.get_title() == "CV 4")
-    assert [ln.get_label() for ln in cv4.get_lines()] == ["static"] and _same(cv4.get_lines()[0].get_color(), "tab:orange")
+    assert [ln.get_label() for ln in cv4.get_lines()] == ["static"]
+    assert _same(cv4.get_lines()[0].get_color(), "tab:orange")
     for bars in figs["fig12_efficiency.png"].axes[1].containers:
         assert all(_same(p.get_facecolor(), POLICY[bars.get_label()]) for p in bars.patches)
 
