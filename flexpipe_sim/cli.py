@@ -164,20 +164,10 @@ def compare(
     except (ScenarioError, TraceError, ProfileError) as e:
         err.print(f"[bold red]error:[/] {e}", highlight=False, soft_wrap=True)
         raise typer.Exit(2) from None
-    from rich.table import Table
+    from .compare import terminal_tables
 
-    t = Table(title="policies on the same arrivals")
-    cols = [("scenario", "scenario", "{}"), ("policy", "policy", "{}"), ("E2E p50 s", "e2e_p50_s", "{:.2f}"),
-            ("E2E p99 s", "e2e_p99_s", "{:.2f}"), ("TTFT p99 s", "ttft_p99_s", "{:.2f}"),
-            ("SLO %", "slo_attainment", "{:.1%}"), ("SLO % model mean", "slo_model_mean", "{:.1%}"),
-            ("goodput/s", "goodput_rps", "{:.2f}"), ("GPU-h", "gpu_s", "{:.1f}"), ("peak GPUs", "peak_gpus", "{}"),
-            ("refactors", "refactors", "{}"), ("unserved", "unserved", "{}")]
-    for head, _, _ in cols:
-        t.add_column(head, justify="right", overflow="fold")
-    for _, r in df.iterrows():
-        t.add_row(*(fmt.format(r[k] / 3600 if k == "gpu_s" else r[k]) if r[k] is not None and r[k] == r[k] else "-"
-                    for _, k, fmt in cols), style="red" if r["unserved"] else None)
-    console.print(t)
+    for t in terminal_tables(df):
+        console.print(t)
     console.print(f"written: {out / 'comparison.csv'}, {out / 'comparison.md'}, {out / 'comparison.png'}, "
                   f"and the evaluation report in {out / 'report'} (evaluation.md / .html, figures)")
 

@@ -19,7 +19,7 @@ import yaml
 
 from .engine.simulator import ProgressFn
 from .evaluation import write_report
-from .metrics import model_slo_columns
+from .metrics import UNSERVED_BELOW, model_slo_columns
 from .outdir import ResultsFolder, results_folder
 from .runner import run_scenario
 from .scenario import Scenario, parse_scenario
@@ -161,3 +161,40 @@ def plot(df: pd.DataFrame, path: Path) -> None:
     fig.tight_layout()
     fig.savefig(path, dpi=110)
     plt.close(fig)
+
+
+# The terminal table: (header, column, format). Headers are short and break where given; cells never
+# wrap, so an 80-column terminal shows whole numbers (a long policy label folds instead).
+TERMINAL_COLUMNS = [("E2E\np50 s", "e2e_p50_s", "{:.2f}"), ("E2E\np99 s", "e2e_p99_s", "{:.2f}"),
+                    ("TTFT\np99 s", "ttft_p99_s", "{:.2f}"), ("SLO", "slo_attainment", "{:.1%}"),
+                    ("SLO\nmodel\nmean", "slo_model_mean", "{:.1%}"), ("good-\nput\nreq/s", "goodput_rps", "{:.2f}"),
+                    ("GPU-h", "gpu_h", "{:.1f}"), ("peak\nGPUs", "peak_gpus", "{:.0f}"),
+                    ("refac-\ntors", "refactors", "{:.0f}")]
+
+
+def terminal_tables(df: pd.DataFrame) -> list:
+    """One rich table per scenario (its name as the title), policies as rows; then a red line per
+    unserved model (a column for them would not fit)."""
+    from rich import box
+    from rich.table import Table
+    from rich.text import Text
+
+    df = df.assign(gpu_h=df.gpu_s / 3600)
+    out: list = []
+    for scenario, d in df.groupby("scenario", sort=False):
+        cells = [[("-" if pd.isna(r[k]) else fmt.format(r[k])) for _, k, fmt in TERMINAL_COLUMNS]
+                 for _, r in d.iterrows()]
+        t = Table(title=f"{scenario}: policies on the same arrivals", box=box.SIMPLE_HEAD, padding=(0, 1),
+                  pad_edge=False, collapse_padding=True,
+                  title_justify="left")
+        t.add_column("policy", overflow="fold", min_width=8)
+        for i, (head, _, _) in enumerate(TERMINAL_COLUMNS):
+            width = max(max(len(x) for x in head.split("\n")), *(len(c[i]) for c in cells))
+            t.add_column(head, justify="right", no_wrap=True, min_width=width)
+        for (_, r), c in zip(d.iterrows(), cells):
+            t.add_row(str(r["policy"]), *c, style="red" if r["unserved"] else None)
+        out.append(t)
+        for _, r in d[d.unserved.astype(bool)].iterrows():
+            out.append(Text(f"unserved: {scenario} / {r['policy']}: {r['unserved']} (under "
+                            f"{UNSERVED_BELOW:.0%} of its requests met the SLO)", style="bold red"))
+    return out

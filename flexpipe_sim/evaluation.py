@@ -10,13 +10,14 @@ stalls.py), fig12_efficiency.png (goodput against GPU utilisation, goodput per G
 gpus_reserved.png (GPUs allocated over time per CV). The report also has per-model SLO attainment,
 their unweighted mean, and a flag for every model a policy leaves unserved (metrics.UNSERVED_BELOW).
 Runs marked interrupted or failed are left out, and the report warns when the set is incomplete.
+Figures: evalfigs.py (a figure without its runs is left out, and the report says so); tables as
+shown: evaltables.py.
 """
 
 from __future__ import annotations
 
 import html
 import json
-import zlib
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -24,12 +25,14 @@ import numpy as np
 import pandas as pd
 import yaml
 
+from .evalfigs import FIGURES as _NEEDS
+from .evalfigs import (  # noqa: F401 - the figures stay importable from here
+    draw_all, fig_breakdown, fig_burst, fig_efficiency, fig_gpus, fig_percentiles, fig_stalls)
+from .evaltables import CLAIM_COLUMNS, CSS, RUN_COLUMNS, display, to_markdown
 from .metrics import UNSERVED_BELOW, model_slo_columns
 from .outdir import is_staging, read_info
+from .palette import POLICY_ORDER, POLICY_STYLE, policy_order, policy_style  # noqa: F401 - re-exported
 from .stalls import recoveries
-
-POLICY_ORDER = ["flexpipe", "static", "serverlessllm", "alpaserve", "muxserve", "tetris"]
-
 
 @dataclass
 class Run:
@@ -42,6 +45,8 @@ class Run:
     summary: dict
     requests: pd.DataFrame
     timeseries: pd.DataFrame
+    horizon_s: float | None = None  # arrivals end here (the scenario's horizon_s)
+    warmup_s: float = 0.0  # arrivals before it are not measured
 
 
 def find_runs(roots: list[Path], skipped: list[str] | None = None) -> list[Run]:
@@ -66,26 +71,9 @@ def find_runs(roots: list[Path], skipped: list[str] | None = None) -> list[Run]:
             arr = sc.get("workload", {}).get("arrivals", {})
             summ = json.loads(s.read_text())
             runs.append(Run(d, summ["scenario"], d.name, arr.get("cv"), "burst" in summ["scenario"],
-                            [m["name"] for m in sc.get("models", [])], summ, df, pd.read_csv(d / "timeseries.csv")))
+                            [m["name"] for m in sc.get("models", [])], summ, df, pd.read_csv(d / "timeseries.csv"),
+                            sc.get("horizon_s"), float(sc.get("warmup_s") or 0.0)))
     return runs
-
-
-# One fixed colour and marker per policy, the same in every sweep plot; variants and unknown
-# labels get a colour and marker from their name (stable across runs).
-POLICY_STYLE = {"flexpipe": ("tab:blue", "o"), "static": ("tab:orange", "s"), "serverlessllm": ("tab:green", "^"),
-                "alpaserve": ("tab:red", "D"), "muxserve": ("tab:purple", "v"), "tetris": ("tab:brown", "P")}
-
-
-def policy_style(label: str) -> tuple[str, str]:
-    if label in POLICY_STYLE:
-        return POLICY_STYLE[label]
-    h = zlib.crc32(label.encode())
-    return (["tab:pink", "tab:gray", "tab:olive", "tab:cyan", "black"][h % 5], "*Xhpd<>"[h // 5 % 7])
-
-
-def _order(label: str) -> tuple[int, str]:
-    base = label.split(":", 1)[0]
-    return (POLICY_ORDER.index(base) if base in POLICY_ORDER else len(POLICY_ORDER), label)
 
 
 def _common_finished(runs: list[Run]) -> dict[str, np.ndarray]:
@@ -123,7 +111,7 @@ def runs_table(runs: list[Run]) -> pd.DataFrame:
         })
     df = pd.DataFrame(rows)
     if len(df):
-        df["_o"] = df.policy.map(_order)
+        df["_o"] = df.policy.map(policy_order)
         df = df.sort_values(["scenario", "_o"], kind="stable").drop(columns="_o").reset_index(drop=True)
     return df
 
@@ -141,7 +129,7 @@ def timing_table(runs: list[Run]) -> pd.DataFrame:
     df = pd.DataFrame(rows, columns=["scenario", "policy", "wall_s", "simulated_requests_per_wall_s",
                                      "decide_ms_mean", "decide_ms_max"])
     if len(df):
-        df["_o"] = df.policy.map(_order)
+        df["_o"] = df.policy.map(policy_order)
         df = df.sort_values(["scenario", "_o"], kind="stable").drop(columns="_o").reset_index(drop=True)
     return df
 
@@ -171,7 +159,7 @@ def incomplete(runs: list[Run], roots: list[Path]) -> list[str]:
                 missing = info.get("runs_missing") or []
                 notes.append(f"{d}: {info['kind']} {info.get('status')}"
                              + (f"; missing runs: {', '.join(missing)}" if missing else ""))
-    pols = sorted({r.policy for r in runs}, key=_order)
+    pols = sorted({r.policy for r in runs}, key=policy_order)
     by_sc: dict[str, set[str]] = {}
     for r in runs:
         by_sc.setdefault(r.scenario, set()).add(r.policy)
@@ -284,176 +272,6 @@ def paper_vs_ours(t: pd.DataFrame) -> pd.DataFrame:
     return pd.DataFrame(rows)
 
 
-def _plt():
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    return plt
-
-
-def _per_cv(n: int, **kw):
-    """One row of panels, one per CV."""
-    n = max(1, n)
-    return _plt().subplots(1, n, figsize=(max(4.2 * n, 7), 4), squeeze=False, **kw)
-
-
-def _save(fig, path: Path, title: str | None = None) -> None:
-    if title:
-        fig.suptitle(title)
-    fig.tight_layout()
-    fig.savefig(path, dpi=110)
-    _plt().close(fig)
-
-
-def _legend(ax, **kw) -> None:
-    if ax.get_legend_handles_labels()[0]:
-        ax.legend(**kw)
-
-
-def _cv_runs(runs: list[Run]) -> dict[float, list[Run]]:
-    out: dict[float, list[Run]] = {}
-    for r in runs:
-        if r.cv is not None and not r.burst:
-            out.setdefault(r.cv, []).append(r)
-    return {cv: sorted(rs, key=lambda r: _order(r.policy)) for cv, rs in sorted(out.items())}
-
-
-# Fig. 8's parts (metrics.py): they sum to the mean E2E of finished requests.
-BREAKDOWN = [("queue_s", "queue (arrival to admission)", "tab:red"),
-             ("batch_wait_s", "batch wait (admitted, off the critical path)", "tab:orange"),
-             ("compute_s", "compute", "tab:blue"), ("comm_s", "communication", "tab:green")]
-
-
-def fig_breakdown(t: pd.DataFrame, path: Path) -> None:
-    main = t[t.cv.notna() & ~t.scenario.str.contains("burst")]
-    cvs = sorted(main.cv.unique())
-    fig, axes = _per_cv(len(cvs))
-    for ax, cv in zip(axes[0], cvs):
-        d = main[main.cv == cv]
-        x = np.arange(len(d))
-        bottom = np.zeros(len(d))
-        for col, label, color in BREAKDOWN:
-            v = d[col].fillna(0).to_numpy()
-            ax.bar(x, v, 0.7, bottom=bottom, label=label, color=color)
-            bottom += v
-        ax.set_xticks(x)
-        labels = d.policy if d.scenario.nunique() == 1 else d.policy + " · " + d.scenario
-        ax.set_xticklabels(labels, rotation=35, ha="right", fontsize=8)
-        ax.set_title(f"CV {cv:g}")
-        ax.set_ylabel("mean latency (s)")
-        ax.grid(alpha=0.3, axis="y")
-    handles, labels = axes[0][0].get_legend_handles_labels()
-    fig.legend(handles, labels, loc="lower center", ncol=2, fontsize=8, frameon=False)
-    fig.suptitle("Fig. 8: latency breakdown (mean of finished requests)")
-    fig.tight_layout(rect=(0, 0.1, 1, 1))  # room for the legend under the panels
-    fig.savefig(path, dpi=110)
-    _plt().close(fig)
-
-
-def fig_burst(runs: list[Run], path: Path, bin_s: float = 5.0) -> bool:
-    burst = sorted([r for r in runs if r.burst], key=lambda r: _order(r.policy))
-    if not burst:
-        return False
-    plt = _plt()
-    fig, ax = plt.subplots(figsize=(9, 4))
-    for r in burst:
-        d = r.requests[r.requests.drop_reason == ""]
-        b = (d.arrival_s // bin_s) * bin_s
-        s = d.groupby(b).e2e_s.mean()
-        ax.plot(s.index, s.values, label=r.policy, lw=1.3)
-    ax.set_yscale("log")
-    ax.set_xlabel("arrival time (s)")
-    ax.set_ylabel(f"mean E2E latency per {bin_s:g} s (s)")
-    ax.grid(alpha=0.3)
-    _legend(ax, fontsize=8)
-    ax.set_title("Fig. 9: latency over time in the burst test (CV 8, first 300 s)")
-    _save(fig, path)
-    return True
-
-
-def fig_percentiles(runs: list[Run], path: Path) -> None:
-    by_cv = _cv_runs(runs)
-    qs = [50, 75, 90, 95, 99]
-    fig, axes = _per_cv(len(by_cv))
-    for ax, (cv, rs) in zip(axes[0], by_cv.items()):
-        for r in rs:
-            e = r.requests.e2e_s[r.requests.drop_reason == ""].to_numpy()
-            if len(e):
-                ax.plot(range(len(qs)), np.percentile(e, qs), marker="o", label=r.policy)
-        ax.set_yscale("log")
-        ax.set_xticks(range(len(qs)))
-        ax.set_xticklabels([f"P{q}" for q in qs])
-        ax.set_title(f"CV {cv:g}")
-        ax.set_ylabel("E2E latency (s)")
-        ax.grid(alpha=0.3)
-    _legend(axes[0][0], fontsize=8)
-    _save(fig, path, "Fig. 10: latency percentiles per CV")
-
-
-def fig_stalls(runs: list[Run], path: Path) -> None:
-    by_cv = _cv_runs(runs)
-    fig, axes = _per_cv(len(by_cv))
-    for ax, (cv, rs) in zip(axes[0], by_cv.items()):
-        for r in rs:
-            rec, _ = recoveries(r.requests)
-            if len(rec):
-                x = np.sort(rec) * 1e3
-                ax.plot(np.maximum(x, 1e-3), np.arange(1, len(x) + 1) / len(x), label=r.policy)
-        ax.set_xscale("log")
-        ax.set_xlabel("stall recovery time (ms)")
-        ax.set_ylabel("CDF")
-        ax.set_title(f"CV {cv:g}")
-        ax.grid(alpha=0.3)
-    _legend(axes[0][0], fontsize=8)
-    _save(fig, path, "Fig. 11: stall recovery (stall > 1.5x P25 latency, recovered <= 1.2x)")
-
-
-def fig_efficiency(t: pd.DataFrame, path: Path) -> None:
-    plt = _plt()
-    main = t[t.cv.notna() & ~t.scenario.str.contains("burst")]
-    fig, (a, b) = plt.subplots(1, 2, figsize=(12, 4.2))
-    markers = "osD^vP*X"
-    pols = sorted(main.policy.unique(), key=_order)
-    for i, pol in enumerate(pols):
-        d = main[main.policy == pol]
-        a.scatter(100 * d.gpu_busy_frac, d.goodput_rps, marker=markers[i % len(markers)], s=50, label=pol)
-        for _, row in d.iterrows():
-            a.annotate(f"CV{row.cv:g}", (100 * row.gpu_busy_frac, row.goodput_rps), fontsize=7, xytext=(3, 3),
-                       textcoords="offset points")
-    a.set_xlabel("GPU utilisation: busy / allocated GPU-seconds (%)")
-    a.set_ylabel("goodput (req/s meeting the SLO)")
-    a.grid(alpha=0.3)
-    _legend(a, fontsize=8)
-    cvs = sorted(main.cv.unique())
-    w = 0.8 / max(1, len(pols))
-    for i, pol in enumerate(pols):
-        # mean over the scenarios at a CV (e.g. a load sweep's rates)
-        d = main[main.policy == pol].groupby("cv").goodput_per_gpu.mean().reindex(cvs)
-        b.bar(np.arange(len(cvs)) + i * w, d.fillna(0), w, label=pol)
-    b.set_xticks(np.arange(len(cvs)) + w * (len(pols) - 1) / 2)
-    b.set_xticklabels([f"CV {c:g}" for c in cvs])
-    b.set_ylabel("goodput per allocated GPU (req/s)")
-    b.grid(alpha=0.3, axis="y")
-    _save(fig, path, "Fig. 12: goodput against GPU utilisation, and resource efficiency")
-
-
-def fig_gpus(runs: list[Run], path: Path) -> None:
-    by_cv = _cv_runs(runs)
-    fig, axes = _per_cv(len(by_cv), sharey=True)
-    for ax, (cv, rs) in zip(axes[0], by_cv.items()):
-        for r in rs:
-            ts = r.timeseries
-            ax.step(ts.time_s / 60, ts.gpus_allocated, where="post", label=r.policy, lw=1)
-        ax.set_xlabel("time (min)")
-        ax.set_title(f"CV {cv:g}")
-        ax.grid(alpha=0.3)
-    axes[0][0].set_ylabel("GPUs allocated")
-    _legend(axes[0][0], fontsize=8)
-    _save(fig, path, "GPUs reserved over time")
-
-
 def model_table(t: pd.DataFrame) -> tuple[pd.DataFrame, str]:
     """Per-model SLO attainment per run, and one line naming every model a policy left unserved."""
     models = [c for c in t.columns if c.startswith("slo_") and c not in ("slo_attainment", "slo_model_mean")]
@@ -464,22 +282,22 @@ def model_table(t: pd.DataFrame) -> tuple[pd.DataFrame, str]:
     return table, flags
 
 
-FIGURES = ["fig08_breakdown.png", "fig09_burst.png", "fig10_percentiles.png", "fig11_stall_cdf.png",
-           "fig12_efficiency.png", "gpus_reserved.png"]
+FIGURES = list(_NEEDS)  # every figure a report can hold (evalfigs.py draws those with data)
 
 DISCUSSION = """\
 How to read the comparison (docs/paper-evaluation.md has the full list of our choices):
 - The paper states no baseline configuration, SLO, or request lengths per model; ours are stated
   in the scenario files and the policies' docstrings. Absolute values are therefore not comparable,
   and we never tune constants to match; the orderings are what a faithful simulator should share.
-- "Latency" in the claims is `e2e_common_mean_s`: the mean end-to-end latency over the requests
-  that *every* policy finished in that scenario, so a policy that drops the hard requests (queue
-  timeouts, models it cannot host) does not look fast for it. `e2e_mean_s` is over each policy's
-  own finished requests; read both with SLO attainment and the dropped count.
-- `holds` says whether our value shows the ordering the paper reports (`holds_if`: FlexPipe lower
-  latency, more goodput, ...), never whether the magnitude matches. `note` names a policy in the
-  claim that leaves a model unserved: its latency then leaves that model's requests out.
-- SLO attainment is request-weighted; `slo_model_mean` weighs every model alike, so a policy that
+- "Latency" in the claims is "E2E mean, common requests" (`e2e_common_mean_s` in runs.csv): the
+  mean end-to-end latency over the requests that *every* policy finished in that scenario, so a
+  policy that drops the hard requests (queue timeouts, models it cannot host) does not look fast
+  for it. "E2E mean" is over each policy's own finished requests; read both with SLO attainment
+  and the dropped count.
+- "ordering holds" says whether our value shows the ordering the paper reports ("holds if":
+  FlexPipe lower latency, more goodput, ...), never whether the magnitude matches. "note" names a
+  policy in the claim that leaves a model unserved: its latency then leaves that model's requests out.
+- SLO attainment is request-weighted; "SLO, mean over models" weighs every model alike, so a policy that
   leaves a rare model (OPT-66B) unserved shows it there and in the unserved flag.
 - Fig. 8's queue is measured (arrival to first admission); batch wait is the rest of E2E beyond
   compute and communication: admitted but not on the critical path of a step (bubbles, the other
@@ -515,39 +333,36 @@ def write_report(roots: list[Path], out: Path, shown: list[str] | None = None) -
     pv = paper_vs_ours(t)
     pv.to_csv(out / "paper_vs_ours.csv", index=False)
     per_model, flags = model_table(t)
-    fig_breakdown(t, out / FIGURES[0])
-    has_burst = fig_burst(runs, out / FIGURES[1])
-    fig_percentiles(runs, out / FIGURES[2])
-    fig_stalls(runs, out / FIGURES[3])
-    fig_efficiency(t, out / FIGURES[4])
-    fig_gpus(runs, out / FIGURES[5])
-    figs = [f for f in FIGURES if has_burst or f != FIGURES[1]]
-    cols = ["scenario", "policy", "requests", "dropped", "e2e_mean_s", "e2e_common_mean_s", "e2e_p99_s", "slo_attainment",
-            "slo_model_mean", "goodput_rps", "gpu_hours", "peak_gpus", "reservation_pct", "gpu_busy_frac", "refactors",
-            "refactor_pause_ms", "stall_recovery_p50_ms"]
+    figs, figs_left_out = draw_all(runs, t, out)
+    cols = [c for c in RUN_COLUMNS if c != "unserved" and c in t.columns]
+    runs_shown, models_shown, pv_shown = display(t[cols], RUN_COLUMNS), display(per_model, RUN_COLUMNS), \
+        display(pv, CLAIM_COLUMNS)
+    left_out = [f"- {s}" for s in figs_left_out]
     intro = f"{len(runs)} runs from {', '.join(names)}. {TIMING_NOTE}"
-    md = ["# FlexPipe evaluation: our simulator beside the paper", "", intro, "", *warn_md, "## Runs", "",
-          t[cols].to_markdown(index=False, floatfmt=".3g"), "", "## SLO attainment per model", "",
-          per_model.to_markdown(index=False, floatfmt=".3f"), "", flags, "", "## The paper's claims beside ours", "",
-          pv.to_markdown(index=False, floatfmt=".1f"), "", DISCUSSION, "## Figures", ""]
+    md = ["# FlexPipe evaluation: our simulator beside the paper", "",
+          intro, "", *warn_md, "## Runs", "",
+          to_markdown(runs_shown), "", "## SLO attainment per model", "",
+          to_markdown(models_shown), "", flags, "", "## The paper's claims beside ours", "",
+          to_markdown(pv_shown), "", DISCUSSION, "## Figures", "", *left_out, *([""] if left_out else [])]
     md += [f"![{f}]({f})" for f in figs]
     (out / "evaluation.md").write_text("\n".join(md) + "\n")
-    body = ["<h1>FlexPipe evaluation: our simulator beside the paper</h1>",
-            f"<p>{html.escape(intro)}</p>",
+
+    def table(df: pd.DataFrame, cls: str) -> str:
+        return f'<div class="scroll">{df.to_html(index=False, classes=cls, border=0)}</div>'
+
+    body = ["<h1>FlexPipe evaluation: our simulator beside the paper</h1>", f"<p>{html.escape(intro)}</p>",
             *(["<h2>Incomplete set of runs</h2><ul>", *[f"<li>{html.escape(w)}</li>" for w in warnings], "</ul>"]
               if warnings else []),
-            "<h2>Runs</h2>",
-            t[cols].to_html(index=False, float_format=lambda x: f"{x:.3g}", na_rep="-"),
-            "<h2>SLO attainment per model</h2>",
-            per_model.to_html(index=False, float_format=lambda x: f"{x:.3f}", na_rep="-"),
-            f"<p>{html.escape(flags)}</p>",
-            "<h2>The paper's claims beside ours</h2>", pv.to_html(index=False, na_rep="-"),
+            "<h2>Runs</h2>", table(runs_shown, "runs"),
+            "<h2>SLO attainment per model</h2>", table(models_shown, "runs"), f"<p>{html.escape(flags)}</p>",
+            "<h2>The paper's claims beside ours</h2>", table(pv_shown, "claims"),
             f"<pre>{html.escape(DISCUSSION)}</pre>", "<h2>Figures</h2>"]
+    if figs_left_out:
+        body.append("<ul>" + "".join(f"<li>{html.escape(s)}</li>" for s in figs_left_out) + "</ul>")
     body += [f'<p><img src="{f}" style="max-width:100%"></p>' for f in figs]
     (out / "evaluation.html").write_text(
-        "<!doctype html><html><head><meta charset='utf-8'><title>FlexPipe evaluation</title>"
-        "<style>body{font-family:sans-serif;margin:2em}table{border-collapse:collapse;font-size:12px}"
-        "td,th{border:1px solid #ccc;padding:2px 6px}</style></head><body>" + "\n".join(body) + "</body></html>\n")
+        "<!doctype html><html><head><meta charset='utf-8'><title>FlexPipe evaluation</title><style>" + CSS
+        + "</style></head><body>" + "\n".join(body) + "</body></html>\n")
     return t, warnings
 
 

@@ -9,7 +9,7 @@ runs them. Written in <out>:
                                unweighted mean over models, each model's SLO, unserved models,
                                E2E p50/p99, GPU-hours, goodput, peak GPUs
   loadsweep.png                SLO attainment, GPU-hours and E2E p99 against the rate, one fixed
-                               colour and marker per policy (evaluation.policy_style)
+                               colour and marker per policy (palette.py)
   claims.csv, claims.md        each claim of the paper-vs-ours table (evaluation.CLAIMS) at every
                                rate: our value, whether its ordering holds (evaluation.HOLDS), and
                                the rates at which it holds and fails
@@ -24,9 +24,11 @@ from typing import Callable
 import pandas as pd
 
 from .compare import row, run_all, with_policy
-from .evaluation import find_runs, paper_vs_ours, policy_style, runs_table
+from .evaluation import find_runs, paper_vs_ours, runs_table
 from .metrics import UNSERVED_BELOW
 from .outdir import results_folder
+from .palette import policy_style
+from .report import wrap_title
 from .scenario import Scenario, parse_scenario
 
 RATE_KEY = "workload.arrivals.rate"
@@ -146,7 +148,7 @@ def plot(table: pd.DataFrame, path: Path, title: str) -> None:
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    fig, (a, b, c) = plt.subplots(1, 3, figsize=(15, 4.2))
+    fig, (a, b, c) = plt.subplots(1, 3, figsize=(15, 4.2), layout="constrained")
     for pol in dict.fromkeys(table.policy):
         d = table[table.policy == pol].sort_values("rate")
         color, marker = policy_style(pol)
@@ -166,7 +168,6 @@ def plot(table: pd.DataFrame, path: Path, title: str) -> None:
         ax.set_xlabel("total arrival rate (req/s)")
         ax.grid(alpha=0.3)
     a.legend(fontsize=8)
-    fig.suptitle(f"{title}: policies against load")
-    fig.tight_layout()
+    fig.suptitle(wrap_title(f"{title}: policies against load", 15))
     fig.savefig(path, dpi=110)
     plt.close(fig)

@@ -16,6 +16,7 @@ Files in the results folder:
 from __future__ import annotations
 
 import json
+import textwrap
 from pathlib import Path
 from typing import Any
 
@@ -49,7 +50,16 @@ def write_scenario(path: Path, scenario) -> None:
     path.write_text(yaml.safe_dump(scenario.model_dump(mode="json"), sort_keys=False))
 
 
-def write_plots(out: Path, df: pd.DataFrame, ts: pd.DataFrame, title: str) -> list[Path]:
+def wrap_title(text: str, width_in: float) -> str:
+    """Break a title into lines that fit a figure (or axes) `width_in` inches wide at 12 pt."""
+    return textwrap.fill(text, max(30, int(11 * width_in)))
+
+
+def write_plots(out: Path, df: pd.DataFrame, ts: pd.DataFrame, title: str,
+                slos: dict[str, tuple[float, float]] | None = None) -> list[Path]:
+    """latency_cdf.png (TTFT, TPOT, E2E per model, with each model's TTFT/TPOT SLO from `slos`:
+    model -> (ttft_s, tpot_s)), gpus_over_time.png and queue_length.png. A model has one colour
+    in every panel (palette.py), whichever panels it has values in (a one-token model has no TPOT)."""
     import matplotlib
 
     matplotlib.use("Agg")
@@ -57,48 +67,65 @@ def write_plots(out: Path, df: pd.DataFrame, ts: pd.DataFrame, title: str) -> li
     import matplotlib.pyplot as plt
     import numpy as np
 
+    from .palette import model_color
+
     paths = []
+    slos = slos or {}
     fin = df[df.drop_reason == ""]
-    fig, axes = plt.subplots(1, 3, figsize=(13, 3.8))
-    for ax, col, label in zip(axes, ("ttft_s", "tpot_s", "e2e_s"), ("TTFT", "TPOT", "end-to-end latency")):
+    fig, axes = plt.subplots(1, 3, figsize=(13, 4.2), layout="constrained")
+    panels = (("ttft_s", "TTFT", 0), ("tpot_s", "TPOT", 1), ("e2e_s", "end-to-end latency", None))
+    for ax, (col, label, slo_i) in zip(axes, panels):
+        thresholds: dict[float, list[str]] = {}
         for model, g in fin.groupby("model"):
             v = np.sort(g[col].dropna().to_numpy())
-            if len(v):
-                ax.plot(v, np.arange(1, len(v) + 1) / len(v), label=model)
+            if not len(v):
+                continue
+            ax.plot(v, np.arange(1, len(v) + 1) / len(v), label=model, color=model_color(str(model)))
+            if slo_i is not None and model in slos:
+                thresholds.setdefault(slos[model][slo_i], []).append(str(model))
+        for x, models in thresholds.items():
+            # one model's SLO in its colour; a threshold models share in gray, with their count
+            ax.axvline(x, color=model_color(models[0]) if len(models) == 1 else "dimgray", ls="--", lw=1)
+            ax.annotate(f"SLO {x:g} s" + (f" ({len(models)} models)" if len(models) > 1 else ""), (x, 0.5),
+                        xycoords=("data", "axes fraction"), rotation=90, fontsize=7, ha="center", va="center",
+                        color="dimgray", bbox={"fc": "white", "ec": "none", "alpha": 0.8, "pad": 1})
         ax.set_xscale("log")
         ax.set_xlabel(f"{label} (s, log scale)")
         ax.set_ylabel("fraction of finished requests")
         ax.xaxis.set_minor_formatter(matplotlib.ticker.NullFormatter())
         ax.grid(alpha=0.3, which="both")
+        # a request meets its SLO on TTFT and TPOT; the scenario sets no E2E objective
+        ax.set_title("dashed: each model's SLO (gray: several models')" if slo_i is not None and slos else
+                     "no E2E SLO (the SLO is TTFT and TPOT)" if slos else "", fontsize=9)
     axes[0].legend(fontsize=8)
-    fig.suptitle(f"{title}: latency CDFs ({len(fin)} finished, {len(df) - len(fin)} dropped)")
-    fig.tight_layout()
+    fig.suptitle(wrap_title(f"{title}: latency CDFs ({len(fin)} finished, {len(df) - len(fin)} dropped)", 13))
     paths.append(out / "latency_cdf.png")
     fig.savefig(paths[-1], dpi=110)
     plt.close(fig)
 
     def over_time(name: str, ylabel: str, what: str, draw) -> None:
-        fig, ax = plt.subplots(figsize=(9, 3.6))
+        fig, ax = plt.subplots(figsize=(9, 3.6), layout="constrained")
         draw(ax)
-        ax.set_xlabel("simulated time (s)")
+        ax.set_xlabel("simulated time (min)")  # as in the evaluation report's time axes
         ax.set_ylabel(ylabel)
         ax.set_ylim(bottom=0)
         ax.legend()
         ax.grid(alpha=0.3)
-        ax.set_title(f"{title}: {what} over time")
-        fig.tight_layout()
+        ax.set_title(wrap_title(f"{title}: {what} over time", 8))
         paths.append(out / name)
         fig.savefig(paths[-1], dpi=110)
         plt.close(fig)
 
+    minutes = ts.time_s / 60
+
     def gpus(ax) -> None:
-        ax.step(ts.time_s, ts.gpus_allocated, where="post", label="GPUs allocated")
-        ax.plot(ts.time_s, ts.gpus_allocated * ts.gpu_busy_frac.fillna(0), lw=0.8, alpha=0.8,
+        ax.step(minutes, ts.gpus_allocated, where="post", label="GPUs allocated")
+        ax.plot(minutes, ts.gpus_allocated * ts.gpu_busy_frac.fillna(0), lw=0.8, alpha=0.8,
                 label="GPUs busy (equivalent)")
 
     def queues(ax) -> None:
-        ax.plot(ts.time_s, ts.gateway_queue + ts.instance_queue, label="waiting (gateway + instances)")
-        ax.plot(ts.time_s, ts.running, label="running", alpha=0.8)
+        ax.plot(minutes, ts.gateway_queue + ts.instance_queue, label="waiting (gateway + instances)")
+        ax.plot(minutes, ts.running, label="running", alpha=0.8)
 
     over_time("gpus_over_time.png", "GPUs", "GPUs", gpus)
     over_time("queue_length.png", "requests", "queue length", queues)

@@ -117,7 +117,7 @@ def _write(out_dir: Path, sc: Scenario, raw: RawResults, df, ts, summary: dict) 
     write_scenario(out_dir / "scenario.yaml", sc)
     if sc.outputs.plots and not raw.interrupted:
         try:
-            write_plots(out_dir, df, ts, sc.name)
+            write_plots(out_dir, df, ts, sc.name, {m.name: (m.slo.ttft_s, m.slo.tpot_s) for m in sc.models})
         except Exception as e:  # noqa: BLE001 - reported to the user, results are already on disk
             return f"{type(e).__name__}: {e}"
     return None
