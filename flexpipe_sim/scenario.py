@@ -413,7 +413,7 @@ def apply_overrides(raw: dict, overrides: list[str]) -> dict:
 def _format(e: ValidationError, source: str) -> str:
     lines = [f"{source}: invalid scenario"]
     for err in e.errors():
-        loc = ".".join(str(x) for x in err["loc"])
+        loc = ".".join(str(x) for x in err["loc"] if "[" not in str(x))  # not pydantic's union branch names
         msg = err["msg"].removeprefix("Value error, ")
         if err["type"] == "extra_forbidden":
             msg = "unknown key (check the spelling; see docs/scenarios.md)"

@@ -6,6 +6,7 @@ nested input and decodes bytes only once asked; here each is one clear `YamlErro
 
 from __future__ import annotations
 
+import re
 from pathlib import Path
 from typing import Any
 
@@ -38,6 +39,13 @@ class _UniqueKeyLoader(yaml.SafeLoader):
             except TypeError:
                 pass  # an unhashable key: the base class reports it
         return super().construct_mapping(node, deep=deep)
+
+
+# YAML 1.2 floats: PyYAML (YAML 1.1) reads 1e9 and 1.5e-3 as strings, so `prompt_tokens: 1e9`
+# failed as "not an integer" and `rate: 1e3` only worked by pydantic parsing the string.
+_UniqueKeyLoader.add_implicit_resolver(
+    "tag:yaml.org,2002:float", re.compile(r"^[-+]?(?:[0-9]+(?:\.[0-9]*)?|\.[0-9]+)[eE][-+]?[0-9]+$"),
+    list("-+0123456789."))
 
 
 def parse_yaml(text: str, source: str) -> Any:
