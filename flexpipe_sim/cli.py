@@ -165,6 +165,9 @@ def _policy_names(policies: str) -> list[str]:
     from .policies import registry
 
     names = split_policies(policies)
+    if not names:
+        _error(f"--policies {policies!r}: no policies; give e.g. static,flexpipe")
+        raise typer.Exit(2)
     try:
         unknown = [n for n in names if parse_policy(n)[0] not in registry.names()]
     except ValueError as e:
@@ -250,14 +253,18 @@ def report(
     out: Path = typer.Option(Path("results/report"), "--out", "-o", help="Folder for the report."),
 ) -> None:
     """Build the paper-style evaluation report (Figs. 8-12, paper-vs-ours table) from finished runs."""
-    from .evaluation import write_report
+    from .evaluation import RunFolderError, write_report
 
     missing = [f for f in folders if not f.is_dir()]
     if missing:
         _error(f"not a folder: {', '.join(map(str, missing))}")
         raise typer.Exit(2)
     _writable_dir(out, "--out")
-    t = write_report(folders, out)
+    try:
+        t = write_report(folders, out)
+    except RunFolderError as e:
+        _error(e)
+        raise typer.Exit(2) from None
     if t.empty:
         _error(f"no runs (summary.json) under {', '.join(map(str, folders))}")
         raise typer.Exit(2)

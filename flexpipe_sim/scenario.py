@@ -8,6 +8,7 @@ whose message names the file and the key; the CLI prints it and exits with code 
 from __future__ import annotations
 
 import re
+import string
 from pathlib import Path
 from typing import Annotated, Any, Literal
 
@@ -314,11 +315,15 @@ class OutputConfig(_Strict):
         if not self.dir.strip():
             raise ValueError("dir: empty; give a folder, e.g. results/{name}")
         try:
+            fields = [f for _, f, _, _ in string.Formatter().parse(self.dir) if f is not None]
+            bad = [f for f in fields if f != "name"]
+            if bad:
+                raise ValueError(f"dir: unknown placeholder {{{bad[0]}}} in {self.dir!r}; the only one is {{name}} "
+                                 "(write {{ and }} for literal braces)")
             self.dir.format(name="x")
-        except (KeyError, IndexError) as e:
-            raise ValueError(f"dir: unknown placeholder {{{e.args[0]}}} in {self.dir!r}; the only one is {{name}} "
-                             "(write {{ and }} for literal braces)") from None
-        except ValueError as e:
+        except (KeyError, IndexError, ValueError) as e:
+            if str(e).startswith("dir: "):
+                raise
             raise ValueError(f"dir: {self.dir!r} is not a valid folder template ({e}); the only placeholder "
                              "is {name} (write {{ and }} for literal braces)") from None
         return self

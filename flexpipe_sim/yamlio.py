@@ -21,8 +21,27 @@ class _DuplicateKey(yaml.YAMLError):
     pass
 
 
+MAX_DEPTH = 64  # a scenario is about 5 levels deep; PyYAML slows quadratically, then overflows the stack
+
+
+class _TooDeep(yaml.YAMLError):
+    pass
+
+
 class _UniqueKeyLoader(yaml.SafeLoader):
-    """Safe loader that refuses a mapping with the same key twice (PyYAML keeps the last)."""
+    """Safe loader that refuses a mapping with the same key twice (PyYAML keeps the last) and
+    nesting deeper than MAX_DEPTH."""
+
+    _depth = 0
+
+    def compose_node(self, parent, index):  # noqa: ANN001 - PyYAML's signature
+        self._depth += 1
+        try:
+            if self._depth > MAX_DEPTH:
+                raise _TooDeep(f"line {self.peek_event().start_mark.line + 1}")
+            return super().compose_node(parent, index)
+        finally:
+            self._depth -= 1
 
     def construct_mapping(self, node, deep=False):  # noqa: ANN001 - PyYAML's signature
         seen: dict[Any, int] = {}
@@ -53,6 +72,8 @@ def parse_yaml(text: str, source: str) -> Any:
     or nesting too deep to read."""
     try:
         return yaml.load(text, Loader=_UniqueKeyLoader)  # noqa: S506 - a SafeLoader subclass
+    except _TooDeep as e:
+        raise YamlError(f"{source}: YAML nested more than {MAX_DEPTH} levels deep ({e}); a scenario is a few") from None
     except _DuplicateKey as e:
         raise YamlError(f"{source}: {e}") from None
     except yaml.MarkedYAMLError as e:
@@ -72,10 +93,12 @@ def read_yaml_file(path: Path) -> Any:
         data = path.read_bytes()
     except OSError as e:
         raise YamlError(f"{path}: cannot read: {e.strerror or e}") from None
+    if data[:4] in (b"\xff\xfe\x00\x00", b"\x00\x00\xfe\xff") or data[:2] in (b"\xff\xfe", b"\xfe\xff"):
+        raise YamlError(f"{path}: UTF-16/32 text, not UTF-8; save it as UTF-8")
     if b"\x00" in data:
         raise YamlError(f"{path}: a binary file, not a YAML scenario")
     try:
-        text = data.decode("utf-8")
+        text = data.decode("utf-8-sig")  # a UTF-8 byte-order mark is harmless
     except UnicodeDecodeError as e:
         raise YamlError(f"{path}: not UTF-8 text ({e.reason} at byte {e.start}); is it a YAML scenario?") from None
     return parse_yaml(text, str(path))
