@@ -7,6 +7,7 @@ from typing import Optional
 
 import typer
 from rich.console import Console
+from rich.markup import escape
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 
 from .outdir import FORCE_HELP
@@ -30,7 +31,16 @@ app.add_typer(trace_app, name="trace")
 console = Console()
 err = Console(stderr=True)
 
-SET_HELP = "Override a scenario value, e.g. --set workload.rate=20 --set models.0.slo.ttft_s=1 (repeatable)."
+SET_HELP = "Override a scenario value, e.g. --set workload.arrivals.rate=20 --set models.0.slo.ttft_s=1 (repeatable)."
+
+
+def _error(message: object) -> None:
+    """One red line; the message is escaped (rich would eat '[kernel]' or a --set value's '[a]' as markup)."""
+    err.print(f"[bold red]error:[/] {escape(str(message))}", highlight=False, soft_wrap=True)
+
+
+def _warn(message: str) -> None:
+    err.print(f"[bold yellow]warning:[/] {escape(message)}", highlight=False, soft_wrap=True)
 
 
 def _check_out(target: Path, force: bool, inputs: list[Path]) -> None:
@@ -66,8 +76,18 @@ def _load(path: Path, overrides: list[str], seed: Optional[int] = None) -> Scena
     try:
         return load_scenario(path, overrides)
     except ScenarioError as e:
-        err.print(f"[bold red]error:[/] {e}", highlight=False, soft_wrap=True)
+        _error(e)
         raise typer.Exit(2) from None
+
+
+def _writable_dir(path: Path, what: str, kind: str = "folder") -> None:
+    """Exit 2 before any work when `path` cannot be written (a file in the way, no permission)."""
+    from .paths import unwritable
+
+    why = unwritable(path, kind)
+    if why:
+        _error(f"{what}: {why}")
+        raise typer.Exit(2)
 
 
 @app.command()
@@ -108,8 +128,8 @@ def run(
         except KeyboardInterrupt:
             bar.stop()
             raise _interrupted("the run was stopped", target) from None
-        except (ScenarioError, TraceError, ProfileError) as e:
-            err.print(f"[bold red]error:[/] {e}", highlight=False, soft_wrap=True)
+        except (ScenarioError, TraceError, ProfileError, OSError) as e:
+            _error(e)
             raise typer.Exit(2) from None
         bar.update(task, total=result.summary["overall"]["requests"])
     console.print(summary_table(result.summary))
@@ -117,13 +137,15 @@ def run(
         console.print(f"cost model for {model}: {how}")
     for note in result.summary["notes"]:
         console.print(f"[yellow]note:[/] {note}")
+    for warning in result.info["warnings"]:
+        _warn(warning)
     info = result.info
     console.print(
         f"results: {target}  ·  wall {info['wall_s']:.1f} s  ·  "
         f"{info['simulated_requests_per_wall_s']:,.0f} simulated requests per wall second"
     )
     if result.plot_error:
-        err.print(f"[bold red]error:[/] plots failed ({result.plot_error}); tables and summary.json were written")
+        _error(f"plots failed ({result.plot_error}); tables and summary.json were written")
         raise typer.Exit(1)
 
 
@@ -146,13 +168,14 @@ def compare(
     from .compare import with_policy
 
     names = _policy_names(policies)
+    _writable_dir(out, "--out")
     scs = [_load(p, set_, seed) for p in scenarios]
     for sc in scs:  # every variant's params are checked before the first run starts
         for n in names:
             try:
                 with_policy(sc, n)
             except ScenarioError as e:
-                err.print(f"[bold red]error:[/] {e}", highlight=False, soft_wrap=True)
+                _error(e)
                 raise typer.Exit(2) from None
     _check_out(out, force, list(scenarios))
     try:
@@ -161,8 +184,8 @@ def compare(
         raise _interrupted(f"{len(e.done)} of {len(e.done) + len(e.missing)} runs finished", out, e.missing) from None
     except KeyboardInterrupt:
         raise _interrupted("compare was stopped", out) from None
-    except (ScenarioError, TraceError, ProfileError) as e:
-        err.print(f"[bold red]error:[/] {e}", highlight=False, soft_wrap=True)
+    except (ScenarioError, TraceError, ProfileError, OSError) as e:
+        _error(e)
         raise typer.Exit(2) from None
     from .compare import terminal_tables
 
@@ -178,13 +201,16 @@ def _policy_names(policies: str) -> list[str]:
     from .policies import registry
 
     names = split_policies(policies)
+    if not names:
+        _error(f"--policies {policies!r}: no policies; give e.g. static,flexpipe")
+        raise typer.Exit(2)
     try:
         unknown = [n for n in names if parse_policy(n)[0] not in registry.names()]
     except ValueError as e:
-        err.print(f"[bold red]error:[/] {e}")
+        _error(e)
         raise typer.Exit(2) from None
     if unknown:
-        err.print(f"[bold red]error:[/] unknown policy {', '.join(unknown)}; valid policies: {', '.join(registry.names())}")
+        _error(f"unknown policy {', '.join(unknown)}; valid policies: {', '.join(registry.names())}")
         raise typer.Exit(2)
     return names
 
@@ -211,16 +237,17 @@ def loadsweep(
     try:
         rate_list = parse_rates(rates)
     except ValueError as e:
-        err.print(f"[bold red]error:[/] {e}", highlight=False, soft_wrap=True)
+        _error(e)
         raise typer.Exit(2) from None
     names = _policy_names(policies)
+    _writable_dir(out, "--out")
     sc = _load(scenario, set_, seed)
     try:  # every rate and variant is checked before the first run starts
         for r in rate_list:
             for n in names:
                 with_policy(at_rate(sc, r), n)
     except ScenarioError as e:
-        err.print(f"[bold red]error:[/] {e}", highlight=False, soft_wrap=True)
+        _error(e)
         raise typer.Exit(2) from None
     _check_out(out, force, [scenario])
     with Progress(TextColumn("[bold]{task.description}"), BarColumn(), MofNCompleteColumn(),
@@ -241,8 +268,8 @@ def loadsweep(
         except KeyboardInterrupt:
             bar.stop()
             raise _interrupted("the sweep was stopped", out) from None
-        except (ScenarioError, TraceError, ProfileError) as e:
-            err.print(f"[bold red]error:[/] {e}", highlight=False, soft_wrap=True)
+        except (ScenarioError, TraceError, ProfileError, OSError) as e:
+            _error(e)
             raise typer.Exit(2) from None
         bar.update(task, completed=len(rate_list) * len(names), description="load sweep", now="done")
     t = Table(title=f"{sc.name}: policies against load")
@@ -274,12 +301,12 @@ def report(
     """Build the paper-style evaluation report (Figs. 8-12, paper-vs-ours table) from finished runs.
     Runs marked interrupted or failed are left out; the report warns when the set of runs is incomplete
     (an interrupted compare, a policy missing for a scenario). Wall-clock figures go to timing.csv/.md."""
-    from .evaluation import write_report
+    from .evaluation import RunFolderError, write_report
     from .outdir import results_folder
 
     missing = [f for f in folders if not f.is_dir()]
     if missing:
-        err.print(f"[bold red]error:[/] not a folder: {', '.join(map(str, missing))}")
+        _error(f"not a folder: {', '.join(map(str, missing))}")
         raise typer.Exit(2)
     _check_out(out, force, list(folders))
     try:
@@ -288,10 +315,13 @@ def report(
             rf.info["warnings"] = warnings
     except KeyboardInterrupt:
         raise _interrupted("the report was stopped", out) from None
+    except RunFolderError as e:
+        _error(e)
+        raise typer.Exit(2) from None
     for w in warnings:
         err.print(f"[yellow]warning:[/] incomplete set of runs: {w}", highlight=False, soft_wrap=True)
     if t.empty:
-        err.print(f"[bold red]error:[/] no finished runs (summary.json) under {', '.join(map(str, folders))}")
+        _error(f"no finished runs (summary.json) under {', '.join(map(str, folders))}")
         raise typer.Exit(2)
     console.print(f"{len(t)} runs; written: {out / 'evaluation.md'}, {out / 'evaluation.html'}, figures and CSVs "
                   f"(wall-clock figures: {out / 'timing.csv'})")
@@ -315,21 +345,25 @@ def trace_stats(
     source: Path = typer.Argument(..., help="A trace file (or ServeGen folder), or a scenario YAML whose workload to analyse."),
     fmt: str = typer.Option("auto", "--format", "-f", help=FORMAT_HELP),
     out: Path = typer.Option(Path("results/trace-stats"), "--out", "-o", help="Folder for the PNG and JSON."),
-    seed: int = typer.Option(0, "--seed", help="Seed for traces that need randomness (per-minute expansion, ServeGen)."),
+    seed: Optional[int] = typer.Option(None, "--seed", help="Random seed: a scenario's (overrides its seed), or for "
+                                       "traces that need randomness (per-minute expansion, ServeGen; default 0)."),
     set_: list[str] = typer.Option([], "--set", help=SET_HELP),
 ) -> None:
     """Rows, span, rate, IAT CV, burstiness, IDC at 1/10/60 s, peak/mean per minute, length percentiles;
     writes a PNG of arrivals over time and length histograms, and the numbers as JSON."""
     from .report import write_json
     from .tracecli import stats_table, trace_stats as compute
+    from .workload.stats import json_safe
 
+    _writable_dir(out, "--out")
     try:
-        name, st, png = compute(source, fmt, set_, out, seed)
+        name, st, png = compute(source, fmt, set_, out, seed,
+                                warn=_warn)
     except (ScenarioError, TraceError) as e:
-        err.print(f"[bold red]error:[/] {e}", highlight=False, soft_wrap=True)
+        _error(e)
         raise typer.Exit(2) from None
     console.print(stats_table(name, st))
-    write_json(png.with_suffix(".json"), st)
+    write_json(png.with_suffix(".json"), json_safe(st))
     console.print(f"plot: {png}  ·  numbers: {png.with_suffix('.json')}")
 
 
@@ -347,10 +381,11 @@ def trace_convert(
     if lengths not in ("azure-conv", "azure-code"):
         err.print("[bold red]error:[/] --lengths must be azure-conv or azure-code")
         raise typer.Exit(2)
+    _writable_dir(dest, "DEST", "file")
     try:
         n = convert(source, dest, fmt, lengths, seed)
-    except TraceError as e:
-        err.print(f"[bold red]error:[/] {e}", highlight=False, soft_wrap=True)
+    except (TraceError, OSError) as e:
+        _error(e)
         raise typer.Exit(2) from None
     console.print(f"wrote {n:,} requests to {dest}")
 
@@ -403,14 +438,14 @@ def calibrate(
             console.print(f"wrote {path} ({raw['name']}, derived from {raw['derived_from']})")
             return
     except (ProfileError, KeyError, ValueError) as e:
-        err.print(f"[bold red]error:[/] {e}", highlight=False, soft_wrap=True)
+        _error(e)
         raise typer.Exit(2) from None
     try:
         import torch
 
         from flexpipe_kernel.calibrate import calibrate as measure
     except ImportError as e:
-        err.print(f"[bold red]error:[/] calibrate needs PyTorch ({e}); pip install 'flexpipe[kernel]'")
+        _error(f"calibrate needs PyTorch ({e}); pip install 'flexpipe[kernel]'")
         raise typer.Exit(2) from None
     dev = devices or ("cuda:0" if torch.cuda.is_available() else "cpu")
     preset = model or ("llama2-7b" if dev.startswith("cuda") else "tiny")

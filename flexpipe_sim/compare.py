@@ -15,7 +15,6 @@ from pathlib import Path
 from typing import Callable
 
 import pandas as pd
-import yaml
 
 from .engine.simulator import ProgressFn
 from .evaluation import write_report
@@ -23,6 +22,7 @@ from .metrics import UNSERVED_BELOW, model_slo_columns
 from .outdir import ResultsFolder, results_folder
 from .runner import run_scenario
 from .scenario import Scenario, parse_scenario
+from .yamlio import YamlError, parse_yaml
 
 
 def split_policies(text: str) -> list[str]:
@@ -47,7 +47,12 @@ def parse_policy(spec: str) -> tuple[str, dict]:
         key, eq, value = item.partition("=")
         if not eq or not key:
             raise ValueError(f"policy variant {spec!r}: expected key=value, got {item!r}")
-        params[key.strip()] = yaml.safe_load(value)
+        if not value.strip():
+            raise ValueError(f"policy variant {spec!r}: no value for {key.strip()!r}")
+        try:
+            params[key.strip()] = parse_yaml(value, f"policy variant {spec!r}")
+        except YamlError as e:
+            raise ValueError(str(e)) from None
     return name.strip(), params
 
 

@@ -49,10 +49,14 @@ class Run:
     warmup_s: float = 0.0  # arrivals before it are not measured
 
 
+class RunFolderError(ValueError):
+    """A folder with a summary.json that is not a complete, readable run."""
+
+
 def find_runs(roots: list[Path], skipped: list[str] | None = None) -> list[Run]:
     """Every complete run under `roots`. Runs whose run_info.json says interrupted or failed (partial
     numbers) and staging folders of runs still being written are left out; the former are named in
-    `skipped`."""
+    `skipped`. A folder with a summary.json that cannot be read raises RunFolderError."""
     runs = []
     for root in roots:
         for s in sorted(root.rglob("summary.json")):
@@ -64,16 +68,27 @@ def find_runs(roots: list[Path], skipped: list[str] | None = None) -> list[Run]:
                 if skipped is not None:
                     skipped.append(f"{d}: run {status}, left out (its numbers are partial)")
                 continue
-            req = d / "requests.parquet"
-            df = pd.read_parquet(req) if req.exists() else pd.read_csv(d / "requests.csv", keep_default_na=False)
-            df["drop_reason"] = df.drop_reason.fillna("")
-            sc = yaml.safe_load((d / "scenario.yaml").read_text())
-            arr = sc.get("workload", {}).get("arrivals", {})
-            summ = json.loads(s.read_text())
-            runs.append(Run(d, summ["scenario"], d.name, arr.get("cv"), "burst" in summ["scenario"],
-                            [m["name"] for m in sc.get("models", [])], summ, df, pd.read_csv(d / "timeseries.csv"),
-                            sc.get("horizon_s"), float(sc.get("warmup_s") or 0.0)))
+            try:
+                runs.append(_read_run(s))
+            except (OSError, ValueError, KeyError, TypeError, AttributeError, yaml.YAMLError) as e:
+                why = (f"{e.strerror}: {e.filename}" if isinstance(e, OSError) and e.strerror
+                       else f"{type(e).__name__}: {e}")
+                raise RunFolderError(f"{s.parent}: not a complete run folder ({why}); "
+                                     "remove it or point report at the runs only") from None
     return runs
+
+
+def _read_run(s: Path) -> Run:
+    d = s.parent
+    req = d / "requests.parquet"
+    df = pd.read_parquet(req) if req.exists() else pd.read_csv(d / "requests.csv", keep_default_na=False)
+    df["drop_reason"] = df.drop_reason.fillna("")
+    sc = yaml.safe_load((d / "scenario.yaml").read_text())
+    arr = sc.get("workload", {}).get("arrivals", {})
+    summ = json.loads(s.read_text())
+    return Run(d, summ["scenario"], d.name, arr.get("cv"), "burst" in summ["scenario"],
+               [m["name"] for m in sc.get("models", [])], summ, df, pd.read_csv(d / "timeseries.csv"),
+               sc.get("horizon_s"), float(sc.get("warmup_s") or 0.0))
 
 
 def _common_finished(runs: list[Run]) -> dict[str, np.ndarray]:

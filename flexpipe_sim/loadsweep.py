@@ -57,7 +57,7 @@ def at_rate(sc: Scenario, rate: float) -> Scenario:
     """The scenario with its total arrival rate set to `rate`, named `<name>_r<rate>`."""
     raw = sc.model_dump(mode="json")
     raw["workload"]["arrivals"]["rate"] = rate
-    raw["name"] = f"{sc.name}_r{rate:g}"
+    raw["name"] = f"{sc.name}_r{rate:g}".replace("+", "")  # 1e+12 -> 1e12: names allow [A-Za-z0-9_.-]
     return parse_scenario(raw, f"{sc.name} at {RATE_KEY}={rate:g}")
 
 

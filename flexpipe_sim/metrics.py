@@ -221,4 +221,5 @@ def run_info(raw: RawResults) -> dict[str, Any]:
             "mean": round(1e3 * float(np.mean(d)), 4) if d else None,
             "max": round(1e3 * float(np.max(d)), 4) if d else None,
         },
+        "warnings": list(raw.warnings),
     }

@@ -37,3 +37,21 @@ def resolve_data_path(value: str, base_dir: Path | None) -> str:
         if c.exists():
             return str(c.resolve())
     return value
+
+
+def unwritable(path: Path, kind: str) -> str | None:
+    """Why `path` cannot become a folder (kind 'folder') or a file (kind 'file'), checked before
+    the work that fills it; None if it looks writable. A later OS error is still possible."""
+    path = Path(path)
+    if kind == "folder" and path.exists() and not path.is_dir():
+        return f"{path} is a file, not a folder"
+    if kind == "file" and path.is_dir():
+        return f"{path} is a folder; give a file name"
+    for parent in path.parents:
+        if parent.exists():
+            if not parent.is_dir():
+                return f"{parent} is a file, so {path} cannot be created under it"
+            if not os.access(parent, os.W_OK | os.X_OK):
+                return f"no permission to write in {parent}"
+            break
+    return None

@@ -220,6 +220,8 @@ def load_profile(path: str | Path) -> Profile:
         text = p.read_text()
     except OSError as e:
         raise ProfileError(f"{p}: cannot read ({e.strerror or e})") from None
+    except UnicodeDecodeError as e:
+        raise ProfileError(f"{p}: not a JSON profile (not UTF-8 text: {e.reason} at byte {e.start})") from None
     try:
         raw = json.loads(text)
     except json.JSONDecodeError as e:

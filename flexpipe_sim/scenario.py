@@ -8,15 +8,18 @@ whose message names the file and the key; the CLI prints it and exits with code 
 from __future__ import annotations
 
 import re
+import string
 from pathlib import Path
 from typing import Annotated, Any, Literal
 
-import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
+from .feasibility import check_fits, check_work
 from .hardware import GPUS
 from .models import CATALOGUE, ModelSpec
 from .paths import resolve_data_path
+from .strictnum import bad_number, is_numeric
+from .yamlio import YamlError, parse_yaml, read_yaml_file
 
 TRACE_FORMATS = ("auto", "azure-llm", "mooncake", "azure-functions", "servegen", "generic")
 
@@ -26,7 +29,19 @@ class ScenarioError(ValueError):
 
 
 class _Strict(BaseModel):
-    model_config = ConfigDict(extra="forbid", frozen=True)
+    model_config = ConfigDict(extra="forbid", frozen=True, allow_inf_nan=False)
+
+    @model_validator(mode="before")
+    @classmethod
+    def _strict_numbers(cls, raw: Any) -> Any:
+        """Booleans are not numbers (`horizon_s: true` ran as 1 s), and infinities are not values."""
+        if isinstance(raw, dict):
+            for key, v in raw.items():
+                field = cls.model_fields.get(key) if isinstance(key, str) else None
+                why = bad_number(v) if field is not None and is_numeric(field.annotation) else None
+                if why:
+                    raise ValueError(f"{key}: {why}")
+        return raw
 
 
 class ClusterConfig(_Strict):
@@ -294,6 +309,25 @@ class OutputConfig(_Strict):
     plots: bool = True
     sample_interval_s: float = Field(1.0, gt=0, description="time-series sampling period")
 
+    @model_validator(mode="after")
+    def _placeholders(self) -> "OutputConfig":
+        # checked here, not when the results are written after the whole simulation
+        if not self.dir.strip():
+            raise ValueError("dir: empty; give a folder, e.g. results/{name}")
+        try:
+            fields = [f for _, f, _, _ in string.Formatter().parse(self.dir) if f is not None]
+            bad = [f for f in fields if f != "name"]
+            if bad:
+                raise ValueError(f"dir: unknown placeholder {{{bad[0]}}} in {self.dir!r}; the only one is {{name}} "
+                                 "(write {{ and }} for literal braces)")
+            self.dir.format(name="x")
+        except (KeyError, IndexError, ValueError) as e:
+            if str(e).startswith("dir: "):
+                raise
+            raise ValueError(f"dir: {self.dir!r} is not a valid folder template ({e}); the only placeholder "
+                             "is {name} (write {{ and }} for literal braces)") from None
+        return self
+
 
 class Scenario(_Strict):
     name: str = Field(description="letters, digits, _ . - ; not starting with . or - (a results folder name)")
@@ -333,16 +367,8 @@ class Scenario(_Strict):
         names = [m.name for m in self.models]
         if len(set(names)) != len(names):
             raise ValueError("models: the same model is listed twice")
-        gpu = GPUS[self.cluster.gpu]
-        workspace = self.engine.workspace_gb * 2**30
-        for i, m in enumerate(self.models):
-            spec = m.spec()
-            smallest = spec.layer_bytes + spec.embedding_bytes + workspace
-            if smallest > gpu.memory_bytes * self.engine.gpu_memory_utilization:
-                raise ValueError(
-                    f"models.{i}: {spec.name} cannot fit on any {gpu.name}: even one layer with its "
-                    f"embedding needs {smallest / 2**30:.1f} GiB of {gpu.memory_bytes / 2**30:.0f} GiB"
-                )
+        check_fits(self, GPUS[self.cluster.gpu])
+        check_work(self)
         self.cost.check_cluster(self.cluster.gpu)
         for model in self.cost.profiles:
             if model not in names:
@@ -351,19 +377,32 @@ class Scenario(_Strict):
         return self
 
 
+def _index(node: list, k: str) -> int:
+    i = int(k)
+    if not 0 <= i < len(node):
+        raise IndexError(f"{k} is not an index of a list of {len(node)}")
+    return i
+
+
 def _set_path(raw: dict, dotted: str, value: Any) -> None:
     keys = dotted.split(".")
+    if any(not k.strip() for k in keys):
+        raise ValueError(f"empty key part in {dotted!r}")
     node: Any = raw
     for k in keys[:-1]:
         if isinstance(node, list):
-            node = node[int(k)]
-        else:
+            node = node[_index(node, k)]
+        elif isinstance(node, dict):
             node = node.setdefault(k, {})
+        else:
+            raise TypeError(f"{k!r} is under a value ({node!r}), not a mapping")
     last = keys[-1]
     if isinstance(node, list):
-        node[int(last)] = value
-    else:
+        node[_index(node, last)] = value
+    elif isinstance(node, dict):
         node[last] = value
+    else:
+        raise TypeError(f"{last!r} is under a value ({node!r}), not a mapping")
 
 
 def apply_overrides(raw: dict, overrides: list[str]) -> dict:
@@ -372,8 +411,14 @@ def apply_overrides(raw: dict, overrides: list[str]) -> dict:
         if "=" not in item:
             raise ScenarioError(f"--set {item!r}: expected key=value")
         key, text = item.split("=", 1)
+        if not text.strip():
+            raise ScenarioError(f"--set {item!r}: no value after '=' (write null to clear a key)")
         try:
-            _set_path(raw, key.strip(), yaml.safe_load(text))
+            value = parse_yaml(text, f"--set {item!r}")
+        except YamlError as e:
+            raise ScenarioError(f"{e} (quote strings that hold YAML syntax)") from None
+        try:
+            _set_path(raw, key.strip(), value)
         except (IndexError, ValueError, TypeError, AttributeError) as e:
             raise ScenarioError(f"--set {item!r}: no such key ({e})") from None
     return raw
@@ -382,10 +427,13 @@ def apply_overrides(raw: dict, overrides: list[str]) -> dict:
 def _format(e: ValidationError, source: str) -> str:
     lines = [f"{source}: invalid scenario"]
     for err in e.errors():
-        loc = ".".join(str(x) for x in err["loc"])
+        loc = ".".join(str(x) for x in err["loc"] if "[" not in str(x))  # not pydantic's union branch names
         msg = err["msg"].removeprefix("Value error, ")
         if err["type"] == "extra_forbidden":
             msg = "unknown key (check the spelling; see docs/scenarios.md)"
+        key = re.match(r"([A-Za-z_][\w.]*): ", msg)  # a model-level check names its own key
+        if loc and key:
+            loc, msg = f"{loc}.{key.group(1)}", msg[key.end():]
         lines.append(f"  {loc}: {msg}" if loc else f"  {msg}")  # cross-checks name their own keys
     return "\n".join(lines)
 
@@ -414,6 +462,8 @@ def parse_scenario(raw: Any, source: str = "<scenario>", overrides: list[str] | 
         return Scenario.model_validate(raw)
     except ValidationError as e:
         raise ScenarioError(_format(e, source)) from None
+    except RecursionError:
+        raise ScenarioError(f"{source}: nested too deeply to be a scenario") from None
 
 
 def load_scenario(path: str | Path, overrides: list[str] | None = None) -> Scenario:
@@ -421,7 +471,7 @@ def load_scenario(path: str | Path, overrides: list[str] | None = None) -> Scena
     if not p.is_file():
         raise ScenarioError(f"{p}: no such scenario file")
     try:
-        raw = yaml.safe_load(p.read_text())
-    except yaml.YAMLError as e:
-        raise ScenarioError(f"{p}: not valid YAML: {e}") from None
+        raw = read_yaml_file(p)
+    except YamlError as e:
+        raise ScenarioError(str(e)) from None
     return parse_scenario(raw, str(p), overrides, p.resolve().parent)

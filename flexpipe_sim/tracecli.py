@@ -4,22 +4,27 @@ to the generic CSV."""
 from __future__ import annotations
 
 from pathlib import Path
+from typing import Callable
 
 import numpy as np
 import pandas as pd
 from rich.table import Table
 
-from .workload.loaders import Trace, load_trace
+from .workload.loaders import Trace, TraceError, load_trace
 from .workload.stats import plot_stream, stream_stats
 
 
-def scenario_stream(path: Path, overrides: list[str]) -> tuple[str, np.ndarray, np.ndarray, np.ndarray]:
+def scenario_stream(path: Path, overrides: list[str], seed: int | None = None,
+                    warn: Callable[[str], None] | None = None) -> tuple[str, np.ndarray, np.ndarray, np.ndarray]:
     from .scenario import load_scenario
     from .workload import build_workload
 
-    sc = load_scenario(path, overrides)
+    sc = load_scenario(path, [*overrides, *([f"seed={seed}"] if seed is not None else [])])
     rng = np.random.default_rng(np.random.SeedSequence(sc.seed).spawn(3)[1])  # the simulator's workload stream
     w = build_workload(sc, rng)
+    for text in w.warnings:
+        if warn:
+            warn(text)
     m = w.arrival_s >= sc.warmup_s  # what the run measures (a warm-up is not)
     return sc.name, w.arrival_s[m], w.prompt_tokens[m], w.output_tokens[m]
 
@@ -52,12 +57,18 @@ def stats_table(name: str, st: dict) -> Table:
     return t
 
 
-def trace_stats(path: Path, fmt: str, overrides: list[str], plot_dir: Path, seed: int) -> tuple[str, dict, Path]:
+def trace_stats(path: Path, fmt: str, overrides: list[str], plot_dir: Path, seed: int | None,
+                warn: Callable[[str], None] | None = None) -> tuple[str, dict, Path]:
+    """`seed`: the scenario's seed if None (for a scenario), else overrides it; a trace's expansion seed (0)."""
     if path.suffix in (".yaml", ".yml"):
-        name, t, p, o = scenario_stream(path, overrides)
+        name, t, p, o = scenario_stream(path, overrides, seed, warn)
     else:
-        tr = load_trace(path, fmt, np.random.default_rng(seed))
+        if overrides:
+            raise TraceError(path, "--set applies to a scenario file, not to a trace")
+        tr = load_trace(path, fmt, np.random.default_rng(seed or 0))
         name, t, p, o = path.name, tr.arrival_s, tr.prompt_tokens, tr.output_tokens
+    if len(t) == 0:
+        raise TraceError(path, "no arrivals to analyse (the horizon or window holds none)")
     st = stream_stats(t, p, o)
     plot_dir.mkdir(parents=True, exist_ok=True)
     stem = name.replace(".gz", "").replace(".", "_")

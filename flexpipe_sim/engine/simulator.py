@@ -21,7 +21,8 @@ from ..costmodel import CostModel, LoadRates, ProfileCostModel
 from ..hardware import LinkKind
 from ..policies import registry
 from ..policies.base import ClusterView, EngineLimits, GPUView, InstanceView, ModelView
-from ..scenario import Scenario
+from ..feasibility import GIB, describe_need, min_stage_bytes
+from ..scenario import Scenario, ScenarioError
 from ..workload import Workload, build_workload
 from .gateway import Gateway
 from .request import Request
@@ -47,6 +48,7 @@ class RawResults:
     cost_models: dict[str, str] = field(default_factory=dict)
     refactors: list[dict] = field(default_factory=list)
     interrupted: bool = False  # stopped early by KeyboardInterrupt (Ctrl-C): the results are partial
+    warnings: list[str] = field(default_factory=list)  # changes to the input (run_info.json, not the summary)
 
 
 class Simulation:
@@ -63,6 +65,7 @@ class Simulation:
         )
         self.workload: Workload = build_workload(sc, rng_workload)
         self.specs = {m.name: m.spec() for m in sc.models}
+        self._check_fits()
         self.costs = cost_models or self._cost_models()
         self.env = simpy.Environment()
         self.requests: list[Request] = []
@@ -87,6 +90,21 @@ class Simulation:
         self._model_views_static = self._static_model_facts()
         self.gateway.typical_prompt = {m: f[1] for m, f in self._model_views_static.items() if f[1] > 0}
         self._recent: dict[str, deque[float]] = {m: deque() for m in self.specs}
+
+    def _check_fits(self) -> None:
+        """Refuse before simulating a model no GPU of this cluster can hold once other tenants took
+        their memory (every request of it would be dropped): the scenario check saw only empty GPUs."""
+        e = self.sc.engine
+        best = max(self.cluster.gpus, key=lambda g: g.free_bytes)
+        usable = best.free_bytes * e.gpu_memory_utilization
+        for name, spec in self.specs.items():
+            need = min_stage_bytes(spec, e.block_size, e.workspace_gb * GIB)
+            if need > usable:
+                raise ScenarioError(
+                    f"{self.sc.name}: {name} fits no GPU of this cluster: {describe_need(spec, need)}; the GPU with "
+                    f"the most free memory after other tenants (cluster.tenant_scale {self.sc.cluster.tenant_scale:g}, "
+                    f"seed {self.sc.seed}) offers {usable / GIB:,.1f} GiB ({best.free_bytes / GIB:,.1f} GiB free x "
+                    f"engine.gpu_memory_utilization {e.gpu_memory_utilization:g})")
 
     def _cost_models(self) -> dict[str, CostModel]:
         """Per model: its `cost.profiles` entry, else `cost.engine` (eager: the H100-anchored roofline;
@@ -292,4 +310,4 @@ class Simulation:
         return RawResults(self.sc, self.requests, self.samples, self.transitions.launches,
                           self.transitions.rejected, notes, end_s, time.perf_counter() - t0, self.cluster,
                           self.decide_wall_s, {n: c.describe() for n, c in self.costs.items()},
-                          self.transitions.refactors, interrupted)
+                          self.transitions.refactors, interrupted, list(self.workload.warnings))

@@ -6,6 +6,8 @@ from typing import Any, Callable
 
 from pydantic import BaseModel, ValidationError
 
+from ..strictnum import bad_number, is_numeric
+
 _POLICIES: dict[str, tuple[type[BaseModel], Callable[..., Any]]] = {}
 
 
@@ -29,6 +31,11 @@ def _lookup(name: str) -> tuple[type[BaseModel], Callable[..., Any]]:
 def validate_params(name: str, params: dict, scenario: Any) -> BaseModel:
     """Validate a policy's params against its schema (and against the scenario, if it checks)."""
     schema, _ = _lookup(name)
+    for key, value in params.items():  # lax pydantic reads true as 1 and accepts inf
+        field = schema.model_fields.get(key) if isinstance(key, str) else None
+        why = bad_number(value) if field is not None and is_numeric(field.annotation) else None
+        if why:
+            raise ValueError(f"policy.params.{key}: {why}")
     try:
         parsed = schema.model_validate(params)
     except ValidationError as e:

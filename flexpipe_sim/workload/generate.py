@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import numpy as np
 
@@ -24,6 +24,7 @@ class Workload:
     output_tokens: np.ndarray  # int64 [n]
     model_names: tuple[str, ...]
     mean_output_tokens: float  # what an operator expects from history (the stream's mean)
+    warnings: tuple[str, ...] = field(default=())  # what was changed to fit (clipped prompts), for the user
 
     def __len__(self) -> int:
         return len(self.arrival_s)
@@ -176,6 +177,21 @@ def build_workload(sc: Scenario, rng: np.random.Generator) -> Workload:
     ctx = np.array([s.max_context for s in specs])[model_idx]
     max_out = np.array([s.max_output_tokens or s.max_context for s in specs])[model_idx]
     output = np.minimum(output, np.minimum(ctx // 2, max_out))
+    warnings = clip_warnings(prompt, ctx - output, model_idx, specs)
     prompt = np.clip(prompt, 1, ctx - output)
     mean_out = float(output.mean()) if n else 1.0
-    return Workload(t, model_idx.astype(np.int64), prompt, output, tuple(names), mean_out)
+    return Workload(t, model_idx.astype(np.int64), prompt, output, tuple(names), mean_out, tuple(warnings))
+
+
+def clip_warnings(prompt: np.ndarray, room: np.ndarray, model_idx: np.ndarray, specs: list) -> list[str]:
+    """Say how many prompts each model truncates to its context (a 1e9-token prompt would otherwise
+    run silently as a 4k one)."""
+    out = []
+    for j, spec in enumerate(specs):
+        sel = (model_idx == j) & (prompt > room)
+        if sel.any():
+            n, total = int(sel.sum()), int((model_idx == j).sum())
+            out.append(f"{spec.name}: {n:,} of {total:,} prompts ({n / total:.1%}) were longer than the context "
+                       f"leaves room for ({spec.max_context:,} tokens less the output) and were truncated; "
+                       f"the longest had {int(prompt[sel].max()):,} tokens")
+    return out

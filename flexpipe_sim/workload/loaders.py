@@ -52,6 +52,9 @@ class Trace:
         return self.prompt_tokens is not None and self.output_tokens is not None
 
 
+MAX_TOKENS = 10**12  # beyond any context; larger values overflow int64 arithmetic downstream
+MAX_ARRIVALS = 100_000_000  # a trace expanded beyond this (GBs per column) is a typo, not a workload
+
 FORMATS = ("azure-llm", "mooncake", "azure-functions", "servegen", "generic")
 
 
@@ -95,8 +98,8 @@ def _int_field(path: Path, value: str, name: str, line: int, minimum: int = 0) -
         v = float(value)
     except (TypeError, ValueError):
         raise TraceError(path, f"{name} is not a number: {value!r}", line) from None
-    if not math.isfinite(v) or v != int(v) or v < minimum:
-        raise TraceError(path, f"{name} must be an integer >= {minimum}, got {value!r}", line)
+    if not math.isfinite(v) or v != int(v) or v < minimum or v > MAX_TOKENS:
+        raise TraceError(path, f"{name} must be an integer from {minimum} to {MAX_TOKENS:.0e}, got {value!r}", line)
     return int(v)
 
 
@@ -215,6 +218,9 @@ def load_azure_functions(path: Path, rng: np.random.Generator, expand: str = "un
     if top is not None:
         keep = np.argsort(-m.sum(axis=1), kind="stable")[:top]
         m, names = m[keep], [names[i] for i in keep]
+    if m.sum() > MAX_ARRIVALS:
+        raise TraceError(path, f"{int(m.sum()):,} invocations to expand (limit {MAX_ARRIVALS:,}); "
+                               "keep the busiest functions with top: N")
     f_idx, minute = np.nonzero(m)
     reps = m[f_idx, minute]
     starts = np.repeat(minute * 60.0, reps)
@@ -260,8 +266,9 @@ def load_servegen(paths: list[Path], rng: np.random.Generator, start_s: float = 
                 w0, rate = float(row[0]), float(row[1])
             except ValueError:
                 raise TraceError(path, "window start and rate must be numbers", line) from None
-            if rate < 0:
-                raise TraceError(path, f"negative rate {rate}", line)
+            if not math.isfinite(rate) or rate < 0 or rate * 600 > MAX_ARRIVALS:
+                raise TraceError(path, f"rate must be from 0 to {MAX_ARRIVALS / 600:,.0f} req/s "
+                                       f"(at most {MAX_ARRIVALS:,} arrivals per 600 s window), got {row[1]!r}", line)
             end = start_s + duration_s if duration_s is not None else math.inf
             if rate == 0 or w0 + 600 <= start_s or w0 >= end:
                 continue

@@ -8,6 +8,8 @@ per-second counts (`window_count_cvs`; at most sqrt(14) = 3.74 with 15 bins)."""
 
 from __future__ import annotations
 
+import math
+import warnings
 from pathlib import Path
 from typing import Any
 
@@ -59,7 +61,25 @@ def _spread(v: np.ndarray) -> dict[str, float]:
             "p95": float(q[2]), "max": float(v.max())}
 
 
+def json_safe(obj: Any) -> Any:
+    """NaN and infinities -> None: JSON has no NaN (json.dumps writes a bare NaN that parsers refuse)."""
+    if isinstance(obj, float) and not math.isfinite(obj):
+        return None
+    if isinstance(obj, dict):
+        return {k: json_safe(v) for k, v in obj.items()}
+    if isinstance(obj, (list, tuple)):
+        return [json_safe(v) for v in obj]
+    return obj
+
+
 def stream_stats(times: np.ndarray, prompt: np.ndarray | None, output: np.ndarray | None) -> dict[str, Any]:
+    """The statistics above; undefined ones (one row, constant lengths, zero span) are NaN, silently."""
+    with np.errstate(all="ignore"), warnings.catch_warnings():
+        warnings.simplefilter("ignore", RuntimeWarning)
+        return _stream_stats(times, prompt, output)
+
+
+def _stream_stats(times: np.ndarray, prompt: np.ndarray | None, output: np.ndarray | None) -> dict[str, Any]:
     iat = np.diff(times)
     span = float(times[-1] - times[0]) if len(times) > 1 else 0.0
     sd, mean = (float(iat.std()), float(iat.mean())) if len(iat) else (float("nan"), float("nan"))
