@@ -24,6 +24,9 @@ def main(src: str, dst: str) -> None:
             continue
         if f.suffix == ".png" and (f.parent / "summary.json").exists():
             continue  # a run's own plots: the report's figures cover them (~250 KB a run)
+        rel = f.relative_to(s).parts
+        if "report" in rel[1:-1] and (s / "report").is_dir():
+            continue  # each compare's own report: the combined report (<src>/report) covers its runs
         if f.suffix in KEEP or (f.suffix == ".csv" and f.name not in KEEP_CSV_EXCEPT):
             t = d / f.relative_to(s)
             t.parent.mkdir(parents=True, exist_ok=True)
