@@ -279,6 +279,8 @@ def paper_vs_ours(t: pd.DataFrame) -> pd.DataFrame:
         rule = "util_low" if metric == "util" and pol == "flexpipe" else "util_high" if metric == "util" else metric
         if ours is not None and (pd.isna(ours) or not np.isfinite(ours)):
             ours = None
+        if ours is not None:
+            ours = round(float(ours), 1)  # judged as shown: a 0.04% "drop" reads 0.0, which is no drop
         verdict = None if ours is None else HOLDS[rule][1](float(ours), paper, cv, get)
         rows.append({"claim": claim, "paper": paper, "ours": None if ours is None else round(float(ours), 1),
                      "difference": None if ours is None else round(float(ours) - paper, 1),
