@@ -193,8 +193,10 @@ def test_placement_respects_every_constraint_on_random_fragmented_clusters(data)
     taken = set(data.draw(st.lists(st.integers(0, n - 1), max_size=3)))
     kv = data.draw(st.sampled_from([0, 8192, 65536]))
     before = set(taken)
-    for launch in (place_pipeline(view, "llama2-7b", ranges, taken, kv),
-                   place_on_server(view, "llama2-7b", ranges, [g for g in view.gpus if g.server == 0], set(), kv)):
+    # each placer with the GPUs it was told are taken (place_on_server here: none)
+    for launch, excluded in ((place_pipeline(view, "llama2-7b", ranges, taken, kv), before),
+                             (place_on_server(view, "llama2-7b", ranges, [g for g in view.gpus if g.server == 0],
+                                              set(), kv), set())):
         if launch is None:
             continue
         used = [p.gpu for p in launch.stages]
@@ -202,7 +204,7 @@ def test_placement_respects_every_constraint_on_random_fragmented_clusters(data)
         assert [(p.first_layer, p.end_layer) for p in launch.stages] == ranges
         for p in launch.stages:
             g = view.gpus[p.gpu]
-            assert "llama2-7b" not in g.models and p.gpu not in before
+            assert "llama2-7b" not in g.models and p.gpu not in excluded
             need = stage_need_bytes(view.models["llama2-7b"].spec, p.first_layer, p.end_layer, view.engine, kv)
             assert usable_bytes(g.free_bytes, view.engine) >= need
     # when nothing is placed, no GPU set could have held it: check the depth-1 case exhaustively
