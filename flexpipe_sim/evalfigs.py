@@ -67,12 +67,18 @@ def _main(t: pd.DataFrame) -> pd.DataFrame:
     return t[t.cv.notna() & ~t.scenario.str.contains("burst")]
 
 
-def _cv_runs(runs: list[Run]) -> dict[float, list[Run]]:
-    out: dict[float, list[Run]] = {}
+def _cv_runs(runs: list[Run]) -> dict[str, list[Run]]:
+    """Panel title -> its runs: one panel per CV, or per scenario where several scenarios share a CV
+    (two scenarios' lines under one policy label would be mislabelled)."""
+    by_cv: dict[float, dict[str, list[Run]]] = {}
     for r in runs:
         if r.cv is not None and not r.burst:
-            out.setdefault(r.cv, []).append(r)
-    return {cv: sorted(rs, key=lambda r: policy_order(r.policy)) for cv, rs in sorted(out.items())}
+            by_cv.setdefault(r.cv, {}).setdefault(r.scenario, []).append(r)
+    out: dict[str, list[Run]] = {}
+    for cv, scs in sorted(by_cv.items()):
+        for sc, rs in sorted(scs.items()):
+            out[f"CV {cv:g}" if len(scs) == 1 else f"CV {cv:g}: {sc}"] = sorted(rs, key=lambda r: policy_order(r.policy))
+    return out
 
 
 # Fig. 8's parts (metrics.py): they sum to the mean E2E of finished requests.
@@ -137,7 +143,7 @@ def fig_percentiles(runs: list[Run], path: Path) -> Figure | None:
     qs = [50, 75, 90, 95, 99]
     fig, axes = _per_cv(len(by_cv))
     drawn = []
-    for ax, (cv, rs) in zip(axes[0], by_cv.items()):
+    for ax, (title, rs) in zip(axes[0], by_cv.items()):
         for r in rs:
             e = r.requests.e2e_s[r.requests.drop_reason == ""].to_numpy()
             if len(e):
@@ -147,7 +153,7 @@ def fig_percentiles(runs: list[Run], path: Path) -> Figure | None:
         ax.set_yscale("log")
         ax.set_xticks(range(len(qs)))
         ax.set_xticklabels([f"P{q}" for q in qs])
-        ax.set_title(f"CV {cv:g}")
+        ax.set_title(wrap_title(title, 4.2))  # a panel is ~4.2 in wide
         ax.set_ylabel("E2E latency (s)")
         ax.grid(alpha=0.3)
     _policy_legend(fig, drawn)
@@ -162,7 +168,7 @@ def fig_stalls(runs: list[Run], path: Path) -> Figure | None:
     if not by_cv:
         return None
     fig, axes = _per_cv(len(by_cv))
-    for ax, (cv, rs) in zip(axes[0], by_cv.items()):
+    for ax, (title, rs) in zip(axes[0], by_cv.items()):
         below = False
         for r in rs:
             rec, open_ = recoveries(r.requests)
@@ -186,7 +192,7 @@ def fig_stalls(runs: list[Run], path: Path) -> Figure | None:
         ax.set_ylim(0, 1.02)
         ax.set_xlabel("stall recovery time (ms, log scale)")
         ax.set_ylabel("fraction of recovered stalls")
-        ax.set_title(f"CV {cv:g}")
+        ax.set_title(wrap_title(title, 4.2))  # a panel is ~4.2 in wide
         ax.grid(alpha=0.3)
         if ax.get_legend_handles_labels()[0]:
             ax.legend(fontsize=7, loc="upper left")
@@ -237,7 +243,7 @@ def fig_gpus(runs: list[Run], path: Path) -> Figure | None:
         return None
     fig, axes = _per_cv(len(by_cv), sharey=True)
     drawn = []
-    for ax, (cv, rs) in zip(axes[0], by_cv.items()):
+    for ax, (title, rs) in zip(axes[0], by_cv.items()):
         for r in rs:
             ts = r.timeseries
             ax.step(ts.time_s / MIN_S, ts.gpus_allocated, where="post", label=r.policy, lw=1,
@@ -247,7 +253,7 @@ def fig_gpus(runs: list[Run], path: Path) -> Figure | None:
         for h in ends:  # after it the runs drain their queues; each line ends when its run does
             ax.axvline(h / MIN_S, color="gray", ls=":", lw=1)
         ax.set_xlabel("simulated time (min); dotted: arrivals end" if ends else "simulated time (min)")
-        ax.set_title(f"CV {cv:g}")
+        ax.set_title(wrap_title(title, 4.2))  # a panel is ~4.2 in wide
         ax.grid(alpha=0.3)
     axes[0][0].set_ylim(bottom=0)  # once all panels are drawn: the shared axis then fits every panel
     axes[0][0].set_ylabel("GPUs allocated")

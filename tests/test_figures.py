@@ -235,3 +235,17 @@ def test_report_tables_human_headers_and_percentages(reports):
     for head in ("SLO attainment", "SLO, mean over models", "GPU utilisation", "GPU reservation (of peak)"):
         cells = [r[cols.index(head)] for r in rows]
         assert all(re.fullmatch(r"\d+\.\d%", c) for c in cells), (head, cells)
+
+
+def test_two_scenarios_at_one_cv_get_their_own_panels(roots, tmp_path):
+    """Two scenarios at CV 2 (say two rates): one panel each, never two lines under one label."""
+    other = tmp_path / "cv2b"
+    _run(other, "static", name="small_cv2_other", **{"workload.arrivals.cv": 2.0, "workload.arrivals.rate": 3.0})
+    with Saved() as saved:
+        write_report([roots["cv2"], other], tmp_path / "report")
+    for name in ("fig10_percentiles.png", "fig11_stall_cdf.png", "gpus_reserved.png"):
+        titles = [ax.get_title() for ax in saved[name].axes]
+        assert titles == ["CV 2: small_cv2", "CV 2: small_cv2_other"], (name, titles)
+    fig10 = saved["fig10_percentiles.png"].axes
+    assert [ln.get_label() for ln in fig10[0].get_lines()] == ["flexpipe", "static"]
+    assert [ln.get_label() for ln in fig10[1].get_lines()] == ["static"]
