@@ -38,7 +38,7 @@ def _check_out(target: Path, force: bool, inputs: list[Path]) -> None:
     try:
         check_out_dir(target, force=force, inputs=inputs)
     except OutDirError as e:
-        err.print(f"[bold red]error:[/] {e}", highlight=False, soft_wrap=True)
+        _error(e)  # escaped: a folder name may hold '[...]'
         raise typer.Exit(2) from None
 
 
@@ -156,7 +156,7 @@ def compare(
     from .compare import with_policy
 
     names = _policy_names(policies)
-    _writable_dir(out, "--out")
+    _check_out(out, force, list(scenarios))
     scs = [_load(p, set_, seed) for p in scenarios]
     for sc in scs:  # every variant's params are checked before the first run starts
         for n in names:
@@ -165,7 +165,6 @@ def compare(
             except ScenarioError as e:
                 _error(e)
                 raise typer.Exit(2) from None
-    _check_out(out, force, list(scenarios))
     try:
         df = run_compare(scs, names, out, on_run=lambda s, p: err.print(f"running {s} with {p} ..."), force=force)
     except RunsInterrupted as e:
@@ -228,7 +227,7 @@ def loadsweep(
         _error(e)
         raise typer.Exit(2) from None
     names = _policy_names(policies)
-    _writable_dir(out, "--out")
+    _check_out(out, force, [scenario])
     sc = _load(scenario, set_, seed)
     try:  # every rate and variant is checked before the first run starts
         for r in rate_list:
@@ -237,7 +236,6 @@ def loadsweep(
     except ScenarioError as e:
         _error(e)
         raise typer.Exit(2) from None
-    _check_out(out, force, [scenario])
     with Progress(TextColumn("[bold]{task.description}"), BarColumn(), MofNCompleteColumn(),
                   TextColumn("{task.fields[now]}"), TimeElapsedColumn(), console=err, transient=False) as bar:
         task = bar.add_task("load sweep", total=len(rate_list) * len(names), now="")

@@ -18,14 +18,14 @@ class YamlError(ValueError):
 
 
 class _DuplicateKey(yaml.YAMLError):
-    pass
+    """A mapping names one key twice (raised while composing, turned into a YamlError)."""
 
 
 MAX_DEPTH = 64  # a scenario is about 5 levels deep; PyYAML slows quadratically, then overflows the stack
 
 
 class _TooDeep(yaml.YAMLError):
-    pass
+    """Nesting beyond MAX_DEPTH (raised while composing, turned into a YamlError)."""
 
 
 class _UniqueKeyLoader(yaml.SafeLoader):
