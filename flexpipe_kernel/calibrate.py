@@ -23,7 +23,7 @@ from typing import Callable
 
 import torch
 
-from flexpipe_sim.memory import BlockManager
+from flexpipe_core.blocks import BlockManager
 from flexpipe_sim.profiles import FORMAT, VERSION
 
 from .kvcache import PagedKVCache

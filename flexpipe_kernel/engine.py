@@ -18,8 +18,8 @@ from typing import Callable
 
 import torch
 
-from flexpipe_sim.engine.batcher import Batch, KVSet, SlotBatcher
-from flexpipe_sim.engine.request import Request
+from flexpipe_core.batcher import Batch, KVSet, SlotBatcher
+from flexpipe_core.request import Request
 
 from .model import StepMeta
 from .stage import Stage

@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import torch
 
-from flexpipe_sim.memory import BlockManager, OutOfBlocks
+from flexpipe_core.blocks import BlockManager, OutOfBlocks
 
 
 class KVCacheFull(RuntimeError):

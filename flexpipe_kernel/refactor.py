@@ -19,7 +19,7 @@ from dataclasses import dataclass
 
 import torch
 
-from flexpipe_sim.engine.batcher import KVSet
+from flexpipe_core.batcher import KVSet
 
 from .engine import PipelineEngine
 from .stage import Stage

@@ -10,7 +10,9 @@ from typing import Any
 
 import numpy as np
 
-from .costmodel import BatchWork, CostModel, LoadRates
+from flexpipe_core.work import BatchWork
+
+from .costmodel import CostModel, LoadRates
 from .hardware import GPUS, GPUSpec, LinkKind, get_gpu, link_spec
 from .models import ModelSpec, get_model
 from .profiles import FORMAT, VERSION, Profile, validate

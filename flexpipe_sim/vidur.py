@@ -34,7 +34,9 @@ from typing import Any
 
 import numpy as np
 
-from .costmodel import BatchWork, CostModel, Roofline
+from flexpipe_core.work import BatchWork
+
+from .costmodel import CostModel, Roofline
 from .hardware import get_gpu
 from .models import ModelSpec, get_model
 from .profiles import FORMAT, VERSION, Profile, load_profile, validate

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from flexpipe_sim.costmodel import BatchWork
+from flexpipe_core.work import BatchWork
 
 
 class FixedCost:

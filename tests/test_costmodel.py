@@ -4,7 +4,9 @@ from __future__ import annotations
 
 import pytest
 
-from flexpipe_sim.costmodel import BatchWork, CostModel, StageShape
+from flexpipe_core.work import BatchWork
+
+from flexpipe_sim.costmodel import CostModel, StageShape
 from flexpipe_sim.hardware import LinkKind, get_gpu, link_spec
 from flexpipe_sim.models import get_model
 

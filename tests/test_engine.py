@@ -7,7 +7,7 @@ import pytest
 import simpy
 
 from flexpipe_sim.engine.instance import Instance, StageInfo
-from flexpipe_sim.engine.request import Request
+from flexpipe_core.request import Request
 
 from .fakes import FixedCost
 

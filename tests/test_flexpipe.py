@@ -10,7 +10,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from flexpipe_sim.engine.simulator import Simulation
-from flexpipe_sim.policies.base import Launch, Refactor, Retire
+from flexpipe_core.policyapi import Launch, Refactor, Retire
 from flexpipe_sim.policies.flexpipe.autoscale import affinity, scale_depth, slo_ok
 from flexpipe_sim.policies.flexpipe.granularity import Candidate, Chooser, best, replicas, score
 from flexpipe_sim.policies.flexpipe.partition import merge, objective, partition
@@ -141,7 +141,7 @@ def test_compare_runs_every_policy_on_the_same_arrivals(tmp_path, write_scenario
 
 import dataclasses  # noqa: E402
 
-from flexpipe_sim.policies.base import InstanceView, StagePlan  # noqa: E402
+from flexpipe_core.policyapi import InstanceView, StagePlan  # noqa: E402
 from flexpipe_sim.policies.flexpipe.policy import (  # noqa: E402
     FlexPipeParams, FlexPipePolicy, _ModelState, _Want, eq12_new)
 from flexpipe_sim.policies.flexpipe.partition import rebalance, stage_times  # noqa: E402

@@ -9,7 +9,7 @@ import simpy
 
 from flexpipe_sim.engine.simulator import Simulation
 from flexpipe_sim.metrics import requests_frame
-from flexpipe_sim.policies.base import ClusterView, Launch, StagePlan
+from flexpipe_core.policyapi import ClusterView, Launch, StagePlan
 from flexpipe_sim.scenario import parse_scenario
 
 from .helpers import small_raw
@@ -112,7 +112,7 @@ def shared_gpu_run(work_conserving: bool, until: float = 3.0):
     burst of requests every 0.5 s. Returns (A, B, B's requests, the timeline)."""
     from flexpipe_sim.engine.gputime import GpuTimeline
     from flexpipe_sim.engine.instance import Instance, StageInfo
-    from flexpipe_sim.engine.request import Request
+    from flexpipe_core.request import Request
 
     from .fakes import FixedCost
 

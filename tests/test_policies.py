@@ -11,7 +11,7 @@ from hypothesis import strategies as st
 from flexpipe_sim.engine.simulator import Simulation
 from flexpipe_sim.policies import registry
 from flexpipe_sim.policies.alpaserve import _gamma_arrivals, lane_attainment
-from flexpipe_sim.policies.base import ClusterView, EngineLimits, GPUView, Launch, ModelView, Refactor, StagePlan
+from flexpipe_core.policyapi import ClusterView, EngineLimits, GPUView, Launch, ModelView, Refactor, StagePlan
 from flexpipe_sim.policies.placement import place_on_server, place_pipeline, stage_need_bytes, usable_bytes
 from flexpipe_sim.scenario import parse_scenario
 
@@ -132,8 +132,8 @@ def test_kv_quota_leaves_room_for_another_model():
 
 
 def test_colocated_stages_take_turns_on_the_gpu():
-    from flexpipe_sim.costmodel import BatchWork
-    from flexpipe_sim.engine.batcher import Batch
+    from flexpipe_core.work import BatchWork
+    from flexpipe_core.batcher import Batch
 
     sim = _sim(models=TWO_MODELS)
     tr = sim.transitions

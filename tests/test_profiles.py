@@ -9,7 +9,8 @@ from typer.testing import CliRunner
 
 from flexpipe_sim.calibration import anchors_profile, derive, table2_check
 from flexpipe_sim.cli import app
-from flexpipe_sim.costmodel import BatchWork, CostModel
+from flexpipe_core.work import BatchWork
+from flexpipe_sim.costmodel import CostModel
 from flexpipe_sim.hardware import get_gpu
 from flexpipe_sim.models import get_model
 from flexpipe_sim.profiles import Profile, load_profile, validate

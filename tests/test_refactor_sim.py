@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from flexpipe_sim.engine.simulator import Simulation
 from flexpipe_sim.metrics import requests_frame
-from flexpipe_sim.policies.base import ClusterView, Launch, Refactor, StagePlan
+from flexpipe_core.policyapi import ClusterView, Launch, Refactor, StagePlan
 from flexpipe_sim.policies.placement import place_pipeline
 from flexpipe_sim.scenario import parse_scenario
 

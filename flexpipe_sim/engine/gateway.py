@@ -21,7 +21,7 @@ from collections import deque
 from typing import Callable
 
 from .instance import Instance
-from .request import Request
+from flexpipe_core.request import Request
 
 
 class Gateway:

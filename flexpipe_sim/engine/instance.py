@@ -28,11 +28,13 @@ from typing import Callable
 
 import simpy
 
-from ..costmodel import BatchWork, PipelineCost
-from ..memory import BlockManager
-from .batcher import Batch, KVSet, SlotBatcher
+from flexpipe_core.work import BatchWork
+
+from ..costmodel import PipelineCost
+from flexpipe_core.blocks import BlockManager
+from flexpipe_core.batcher import Batch, KVSet, SlotBatcher
 from .gputime import GpuTimeline
-from .request import Request
+from flexpipe_core.request import Request
 
 
 @dataclass(frozen=True)

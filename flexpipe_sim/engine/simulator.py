@@ -20,12 +20,12 @@ from ..cluster import Cluster, build_cluster
 from ..costmodel import CostModel, LoadRates, ProfileCostModel
 from ..hardware import LinkKind
 from ..policies import registry
-from ..policies.base import ClusterView, EngineLimits, GPUView, InstanceView, ModelView
+from flexpipe_core.policyapi import ClusterView, EngineLimits, GPUView, InstanceView, ModelView
 from ..feasibility import GIB, describe_need, min_stage_bytes
 from ..scenario import Scenario, ScenarioError
 from ..workload import Workload, build_workload
 from .gateway import Gateway
-from .request import Request
+from flexpipe_core.request import Request
 from .transitions import Transitions
 
 SLOPE_Z = 3.0  # constant: a 3-sigma difference between the stats window's halves counts as a trend

@@ -18,12 +18,12 @@ import simpy
 from ..cluster import Cluster
 from ..costmodel import CostModel, LoadRates, PipelineCost, StageShape, slowdown
 from ..models import ModelSpec
-from ..policies.base import Launch, Refactor, Retire, StagePlan
+from flexpipe_core.policyapi import Launch, Refactor, Retire, StagePlan
 from .gateway import Gateway
 from .gputime import GpuTimeline
 from .loads import LoadFabric
 from .instance import Instance, StageInfo
-from .request import Request
+from flexpipe_core.request import Request
 
 
 @dataclass

@@ -26,8 +26,8 @@ import math
 import numpy as np
 from pydantic import BaseModel, ConfigDict, Field
 
-from ..costmodel import BatchWork
-from .base import Action, ClusterView, ModelView
+from flexpipe_core.work import BatchWork
+from flexpipe_core.policyapi import Action, ClusterView, ModelView
 from .placement import fitting_depth, place_pipeline
 from .sizing import planned_batch, replica_rate
 

@@ -24,7 +24,7 @@ import math
 
 from pydantic import BaseModel, ConfigDict, Field
 
-from .base import Action, ClusterView, Launch, ModelView, StagePlan
+from flexpipe_core.policyapi import Action, ClusterView, Launch, ModelView, StagePlan
 from .placement import fitting_depth, place_pipeline, stage_need_bytes, usable_bytes
 from .sizing import planned_batch, replica_rate
 

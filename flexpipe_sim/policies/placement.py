@@ -11,7 +11,7 @@ from __future__ import annotations
 
 from ..costmodel import slowdown
 from ..models import ModelSpec
-from .base import ClusterView, EngineLimits, GPUView, Launch, StagePlan
+from flexpipe_core.policyapi import ClusterView, EngineLimits, GPUView, Launch, StagePlan
 
 
 def stage_need_bytes(spec: ModelSpec, first: int, end: int, eng: EngineLimits, kv_tokens: int = 0) -> int:

@@ -25,7 +25,7 @@ import math
 
 from pydantic import BaseModel, ConfigDict, Field
 
-from .base import Action, ClusterView, Launch, ModelView, Retire
+from flexpipe_core.policyapi import Action, ClusterView, Launch, ModelView, Retire
 from .placement import min_server_depth, place_on_server, servers_of
 
 

@@ -18,8 +18,10 @@ cost model; charges nothing.
 
 from __future__ import annotations
 
-from ..costmodel import BatchWork, StageShape, slowdown
-from .base import ClusterView, ModelView
+from flexpipe_core.work import BatchWork
+
+from ..costmodel import StageShape, slowdown
+from flexpipe_core.policyapi import ClusterView, ModelView
 
 
 def _ctx(mv: ModelView) -> int:

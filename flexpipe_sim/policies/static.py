@@ -15,7 +15,7 @@ import math
 
 from pydantic import BaseModel, ConfigDict, Field
 
-from .base import Action, ClusterView
+from flexpipe_core.policyapi import Action, ClusterView
 from .placement import fitting_depth, place_pipeline
 from .sizing import planned_batch, replica_rate
 

@@ -22,7 +22,7 @@ import math
 
 from pydantic import BaseModel, ConfigDict, Field
 
-from .base import Action, ClusterView, Launch, ModelView, Retire, StagePlan
+from flexpipe_core.policyapi import Action, ClusterView, Launch, ModelView, Retire, StagePlan
 from .placement import min_server_depth, place_on_server, servers_of, usable_bytes
 from .sizing import planned_batch, replica_rate
 

@@ -11,7 +11,8 @@ import torch
 from flexpipe_kernel.calibrate import calibrate, measure, step_fn
 from flexpipe_kernel.model import PRESETS, build_model
 from flexpipe_kernel.stage import Stage
-from flexpipe_sim.costmodel import BatchWork, ProfileCostModel, StageShape
+from flexpipe_core.work import BatchWork
+from flexpipe_sim.costmodel import ProfileCostModel, StageShape
 from flexpipe_sim.hardware import get_gpu
 from flexpipe_sim.models import ModelSpec
 from flexpipe_sim.profiles import Profile, ProfileError, load_profile, save_profile, validate

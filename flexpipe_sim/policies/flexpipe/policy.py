@@ -23,7 +23,7 @@ from collections import deque
 from dataclasses import dataclass
 
 from ...costmodel import slowdown
-from ..base import Action, ClusterView, Launch, ModelView, Refactor, Retire, StagePlan
+from flexpipe_core.policyapi import Action, ClusterView, Launch, ModelView, Refactor, Retire, StagePlan
 from ..placement import place_pipeline, usable_bytes
 from .autoscale import affinity, scale_depth, slo_ok
 from .granularity import Chooser

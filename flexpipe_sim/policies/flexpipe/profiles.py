@@ -11,9 +11,9 @@ from __future__ import annotations
 
 import dataclasses
 
-from ...costmodel import BatchWork
+from flexpipe_core.work import BatchWork
 from ...hardware import LinkKind, link_spec
-from ..base import ClusterView, ModelView
+from flexpipe_core.policyapi import ClusterView, ModelView
 from ..sizing import kv_batch, replica_rate, slo_batch, token_cycle, typical_shapes
 from .granularity import Candidate
 from .partition import merge, partition

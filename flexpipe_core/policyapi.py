@@ -8,10 +8,11 @@ carries actions out and pays their costs, so every policy meets the same physics
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import Protocol
+from typing import TYPE_CHECKING, Protocol
 
-from ..costmodel import CostModel
-from ..models import ModelSpec
+if TYPE_CHECKING:  # the simulator's catalogue and cost model; core never imports them at run time
+    from flexpipe_sim.costmodel import CostModel
+    from flexpipe_sim.models import ModelSpec
 
 
 @dataclass(frozen=True)

@@ -6,7 +6,7 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from flexpipe_sim.memory import BlockManager, OutOfBlocks
+from flexpipe_core.blocks import BlockManager, OutOfBlocks
 
 ops = st.lists(
     st.tuples(st.sampled_from(["grow", "free", "fork"]), st.integers(0, 7), st.integers(1, 200)),

@@ -19,9 +19,9 @@ from collections import deque
 from dataclasses import dataclass
 from typing import Callable
 
-from ..costmodel import BatchWork
-from ..memory import BlockManager
+from .blocks import BlockManager
 from .request import Request
+from .work import BatchWork
 
 
 @dataclass
