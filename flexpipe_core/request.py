@@ -32,6 +32,11 @@ class Request:
     compute_s: float = 0.0  # stage compute on the request's critical path, summed over its steps
     comm_s: float = 0.0  # activation hops + token return, summed over its steps
     drop_reason: str = ""
+    # Fast-forward bookkeeping (flexpipe_sim/engine/fastbatch.py): the slot's tick and summed step
+    # times when this request's fields were last brought up to date.
+    ff_tick: int = 0
+    ff_compute: float = 0.0
+    ff_comm: float = 0.0
 
     def __post_init__(self) -> None:
         assert self.prompt_tokens >= 1 and self.output_tokens >= 1

@@ -119,6 +119,7 @@ class ProfileCostModel(CostModel):
         self._c_min = float(profile.raw["decode"]["context"][0])
         head = profile.raw.get("head")
         self._head = ([float(x) for x in head["batch"]], [float(x) for x in head["s"]]) if head else None
+        self._head_memo: dict[int, float] = {}
         self._overhead = float(profile.raw.get("overheads", {}).get("stage_step_s", 0.0))  # measured per stage step
 
     def layer_time(self, gpu: GPUSpec, w: BatchWork) -> float:
@@ -136,10 +137,13 @@ class ProfileCostModel(CostModel):
     def head_time(self, gpu: GPUSpec, n_seqs: int) -> float:
         if self._head is None:
             return super().head_time(gpu, n_seqs)
-        from .profiles import _interp  # pure Python: called on every step of the last stage
+        t = self._head_memo.get(n_seqs)  # called on every step of the last stage, for a few hundred sizes
+        if t is None:
+            from .profiles import _interp
 
-        xs, ys = self._head
-        return _interp(min(max(float(n_seqs), xs[0]), xs[-1]), xs, ys)
+            xs, ys = self._head
+            t = self._head_memo[n_seqs] = _interp(min(max(float(n_seqs), xs[0]), xs[-1]), xs, ys)
+        return t
 
     def host_to_gpu_bytes_per_s(self, gpu: GPUSpec) -> float:
         rate = self.profile.raw["links"].get("host_to_device_pinned_Bps")

@@ -116,9 +116,15 @@ class Profile:
     def decode_layer_s(self, batch: float, context: float) -> float:
         _, _, lbs, lcs, lz, _, b_max, c_max, _, t_min = self._grids()
         if batch <= b_max and context <= c_max:
-            lb = max(math.log(batch), lbs[0]) if batch > 0 else lbs[0]
+            # Bilinear in (log batch, log context), interpolated along batch first: the row for a
+            # batch size is cached (a simulation asks for a few hundred sizes, millions of times).
+            rows = self.__dict__.setdefault("_row_cache", {})
+            row = rows.get(batch)
+            if row is None:
+                lb = max(math.log(batch), lbs[0]) if batch > 0 else lbs[0]
+                row = rows[batch] = _row(lbs, lz, lb)
             lc = max(math.log(context), lcs[0]) if context > 0 else lcs[0]
-            return math.exp(_bilinear(lbs, lcs, lz, lb, lc))
+            return math.exp(_interp(lc, lcs, row))
         self._warn("decode", f"decode batch {batch:.0f} at context {context:.0f}")
         a, b, c = self._fit("decode")
         return max(a + b * batch + c * batch * context, t_min)
@@ -160,18 +166,13 @@ def _interp(v: float, x: list[float], y: list[float]) -> float:
     return y[i] + t * (y[i + 1] - y[i])
 
 
-def _bilinear(x: list[float], y: list[float], z: list[list[float]], xv: float, yv: float) -> float:
-    if len(x) == 1 and len(y) == 1:
-        return z[0][0]
+def _row(x: list[float], z: list[list[float]], xv: float) -> list[float]:
+    """z interpolated along its first axis at xv: the row a bilinear lookup at xv uses for every y."""
     if len(x) == 1:
-        return _interp(yv, y, z[0])
-    if len(y) == 1:
-        return _interp(xv, x, [row[0] for row in z])
-    i, j = _cell(x, xv), _cell(y, yv)
+        return list(z[0])
+    i = _cell(x, xv)
     tx = (xv - x[i]) / (x[i + 1] - x[i])
-    ty = (yv - y[j]) / (y[j + 1] - y[j])
-    return ((1 - tx) * (1 - ty) * z[i][j] + tx * (1 - ty) * z[i + 1][j]
-            + (1 - tx) * ty * z[i][j + 1] + tx * ty * z[i + 1][j + 1])
+    return [(1 - tx) * a + tx * b for a, b in zip(z[i], z[i + 1])]
 
 
 def _need(d: dict, key: str, path: str, where: str = "") -> Any:

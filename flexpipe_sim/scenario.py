@@ -272,6 +272,8 @@ class EngineConfig(_Strict):
     stats_window_s: float = Field(15.0, gt=0, description="window of the arrival statistics policies see "
                                   "(the paper measures CV in 15 s windows, Fig. 9)")
     prewarm: bool = Field(True, description="instances launched at t=0 are already loaded (always-on capacity)")
+    fast_forward: bool = Field(True, description="advance steady decode steps in O(what changed) "
+                               "(engine/fastbatch.py); false: every request touched every step (same records)")
 
 
 class CostConfig(_Strict):

@@ -33,6 +33,7 @@ from flexpipe_core.work import BatchWork
 from ..costmodel import PipelineCost
 from flexpipe_core.blocks import BlockManager
 from flexpipe_core.batcher import Batch, KVSet, SlotBatcher
+from .fastbatch import FastSlotBatcher
 from .gputime import GpuTimeline
 from flexpipe_core.request import Request
 
@@ -62,6 +63,7 @@ class Instance:
         expected_output: float,
         on_finish: Callable[[Request], None],
         gpu_time: GpuTimeline | None = None,
+        fast_forward: bool = False,
     ) -> None:
         self.env = env
         self.id = instance_id
@@ -70,6 +72,7 @@ class Instance:
         self.cost = cost
         self.state = "loading"
         self.waiting: deque[Request] = deque()
+        self._batcher = FastSlotBatcher if fast_forward else SlotBatcher
         managers = [BlockManager(s.kv_blocks, block_size) for s in stages]
         self.kv = KVSet(managers, watermark_blocks=max(1, min(s.kv_blocks for s in stages) // 100))
         n_slots = len(stages)
@@ -100,11 +103,17 @@ class Instance:
         # Balanced slots: a request's unfinished work in tokens, as far as the engine can know it
         # (its prompt plus the expected output; integers, so the running sums stay exact).
         out = round(self.expected_output)
-        return SlotBatcher(self.kv, self.waiting, token_budget, max_seqs,
+        return self._batcher(self.kv, self.waiting, token_budget, max_seqs,
                            peers=self._active_slots, work=lambda r: r.prompt_tokens + out)
 
     def _active_slots(self) -> list[SlotBatcher]:
         return self.slots[: self.n_active]
+
+    def materialize(self) -> None:
+        """Bring every running request's fields up to date (fast-forwarded slots lag; fastbatch.py)."""
+        for s in self.slots:
+            if isinstance(s, FastSlotBatcher):
+                s.materialize()
 
     @property
     def tokens_generated(self) -> int:
@@ -138,6 +147,7 @@ class Instance:
         """Swap in new stages (paused, nothing in flight). Running requests keep their KV, now in
         the new stages' pools; returns how many had to be preempted for lack of room there."""
         assert self.paused and self.inflight == 0
+        self.materialize()
         running = [r for s in self.slots[: self.n_active] for r in s.running]
         old = self.kv
         self.retired_busy_s += sum(self.busy_s)
@@ -237,6 +247,7 @@ class Instance:
 
     def abort_all(self) -> None:
         """End of run: release the KV of everything still running (already marked dropped)."""
+        self.materialize()
         for slot in self.slots:
             for r in slot.running:
                 self.kv.free(r)

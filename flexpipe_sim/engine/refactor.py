@@ -47,6 +47,7 @@ def copy_seconds(tr: Transitions, inst: Instance, new: list[StageInfo], tokens: 
 
 
 def _computed(inst: Instance) -> dict[int, int]:
+    inst.materialize()
     return {r.id: r.num_computed for s in inst.slots[: inst.n_active] for r in s.running}
 
 

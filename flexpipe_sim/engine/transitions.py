@@ -42,6 +42,7 @@ class Transitions:
     expected_output: dict[str, float]  # model -> mean output tokens (an operator's history; kinds differ 50-200x)
     prewarm: bool
     load_rates: LoadRates = field(default_factory=LoadRates)
+    fast_forward: bool = False  # steady decode steps in O(what changed) (engine/fastbatch.py)
     instances: dict[int, Instance] = field(default_factory=dict)
     launches: list[dict] = field(default_factory=list)
     rejected: list[dict] = field(default_factory=list)
@@ -184,6 +185,7 @@ class Transitions:
             self.env, iid, a.model, infos, self.pipeline_cost(a.model, infos),
             block_size=self.block_size, token_budget=self.token_budget, max_seqs=self.max_seqs,
             expected_output=self.expected_output[a.model], on_finish=self.on_finish, gpu_time=self.gpu_time,
+            fast_forward=self.fast_forward,
         )
         self.instances[iid] = inst
         self.env.process(self._load(inst, spec))

@@ -1,0 +1,91 @@
+"""Fast-forwarded decode steps (engine/fastbatch.py) give the records of the step-by-step run.
+
+Each case runs twice, `engine.fast_forward` on and off, and compares every request's record:
+integers and times exactly as far as float rounding allows (the fast path sums a request's
+per-step compute and comm times in another order). Cases cover the default scenario, a slice of a
+paper scenario under two policies (pipelines, co-located stages, FlexPipe's scaling and refactors),
+a split-then-merge refactor while serving, and KV pressure that forces preemptions out of fast mode.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import pytest
+
+from flexpipe_sim.engine.fastbatch import FastSlotBatcher
+from flexpipe_sim.engine.simulator import Simulation
+from flexpipe_sim.metrics import requests_frame
+from flexpipe_sim.scenario import load_scenario, parse_scenario
+
+from .helpers import small_raw
+from .test_refactor_sim import SplitThenMerge
+from .test_run import check_conservation
+
+ROOT = Path(__file__).resolve().parents[1]
+INTS = ["id", "instance", "prompt_tokens", "output_tokens", "generated_tokens", "preemptions"]
+TIMES = ["admitted_s", "first_token_s", "finish_s", "compute_s", "comm_s"]
+
+
+def _run(sc, policy=None) -> tuple[Simulation, pd.DataFrame]:
+    sim = Simulation(sc)
+    if policy is not None:
+        sim.policy = policy()
+    raw = sim.run()
+    check_conservation(sim, raw)
+    return sim, requests_frame(raw)
+
+
+def _fast_steps(sim: Simulation) -> int:
+    return sum(s.fast_steps for i in sim.transitions.instances.values() for s in i.slots
+               if isinstance(s, FastSlotBatcher))
+
+
+def _same(a: pd.DataFrame, b: pd.DataFrame) -> None:
+    assert len(a) == len(b) > 0
+    for c in INTS:
+        np.testing.assert_array_equal(a[c].to_numpy(), b[c].to_numpy(), err_msg=c)
+    assert (a.drop_reason == b.drop_reason).all()
+    for c in TIMES:
+        np.testing.assert_allclose(a[c].to_numpy(), b[c].to_numpy(), rtol=1e-9, atol=1e-9, err_msg=c)
+
+
+def _both(load, policy=None) -> tuple[Simulation, pd.DataFrame, pd.DataFrame]:
+    fast, df_fast = _run(load("true"), policy)
+    _, df_slow = _run(load("false"), policy)
+    _same(df_fast, df_slow)
+    assert _fast_steps(fast) > 0, "the fast path was never taken: the case tests nothing"
+    return fast, df_fast, df_slow
+
+
+def test_default_scenario():
+    _both(lambda ff: load_scenario(ROOT / "scenarios/default.yaml", ["horizon_s=150", f"engine.fast_forward={ff}"]))
+
+
+@pytest.mark.parametrize("policy", ["static", "flexpipe"])
+def test_paper_scenario_slice(policy):
+    sets = ["horizon_s=60", "drain_s=120", "policy={name: %s}" % policy]
+    _both(lambda ff: load_scenario(ROOT / "scenarios/paper/cv4.yaml", sets + [f"engine.fast_forward={ff}"]))
+
+
+def test_refactor_heavy():
+    def load(ff):
+        return parse_scenario(small_raw(**{"workload.arrivals.rate": 3.0, "horizon_s": 60,
+                                           "cluster.tenant_scale": 0.0, "engine.fast_forward": ff == "true"}))
+    sim, df, _ = _both(load, SplitThenMerge)
+    assert len(sim.transitions.refactors) == 2
+    spanning = df[(df.arrival_s < 20) & (df.finish_s > 40)]
+    assert len(spanning) > 0  # requests decoded across both refactors
+
+
+def test_kv_pressure_preempts_out_of_fast_mode():
+    # Little KV per stage and a high rate: running requests outgrow the free blocks and get preempted.
+    def load(ff):
+        return parse_scenario(small_raw(**{
+            "workload.arrivals.rate": 12.0, "horizon_s": 40, "cluster.tenant_scale": 0.0,
+            "policy": {"name": "static", "params": {"stages": 1, "replicas": 1}},
+            "engine.gpu_memory_utilization": 0.2, "engine.fast_forward": ff == "true"}))
+    _, df, _ = _both(load)
+    assert df.preemptions.sum() > 0
