@@ -93,3 +93,55 @@ class BlockManager:
                 raise AssertionError(f"block {b}: free-list membership disagrees with its references")
         if self.allocated_total - self.freed_total != sum(len(t) for t in self.tables.values()):
             raise AssertionError("allocated - freed != blocks held")
+
+
+class BlockCounter:
+    """BlockManager's accounting without block ids: how many blocks each request holds.
+
+    The simulator never reads which blocks a request holds, only how many are free, so it counts
+    (O(1) per grow or free instead of O(blocks)); the kernel needs the ids and keeps BlockManager.
+    Same interface and same answers (tests/test_blocks.py checks them against each other)."""
+
+    def __init__(self, num_blocks: int, block_size: int) -> None:
+        if num_blocks < 0 or block_size <= 0:
+            raise ValueError("num_blocks must be >= 0 and block_size > 0")
+        self.num_blocks = num_blocks
+        self.block_size = block_size
+        self.num_free = num_blocks
+        self.held: dict[int, int] = {}  # request id -> blocks
+        self.allocated_total = 0
+        self.freed_total = 0
+
+    @property
+    def num_used(self) -> int:
+        return self.num_blocks - self.num_free
+
+    def blocks_for(self, n_tokens: int) -> int:
+        return -(-n_tokens // self.block_size)
+
+    def can_grow(self, req_id: int, n_tokens: int) -> bool:
+        return self.blocks_for(n_tokens) - self.held.get(req_id, 0) <= self.num_free
+
+    def grow(self, req_id: int, n_tokens: int) -> None:
+        have = self.held.get(req_id, 0)
+        need = -(-n_tokens // self.block_size) - have
+        if need <= 0:
+            return
+        if need > self.num_free:
+            raise OutOfBlocks(f"need {need} blocks, {self.num_free} free")  # and nothing changed
+        self.held[req_id] = have + need
+        self.num_free -= need
+        self.allocated_total += need
+
+    def free(self, req_id: int) -> int:
+        n = self.held.pop(req_id, 0)
+        self.num_free += n
+        self.freed_total += n
+        return n
+
+    def check_integrity(self) -> None:
+        held = sum(self.held.values())
+        if self.num_free < 0 or self.num_free + held != self.num_blocks:
+            raise AssertionError(f"free {self.num_free} + held {held} != {self.num_blocks} blocks")
+        if self.allocated_total - self.freed_total != held:
+            raise AssertionError("allocated - freed != blocks held")

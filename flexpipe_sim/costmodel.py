@@ -182,6 +182,7 @@ class PipelineCost:
         self.stages = stages
         self.hops = hops  # hops[k]: stage k -> k+1
         self.back = back  # last stage -> first stage (sampled tokens)
+        self._hop_memo: dict[int, list[float]] = {}
 
     def stage_times(self, w: BatchWork) -> list[float]:
         # Same result as [cost.stage_time(s, w) for s in stages], pricing a layer once per GPU kind
@@ -202,7 +203,10 @@ class PipelineCost:
         return out
 
     def hop_times(self, n_tokens: int) -> list[float]:
-        return [self.cost.hop_time(h, n_tokens) for h in self.hops]
+        t = self._hop_memo.get(n_tokens)  # every step asks; a run sees a few thousand sizes
+        if t is None:
+            t = self._hop_memo[n_tokens] = [self.cost.hop_time(h, n_tokens) for h in self.hops]
+        return t
 
     def return_time(self, n_seqs: int) -> float:
         return 0.0 if not self.hops else self.cost.return_time(self.back, n_seqs)

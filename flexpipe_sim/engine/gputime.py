@@ -27,10 +27,13 @@ class GpuTimeline:
 
     def book(self, gpu: int, earliest: float, dt: float, now: float) -> float:
         """Book `dt` seconds of `gpu` at or after `earliest`; returns the start."""
-        starts = self._starts.setdefault(gpu, [])
-        ends = self._ends.setdefault(gpu, [])
-        gone = bisect_right(ends, now)  # bookings over by now can no longer matter
-        if gone:
+        ends = self._ends.get(gpu)
+        if ends is None:
+            ends = self._ends[gpu] = []
+            self._starts[gpu] = []
+        starts = self._starts[gpu]
+        if ends and ends[0] <= now:  # bookings over by now can no longer matter
+            gone = bisect_right(ends, now)
             del starts[:gone], ends[:gone]
         if not ends or earliest >= ends[-1]:
             begin, i = earliest, len(ends)

@@ -31,7 +31,7 @@ import simpy
 from flexpipe_core.work import BatchWork
 
 from ..costmodel import PipelineCost
-from flexpipe_core.blocks import BlockManager
+from flexpipe_core.blocks import BlockCounter
 from flexpipe_core.batcher import Batch, KVSet, SlotBatcher
 from .fastbatch import FastSlotBatcher
 from .gputime import GpuTimeline
@@ -73,7 +73,7 @@ class Instance:
         self.state = "loading"
         self.waiting: deque[Request] = deque()
         self._batcher = FastSlotBatcher if fast_forward else SlotBatcher
-        managers = [BlockManager(s.kv_blocks, block_size) for s in stages]
+        managers = [BlockCounter(s.kv_blocks, block_size) for s in stages]
         self.kv = KVSet(managers, watermark_blocks=max(1, min(s.kv_blocks for s in stages) // 100))
         n_slots = len(stages)
         self.expected_output = expected_output
@@ -154,7 +154,7 @@ class Instance:
         self.retired_interference_s += sum(self.interference_s)
         self.stages, self.cost = stages, cost
         self._slowdowns = self._stage_slowdowns(cost, len(stages))
-        self.kv = KVSet([BlockManager(s.kv_blocks, block_size) for s in stages],
+        self.kv = KVSet([BlockCounter(s.kv_blocks, block_size) for s in stages],
                         watermark_blocks=max(1, min(s.kv_blocks for s in stages) // 100))
         n_new = len(stages)
         while len(self.slots) < n_new:
