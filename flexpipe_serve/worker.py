@@ -1,0 +1,132 @@
+"""The engine thread: one `PipelineEngine` stepped by one background thread, fed by every HTTP
+request at once, so concurrent requests share micro-batches (continuous batching, as in the
+engine's own tests). Tokens go back to each request's asyncio queue as they are sampled."""
+
+from __future__ import annotations
+
+import asyncio
+import threading
+from dataclasses import dataclass, field
+
+import torch
+
+from flexpipe_kernel import PipelineEngine
+from flexpipe_kernel.engine import Generation
+
+from .pipeline import Pipeline
+
+
+class ServeEngine(PipelineEngine):
+    """The kernel's engine with a temperature (and optional seed) per request, as the OpenAI API
+    gives them per request; 0 is greedy (argmax), exactly the engine's own greedy path."""
+
+    def __init__(self, stages, **kw) -> None:
+        super().__init__(stages, temperature=0.0, **kw)
+        self.temps: dict[int, float] = {}
+
+    def add_request(self, prompt: list[int], max_new_tokens: int, req_id: int | None = None, *,
+                    temperature: float = 0.0, seed: int | None = None) -> int:
+        rid = super().add_request(prompt, max_new_tokens, req_id)
+        self.temps[rid] = temperature
+        if temperature > 0:  # the engine's per-request seeding unless the client gave a seed
+            self.gens[rid].sampler = torch.Generator().manual_seed(self.seed * 1_000_003 + rid if seed is None else seed)
+        return rid
+
+    def _sample(self, logits: torch.Tensor, gen: Generation) -> int:
+        t = self.temps.get(gen.req.id, 0.0)
+        if t <= 0:
+            return int(torch.argmax(logits))
+        probs = torch.softmax(logits.float().cpu() / t, dim=-1)
+        return int(torch.multinomial(probs, 1, generator=gen.sampler))
+
+    def forget(self, rid: int) -> None:
+        """Drop a finished request's state (a server runs for long; the engine keeps all otherwise)."""
+        self.gens.pop(rid, None)
+        self.temps.pop(rid, None)
+
+
+@dataclass
+class Job:
+    """One HTTP request's generation. Its queue receives ("token", id) items, then ("done",
+    finish_reason) or ("error", message)."""
+
+    prompt: list[int]
+    max_tokens: int
+    temperature: float
+    seed: int | None
+    loop: asyncio.AbstractEventLoop
+    queue: asyncio.Queue = field(default_factory=asyncio.Queue)
+
+    def post(self, kind: str, value) -> None:
+        self.loop.call_soon_threadsafe(self.queue.put_nowait, (kind, value))
+
+
+class EngineWorker:
+    def __init__(self, pipeline: Pipeline, *, token_budget: int = 512, max_seqs: int = 64, seed: int = 0) -> None:
+        self.pipeline = pipeline
+        self.engine = ServeEngine(pipeline.stages, token_budget=token_budget, max_seqs=max_seqs, seed=seed,
+                                  on_token=self._on_token)
+        self._inbox: list[Job] = []
+        self._jobs: dict[int, Job] = {}
+        self._cv = threading.Condition()
+        self._stop = False
+        self.failed: str | None = None
+        self.served = 0
+        self._thread = threading.Thread(target=self._loop, name="flexpipe-engine", daemon=True)
+
+    def start(self) -> "EngineWorker":
+        self._thread.start()
+        return self
+
+    def stop(self) -> None:
+        with self._cv:
+            self._stop = True
+            self._cv.notify()
+        self._thread.join(timeout=10)
+
+    def submit(self, job: Job) -> None:
+        with self._cv:
+            if self.failed:
+                raise RuntimeError(f"the engine stopped: {self.failed}")
+            self._inbox.append(job)
+            self._cv.notify()
+
+    def _on_token(self, rid: int, tok: int) -> None:
+        job = self._jobs.get(rid)
+        if job is not None:
+            job.post("token", tok)
+
+    def _loop(self) -> None:
+        eng = self.engine
+        while True:
+            with self._cv:
+                while not self._stop and not self._inbox and not eng.has_work:
+                    self._cv.wait()
+                if self._stop:
+                    break
+                new, self._inbox = self._inbox, []
+            try:
+                for job in new:  # admitted between steps: the next micro-batch may take them
+                    rid = eng.add_request(job.prompt, job.max_tokens, temperature=job.temperature, seed=job.seed)
+                    self._jobs[rid] = job
+                if eng.has_work:
+                    eng.step()
+                for gen in eng.finished:
+                    job = self._jobs.pop(gen.req.id, None)
+                    eng.forget(gen.req.id)
+                    if job is not None:
+                        self.served += 1
+                        job.post("done", "length")  # random weights: no end-of-sequence token, so always length
+                eng.finished.clear()
+            except Exception as e:  # noqa: BLE001 - the engine's state is unknown now: fail every request clearly
+                self._fail(f"{type(e).__name__}: {e}")
+                break
+        for job in self._jobs.values():
+            job.post("error", self.failed or "the server is shutting down")
+
+    def _fail(self, why: str) -> None:
+        with self._cv:
+            self.failed = why
+            pending, self._inbox = self._inbox, []
+        for job in pending:
+            job.post("error", why)
