@@ -72,6 +72,7 @@ class EngineWorker:
         self._stop = False
         self.failed: str | None = None
         self.served = 0
+        self.peak_running = 0  # most sequences running at once: > 1 shows requests shared batches
         self._thread = threading.Thread(target=self._loop, name="flexpipe-engine", daemon=True)
 
     def start(self) -> "EngineWorker":
@@ -111,6 +112,7 @@ class EngineWorker:
                     self._jobs[rid] = job
                 if eng.has_work:
                     eng.step()
+                    self.peak_running = max(self.peak_running, eng.running)
                 for gen in eng.finished:
                     job = self._jobs.pop(gen.req.id, None)
                     eng.forget(gen.req.id)
