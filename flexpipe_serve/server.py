@@ -32,7 +32,7 @@ def bind(host: str, port: int) -> socket.socket:
 
 def serve(scenario, *, port: int, host: str = "127.0.0.1", devices: str = "cpu:2", model: str | None = None,
           kv_blocks: int = 512, block_size: int = 16, token_budget: int = 512, max_seqs: int = 64,
-          seed: int | None = None, log: Callable[[str], None] = print) -> None:
+          seed: int | None = None, cuda_graphs: bool = False, log: Callable[[str], None] = print) -> None:
     """Serve the scenario's first model until Ctrl-C. Raises ServeSetupError for bad input."""
     import uvicorn
 
@@ -47,10 +47,11 @@ def serve(scenario, *, port: int, host: str = "127.0.0.1", devices: str = "cpu:2
     try:
         seed = scenario.seed if seed is None else seed
         pipe = build_pipeline(name, args, devs, seed=seed, kv_blocks=kv_blocks, block_size=block_size)
-        worker = EngineWorker(pipe, token_budget=token_budget, max_seqs=max_seqs, seed=seed).start()
+        worker = EngineWorker(pipe, token_budget=token_budget, max_seqs=max_seqs, seed=seed,
+                              cuda_graphs=cuda_graphs).start()
         bound = sock.getsockname()
         log(f"serving {name} ({args.n_layers} layers, random weights, seed {seed}) as {len(devs)} stages on "
-            f"{', '.join(devs)} at http://{host}:{bound[1]}/v1")
+            f"{', '.join(devs)}{' with CUDA-graph decode' if cuda_graphs else ''} at http://{host}:{bound[1]}/v1")
         server = uvicorn.Server(uvicorn.Config(create_app(worker), log_level="warning"))
         try:
             server.run(sockets=[sock])

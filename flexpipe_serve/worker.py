@@ -11,6 +11,7 @@ from dataclasses import dataclass, field
 import torch
 
 from flexpipe_kernel import PipelineEngine
+from flexpipe_kernel.cudagraph import graphed
 from flexpipe_kernel.engine import Generation
 
 from .pipeline import Pipeline
@@ -62,9 +63,12 @@ class Job:
 
 
 class EngineWorker:
-    def __init__(self, pipeline: Pipeline, *, token_budget: int = 512, max_seqs: int = 64, seed: int = 0) -> None:
+    def __init__(self, pipeline: Pipeline, *, token_budget: int = 512, max_seqs: int = 64, seed: int = 0,
+                 cuda_graphs: bool = False) -> None:
         self.pipeline = pipeline
-        self.engine = ServeEngine(pipeline.stages, token_budget=token_budget, max_seqs=max_seqs, seed=seed,
+        # cuda_graphs: decode through flexpipe_kernel.cudagraph (captured on CUDA, same padding on CPU)
+        stages = graphed(pipeline.stages) if cuda_graphs else pipeline.stages
+        self.engine = ServeEngine(stages, token_budget=token_budget, max_seqs=max_seqs, seed=seed,
                                   on_token=self._on_token)
         self._inbox: list[Job] = []
         self._jobs: dict[int, Job] = {}

@@ -391,6 +391,7 @@ def serve(
     block_size: int = typer.Option(16, "--block-size", help="Tokens per KV block."),
     token_budget: int = typer.Option(512, "--token-budget", help="Most tokens in one micro-batch (chunked prefill beyond)."),
     max_seqs: int = typer.Option(64, "--max-seqs", help="Most sequences in one micro-batch."),
+    cuda_graphs: bool = typer.Option(False, "--cuda-graphs/--eager", help="Decode through CUDA graphs per batch-size bucket (on CPU: the same padded path, eagerly)."),
     set_: list[str] = typer.Option([], "--set", help=SET_HELP),
 ) -> None:
     """An OpenAI-compatible endpoint (/v1/models, /v1/completions, /v1/chat/completions, streaming too)
@@ -405,7 +406,8 @@ def serve(
     sc = _load(scenario, set_)
     try:
         run_server(sc, port=port, host=host, devices=devices, model=model, kv_blocks=kv_blocks, block_size=block_size,
-                   token_budget=token_budget, max_seqs=max_seqs, log=lambda m: err.print(m, highlight=False, soft_wrap=True))
+                   token_budget=token_budget, max_seqs=max_seqs, cuda_graphs=cuda_graphs,
+                   log=lambda m: err.print(m, highlight=False, soft_wrap=True))
     except ServeSetupError as e:
         _error(e)
         raise typer.Exit(2) from None
