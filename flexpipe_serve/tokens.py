@@ -3,8 +3,9 @@
 The mapping is per token, so a stream's pieces concatenate to the whole text and
 `encode(decode(ids)) == ids` for every id list:
 
-- decode: an id below 128 other than '<' (60) is that ASCII character; every other id N
-  (non-ASCII bytes, '<', ids >= 128 up to the vocabulary) is written `<|N|>`.
+- decode: a printable ASCII id (32..126) other than '<' (60), or tab / newline, is that
+  character; every other id N (control bytes, '<', non-ASCII bytes, ids >= 128 up to the
+  vocabulary) is written `<|N|>`.
 - encode: `<|N|>` is id N; any other character is its UTF-8 bytes, one id per byte.
 
 So ASCII text without '<' round-trips as text too, and a client may send token ids directly
@@ -21,7 +22,7 @@ _LT = ord("<")
 
 def piece(token: int) -> str:
     """The text of one token id."""
-    if 0 <= token < 128 and token != _LT:
+    if (32 <= token < 127 and token != _LT) or token in (9, 10):
         return chr(token)
     return f"<|{token}|>"
 
