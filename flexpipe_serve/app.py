@@ -109,7 +109,11 @@ def create_app(worker: EngineWorker) -> FastAPI:
     async def _collect(job: Job) -> tuple[list[int], str]:
         out: list[int] = []
         while True:
-            kind, value = await job.queue.get()
+            try:
+                kind, value = await job.queue.get()
+            except asyncio.CancelledError:
+                worker.cancel(job)
+                raise
             if kind == "token":
                 out.append(value)
             elif kind == "done":
@@ -120,7 +124,19 @@ def create_app(worker: EngineWorker) -> FastAPI:
     def _usage(job: Job, n_out: int) -> dict:
         return {"prompt_tokens": len(job.prompt), "completion_tokens": n_out, "total_tokens": len(job.prompt) + n_out}
 
-    async def _sse(job: Job, chunk, final, usage_chunk, include_usage: bool):
+    async def _sse(job: Job, chunk, final, usage_chunk, include_usage: bool, first: dict | None = None):
+        ended = False
+        try:
+            if first is not None:
+                yield f"data: {json.dumps(first)}\n\n"
+            async for e in _events(job, chunk, final, usage_chunk, include_usage):
+                yield e
+            ended = True
+        finally:
+            if not ended:  # the client closed the stream: stop generating for it
+                worker.cancel(job)
+
+    async def _events(job: Job, chunk, final, usage_chunk, include_usage: bool):
         n = 0
         while True:
             kind, value = await job.queue.get()
@@ -171,13 +187,6 @@ def create_app(worker: EngineWorker) -> FastAPI:
         if body.stream:
             base = {"id": cid, "object": "chat.completion.chunk", "created": ts, "model": pipe.name}
 
-            async def events():
-                first = {**base, "choices": [{"index": 0, "delta": {"role": "assistant", "content": ""},
-                                              "finish_reason": None}]}
-                yield f"data: {json.dumps(first)}\n\n"
-                async for e in _sse(job, chunk, final, lambda u: {**base, "choices": [], "usage": u}, include):
-                    yield e
-
             def chunk(tok):
                 return {**base, "choices": [{"index": 0, "delta": {"content": tokens.piece(tok)}, "finish_reason": None,
                                              "token_ids": [tok]}]}
@@ -186,7 +195,10 @@ def create_app(worker: EngineWorker) -> FastAPI:
                 return {**base, "choices": [{"index": 0, "delta": {}, "finish_reason": reason}]}
 
             include = bool((body.stream_options or {}).get("include_usage"))
-            return StreamingResponse(events(), media_type="text/event-stream")
+            first = {**base, "choices": [{"index": 0, "delta": {"role": "assistant", "content": ""},
+                                          "finish_reason": None}]}
+            return StreamingResponse(_sse(job, chunk, final, lambda u: {**base, "choices": [], "usage": u}, include,
+                                          first), media_type="text/event-stream")
         out, reason = await _collect(job)
         return {"id": cid, "object": "chat.completion", "created": ts, "model": pipe.name,
                 "choices": [{"index": 0, "message": {"role": "assistant", "content": tokens.decode(out)},

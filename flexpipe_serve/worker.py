@@ -57,6 +57,7 @@ class Job:
     seed: int | None
     loop: asyncio.AbstractEventLoop
     queue: asyncio.Queue = field(default_factory=asyncio.Queue)
+    rid: int = -1  # the engine's request id, once the engine thread has taken the job
 
     def post(self, kind: str, value) -> None:
         self.loop.call_soon_threadsafe(self.queue.put_nowait, (kind, value))
@@ -71,6 +72,8 @@ class EngineWorker:
         self.engine = ServeEngine(stages, token_budget=token_budget, max_seqs=max_seqs, seed=seed,
                                   on_token=self._on_token)
         self._inbox: list[Job] = []
+        self._cancels: list[Job] = []
+        self.cancelled = 0  # requests stopped early because their client went away
         self._jobs: dict[int, Job] = {}
         self._cv = threading.Condition()
         self._stop = False
@@ -96,6 +99,28 @@ class EngineWorker:
             self._inbox.append(job)
             self._cv.notify()
 
+    def cancel(self, job: Job) -> None:
+        """Stop generating for a client that went away (its stream was closed)."""
+        with self._cv:
+            self._cancels.append(job)
+            self._cv.notify()
+
+    def _cancel(self, job: Job) -> None:
+        """In the engine thread. A waiting request leaves the queue; a running one gets its
+        output budget cut to the token it is computing, so the batcher finishes it at its next
+        step and frees its KV through the ordinary path (no scheduler state is touched)."""
+        eng = self.engine
+        gen = eng.gens.get(job.rid)
+        if gen is None or self._jobs.pop(job.rid, None) is None:
+            return  # already finished
+        self.cancelled += 1
+        r = gen.req
+        if r in eng.waiting and r.num_computed == 0 and r.kv_tokens == 0:
+            eng.waiting.remove(r)
+            eng.forget(r.id)
+        else:
+            r.output_tokens = min(r.output_tokens, r.generated + 1)
+
     def _on_token(self, rid: int, tok: int) -> None:
         job = self._jobs.get(rid)
         if job is not None:
@@ -105,15 +130,18 @@ class EngineWorker:
         eng = self.engine
         while True:
             with self._cv:
-                while not self._stop and not self._inbox and not eng.has_work:
+                while not self._stop and not self._inbox and not self._cancels and not eng.has_work:
                     self._cv.wait()
                 if self._stop:
                     break
                 new, self._inbox = self._inbox, []
+                cancels, self._cancels = self._cancels, []
             try:
                 for job in new:  # admitted between steps: the next micro-batch may take them
-                    rid = eng.add_request(job.prompt, job.max_tokens, temperature=job.temperature, seed=job.seed)
-                    self._jobs[rid] = job
+                    job.rid = eng.add_request(job.prompt, job.max_tokens, temperature=job.temperature, seed=job.seed)
+                    self._jobs[job.rid] = job
+                for job in cancels:
+                    self._cancel(job)
                 if eng.has_work:
                     eng.step()
                     self.peak_running = max(self.peak_running, eng.running)

@@ -142,3 +142,22 @@ def test_bad_devices_and_busy_port_are_one_line_exit_2():
             assert r.stderr.startswith("error:") and "Traceback" not in r.stderr
     finally:
         taken.close()
+
+
+def test_a_closed_stream_stops_its_generation_and_frees_its_kv(server):
+    client, worker = server
+    sampled = lambda: sum(s.sampled for s in worker.engine.slots)  # noqa: E731
+    before = sampled()
+    stream = client.completions.create(model="tiny", prompt="go on for long", max_tokens=900, temperature=0, stream=True)
+    got = [ch for _, ch in zip(range(3), stream)]
+    stream.close()
+    deadline = time.time() + 20
+    while (worker.cancelled == 0 or worker.engine.has_work) and time.time() < deadline:
+        time.sleep(0.05)
+    assert len(got) == 3 and worker.cancelled == 1 and not worker.engine.has_work
+    assert sampled() - before < 300  # stopped soon after the close, far from its 900 tokens
+    for st in worker.pipeline.stages:  # every block back in the pool
+        st.cache.blocks.check_integrity()
+        assert st.cache.blocks.num_free == st.cache.blocks.num_blocks
+    # the server still answers
+    assert client.completions.create(model="tiny", prompt="after", max_tokens=2, temperature=0).usage.completion_tokens == 2
