@@ -87,10 +87,15 @@ def build_pipeline(name: str, args: ModelArgs, devices: list[str], *, seed: int 
     on_gpu = devices[0].startswith("cuda")
     dtype = dtype or (torch.bfloat16 if on_gpu else torch.float32)
     need = weight_bytes(args, dtype)
-    have = (sum(torch.cuda.get_device_properties(torch.device(d)).total_memory for d in devices) if on_gpu
-            else _host_memory())
-    if need > 0.8 * have:  # 0.8: leave room for KV, activations and the host copy made while splitting
-        raise ServeSetupError(f"model {name} needs {need / 2**30:.1f} GiB of weights; the devices have "
+    # CPU stages share host memory (and the host copy made while splitting doubles it); GPU stages
+    # each hold about 1/n of the layers. 0.8: leave room for KV, activations and the CUDA context.
+    if on_gpu:
+        need, have, where = need / len(devices), min(torch.cuda.get_device_properties(torch.device(d)).total_memory
+                                                      for d in devices), "each GPU has"
+    else:
+        need, have, where = 2 * need, _host_memory(), "the host has"
+    if need > 0.8 * have:
+        raise ServeSetupError(f"model {name} needs {need / 2**30:.1f} GiB per device for its weights; {where} "
                               f"{have / 2**30:.1f} GiB (pass --model tiny)")
     n = len(devices)
     cuts = [round(i * args.n_layers / n) for i in range(n + 1)]

@@ -9,6 +9,7 @@ import sys
 import threading
 import time
 from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
 
 import pytest
 
@@ -26,6 +27,8 @@ from flexpipe_serve.server import bind  # noqa: E402
 from flexpipe_serve.worker import EngineWorker  # noqa: E402
 
 SEED, KV_BLOCKS, BLOCK = 3, 128, 8
+ROOT = Path(__file__).resolve().parents[1]
+DEFAULT = str(ROOT / "scenarios/default.yaml")
 
 
 @pytest.fixture(scope="module")
@@ -136,8 +139,8 @@ def test_bad_devices_and_busy_port_are_one_line_exit_2():
     try:
         port = taken.getsockname()[1]
         for extra in (["--port", str(port)], ["--port", "0", "--devices", "tpu:3"]):
-            r = subprocess.run([sys.executable, "-m", "flexpipe_sim.cli", "serve", "scenarios/default.yaml", "--model",
-                                "tiny", *extra], capture_output=True, text=True, timeout=60)
+            r = subprocess.run([sys.executable, "-m", "flexpipe_sim.cli", "serve", DEFAULT, "--model",
+                                "tiny", *extra], capture_output=True, text=True, timeout=60, cwd=ROOT)
             assert r.returncode == 2, r.stderr
             assert r.stderr.startswith("error:") and "Traceback" not in r.stderr
     finally:
@@ -161,3 +164,20 @@ def test_a_closed_stream_stops_its_generation_and_frees_its_kv(server):
         assert st.cache.blocks.num_free == st.cache.blocks.num_blocks
     # the server still answers
     assert client.completions.create(model="tiny", prompt="after", max_tokens=2, temperature=0).usage.completion_tokens == 2
+
+
+def test_the_scenarios_model_shape_is_served_and_a_model_too_big_is_refused():
+    from flexpipe_serve.pipeline import model_args
+    from flexpipe_sim.scenario import load_scenario
+
+    sc = load_scenario(DEFAULT, ["models.0.name=tiny"])
+    name, args = model_args(sc.models[0], None)
+    assert name == "tiny" and args == PRESETS["tiny"]  # the simulator's tiny is the kernel's tiny
+    assert model_args(sc.models[0], "small")[1] == PRESETS["small"]
+    with pytest.raises(ServeSetupError, match="unknown preset"):
+        model_args(sc.models[0], "gpt-5")
+    with pytest.raises(ServeSetupError, match="GiB"):  # 66B parameters in fp32 on this host: refused before building
+        build_pipeline("opt-66b-sized", PRESETS["opt-66b-sized"], ["cpu"])
+    with pytest.raises(ServeSetupError, match="at most one stage per layer"):
+        build_pipeline("tiny", PRESETS["tiny"], ["cpu"] * 5)
+    assert parse_devices("cpu:3") == ["cpu"] * 3 and parse_devices("cpu") == ["cpu"]
