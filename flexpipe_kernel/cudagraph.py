@@ -63,6 +63,8 @@ class GraphedStage:
         self.eager = 0    # steps that ran the stage's ordinary forward
 
     def __getattr__(self, name: str):
+        if name == "stage":  # not set yet (copying, unpickling): no recursion
+            raise AttributeError(name)
         return getattr(self.stage, name)
 
     @property
@@ -144,7 +146,8 @@ class GraphedStage:
             side = torch.cuda.Stream()
             side.wait_stream(torch.cuda.current_stream())
             with torch.cuda.stream(side):
-                self._forward(g)
+                for _ in range(2):  # cuBLAS / attention workspaces are set up outside the capture
+                    self._forward(g)
             torch.cuda.current_stream().wait_stream(side)
             g.graph = torch.cuda.CUDAGraph()
             with torch.cuda.graph(g.graph, pool=self._pool):

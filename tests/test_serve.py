@@ -3,7 +3,6 @@ free port; greedy outputs equal the engine's offline generation (and the dense r
 
 from __future__ import annotations
 
-import socket
 import subprocess
 import sys
 import threading
