@@ -122,9 +122,11 @@ step calibrate "$PY" -m flexpipe_sim.cli $CALIBRATE
 step kernel-bench "$PY" $BENCH
 step serve "$PY" $SERVE --json "$OUT/serve.json"
 if "$PY" -m flexpipe_sim.cli validate --help > /dev/null 2>&1; then
+  VHELP=$("$PY" -m flexpipe_sim.cli validate --help 2>/dev/null)
   VARGS=""
-  if "$PY" -m flexpipe_sim.cli validate --help 2>/dev/null | grep -q -- "--devices"; then VARGS="--devices $DEVICES"; fi
-  step validate "$PY" -m flexpipe_sim.cli validate "$VSCEN" $VARGS --out "$OUT/validate"
+  if grep -q -- "--devices" <<< "$VHELP"; then VARGS="$VARGS --devices $DEVICES"; fi
+  if grep -q -- "--out" <<< "$VHELP"; then VARGS="$VARGS --out $OUT/validate"; fi
+  step validate "$PY" -m flexpipe_sim.cli validate "$VSCEN" $VARGS
 else
   echo "| validate | skipped (no \`flexpipe-sim validate\` in this checkout) | 0 | | |" >> "$ROWS"
 fi

@@ -180,3 +180,33 @@ def test_the_scenarios_model_shape_is_served_and_a_model_too_big_is_refused():
     with pytest.raises(ServeSetupError, match="at most one stage per layer"):
         build_pipeline("tiny", PRESETS["tiny"], ["cpu"] * 5)
     assert parse_devices("cpu:3") == ["cpu"] * 3 and parse_devices("cpu") == ["cpu"]
+
+
+def test_worker_with_cuda_graph_decode_gives_the_eager_tokens():
+    """--cuda-graphs: on CPU the padded, bucketed decode path; the same greedy tokens as offline."""
+    import asyncio
+
+    from flexpipe_serve.worker import Job
+
+    pipe = build_pipeline("tiny", PRESETS["tiny"], ["cpu", "cpu"], seed=SEED, kv_blocks=KV_BLOCKS, block_size=BLOCK)
+    worker = EngineWorker(pipe, token_budget=64, max_seqs=8, cuda_graphs=True).start()
+    ps = [tokens.encode(t) for t in ("graphs", "padded to buckets", "abc")]
+
+    async def one(p):
+        job = Job(p, 7, 0.0, None, asyncio.get_running_loop())
+        worker.submit(job)
+        out = []
+        while (item := await job.queue.get())[0] == "token":
+            out.append(item[1])
+        assert item == ("done", "length")
+        return out
+
+    async def all_of():
+        return await asyncio.gather(*(one(p) for p in ps))
+
+    try:
+        got = asyncio.run(all_of())
+    finally:
+        worker.stop()
+    assert got == offline(ps, 7)
+    assert all(st.replays > 0 for st in worker.engine.stages)
