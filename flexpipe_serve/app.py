@@ -29,11 +29,12 @@ DEFAULT_MAX_TOKENS = 16
 class _Req(BaseModel):
     model_config = ConfigDict(extra="allow")  # clients send fields we ignore (user, top_p, ...)
     model: str
+    # null is accepted wherever a field has a default (clients send it for "not set")
     max_tokens: int | None = Field(None, ge=1)
-    temperature: float = Field(1.0, ge=0, le=2)  # OpenAI's default and range
-    stream: bool = False
+    temperature: float | None = Field(None, ge=0, le=2)  # OpenAI's range; null: its default, 1
+    stream: bool | None = False
     stream_options: dict | None = None
-    n: int = Field(1, ge=1, le=1)
+    n: int | None = Field(None, ge=1, le=1)
     seed: int | None = None
 
 
@@ -99,7 +100,8 @@ def create_app(worker: EngineWorker) -> FastAPI:
         if total > limit:
             raise ApiError(400, f"prompt ({len(prompt)} tokens) + max_tokens ({n}) = {total} exceeds this server's "
                            f"limit of {limit} tokens", param="max_tokens")
-        job = Job(prompt, n, body.temperature, body.seed, asyncio.get_running_loop())
+        temp = 1.0 if body.temperature is None else body.temperature
+        job = Job(prompt, n, temp, body.seed, asyncio.get_running_loop())
         try:
             worker.submit(job)
         except RuntimeError as e:

@@ -127,6 +127,8 @@ def test_sampling_is_seeded_and_bad_requests_are_400(server):
         client.completions.create(model="gpt-4", prompt="x", max_tokens=2)
     with pytest.raises(openai.BadRequestError, match="exceeds"):
         client.completions.create(model="tiny", prompt="x", max_tokens=5000)
+    with pytest.raises(openai.BadRequestError, match="n"):
+        client.completions.create(model="tiny", prompt="x", max_tokens=2, n=2)
     with pytest.raises(openai.BadRequestError, match="vocabulary"):
         client.completions.create(model="tiny", prompt=[5, 99999], max_tokens=2)
 
