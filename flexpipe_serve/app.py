@@ -95,8 +95,7 @@ def create_app(worker: EngineWorker) -> FastAPI:
             raise ApiError(400, f"token id {bad[0]} is outside the vocabulary (0..{pipe.args.vocab_size - 1})", param="prompt")
         n = max_tokens or DEFAULT_MAX_TOKENS
         total = len(prompt) + n
-        # the engine keeps one block free (watermark): a request must fit in the rest to ever run
-        limit = min(pipe.args.max_seq_len, (pipe.kv_blocks - 1) * pipe.block_size)
+        limit = worker.max_request_tokens  # a longer request could never be scheduled
         if total > limit:
             raise ApiError(400, f"prompt ({len(prompt)} tokens) + max_tokens ({n}) = {total} exceeds this server's "
                            f"limit of {limit} tokens", param="max_tokens")

@@ -71,6 +71,10 @@ class EngineWorker:
         stages = graphed(pipeline.stages) if cuda_graphs else pipeline.stages
         self.engine = ServeEngine(stages, token_budget=token_budget, max_seqs=max_seqs, seed=seed,
                                   on_token=self._on_token)
+        # The longest request that can ever run: the free KV blocks (after cudagraph's scratch
+        # block, if any) less the engine's one-block watermark, and the model's positions.
+        free = min(s.cache.blocks.num_free for s in stages) - self.engine.kv.watermark
+        self.max_request_tokens = min(pipeline.args.max_seq_len, free * pipeline.block_size)
         self._inbox: list[Job] = []
         self._cancels: list[Job] = []
         self.cancelled = 0  # requests stopped early because their client went away

@@ -127,6 +127,9 @@ def test_sampling_is_seeded_and_bad_requests_are_400(server):
         client.completions.create(model="gpt-4", prompt="x", max_tokens=2)
     with pytest.raises(openai.BadRequestError, match="exceeds"):
         client.completions.create(model="tiny", prompt="x", max_tokens=5000)
+    assert server[1].max_request_tokens == (KV_BLOCKS - 1) * BLOCK
+    with pytest.raises(openai.BadRequestError, match="exceeds"):  # one token over what the KV pool holds
+        client.completions.create(model="tiny", prompt=[1, 2], max_tokens=(KV_BLOCKS - 1) * BLOCK - 1)
     with pytest.raises(openai.BadRequestError, match="n"):
         client.completions.create(model="tiny", prompt="x", max_tokens=2, n=2)
     with pytest.raises(openai.BadRequestError, match="vocabulary"):
@@ -212,3 +215,5 @@ def test_worker_with_cuda_graph_decode_gives_the_eager_tokens():
         worker.stop()
     assert got == offline(ps, 7)
     assert all(st.replays > 0 for st in worker.engine.stages)
+    # the scratch block and the engine's watermark block are not a request's to use
+    assert worker.max_request_tokens == (KV_BLOCKS - 2) * BLOCK
