@@ -149,6 +149,9 @@ class EngineWorker:
                 if eng.has_work:
                     eng.step()
                     self.peak_running = max(self.peak_running, eng.running)
+                    if eng.stage_runs == 0:  # nothing could run (KV full): wait, do not spin
+                        with self._cv:
+                            self._cv.wait(timeout=0.01)
                 for gen in eng.finished:
                     job = self._jobs.pop(gen.req.id, None)
                     eng.forget(gen.req.id)
