@@ -20,6 +20,7 @@ ROOT = Path(__file__).resolve().parents[1]
 STEPS = ("gpu-tests", "calibrate", "kernel-bench", "serve")
 
 
+@pytest.mark.slow  # ~35 s of CPU (four real steps at smoke sizes); 60+ s wall on a busy 2-core machine
 @pytest.mark.skipif(shutil.which("bash") is None or shutil.which("timeout") is None, reason="needs bash and timeout")
 def test_gpu_suite_runs_every_step_on_cpu_and_writes_one_report(tmp_path):
     out = tmp_path / "suite"
