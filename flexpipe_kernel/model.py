@@ -63,6 +63,10 @@ class StepMeta:
     slots: [T] flat KV slot (block * block_size + offset) of each new token, per stage cache;
         a stage sets `slots` from its own block tables before running (tables differ per stage).
     block_tables: per sequence, the block ids covering its context (per stage, like `slots`).
+    decode_tables, decode_ctx: a decode step's block tables [B, nb] and context lengths [B] already
+        as device tensors (cudagraph.py's static buffers); when set, the batched decode attention
+        reads them instead of building them from the lists, so the step has no host-to-device copy
+        and can be captured in a CUDA graph.
     """
 
     req_ids: list[int]
@@ -71,6 +75,8 @@ class StepMeta:
     ctx_lens: list[int]
     slots: torch.Tensor | None = None
     block_tables: list[list[int]] = field(default_factory=list)
+    decode_tables: torch.Tensor | None = None
+    decode_ctx: torch.Tensor | None = None
 
     @property
     def last_token_index(self) -> torch.Tensor:
@@ -174,13 +180,23 @@ def paged_attention(q: torch.Tensor, flat_k: torch.Tensor, flat_v: torch.Tensor,
 def _decode_attention(q: torch.Tensor, k_blocks: torch.Tensor, v_blocks: torch.Tensor, meta: StepMeta,
                       scale: float) -> torch.Tensor:
     """B sequences, one query each: pad every context to the longest, mask the padding."""
-    B, H, D = q.shape
-    bs, kvh = k_blocks.shape[1], k_blocks.shape[2]
+    bs = k_blocks.shape[1]
+    if meta.decode_tables is not None:
+        return decode_attention(q, k_blocks, v_blocks, meta.decode_tables, meta.decode_ctx, scale)
     nb = max(-(-c // bs) for c in meta.ctx_lens)
     tables = torch.tensor([t[:nb] + [0] * (nb - len(t[:nb])) for t in meta.block_tables], device=q.device)
+    return decode_attention(q, k_blocks, v_blocks, tables, torch.tensor(meta.ctx_lens, device=q.device), scale)
+
+
+def decode_attention(q: torch.Tensor, k_blocks: torch.Tensor, v_blocks: torch.Tensor, tables: torch.Tensor,
+                     ctx: torch.Tensor, scale: float) -> torch.Tensor:
+    """The batched decode attention on tensors only: tables [B, nb] block ids (padding: any valid
+    block), ctx [B] context lengths (>= 1); positions at or past ctx are masked out."""
+    B, H, D = q.shape
+    bs, kvh = k_blocks.shape[1], k_blocks.shape[2]
+    nb = tables.shape[1]
     k = k_blocks.index_select(0, tables.view(-1)).view(B, nb * bs, kvh, D).transpose(1, 2)  # [B, KVH, L, D]
     v = v_blocks.index_select(0, tables.view(-1)).view(B, nb * bs, kvh, D).transpose(1, 2)
-    ctx = torch.tensor(meta.ctx_lens, device=q.device)
     mask = (torch.arange(nb * bs, device=q.device)[None, :] < ctx[:, None])[:, None, None, :]  # [B, 1, 1, L]
     qg = q.view(B, kvh, H // kvh, D)  # each KV head's query group
     o = F.scaled_dot_product_attention(qg, k, v, attn_mask=mask, scale=scale)

@@ -19,6 +19,8 @@ def calibrate(
     devices: Optional[str] = typer.Option(None, "--devices", help="Torch device to measure on, e.g. cuda:0 (default: first GPU, else cpu)."),
     quick: bool = typer.Option(True, "--quick/--full", help="Quick grid (minutes) or the full grid."),
     layers: Optional[int] = typer.Option(None, "--layers", help="Layers in the measured stage (default min(layers - 2, 4))."),
+    passes: int = typer.Option(3, "--passes", min=1, help="Sweeps over the grid; each point is the median of its sweeps (1: fastest, for smoke runs)."),
+    repeats: int = typer.Option(7, "--repeats", min=1, help="Least timed runs per point and sweep (a point also runs for at least 0.15 s)."),
     gpu_kind: Optional[str] = typer.Option(None, "--gpu-kind", help="Catalogue name of the device (h100-sxm, a100-80gb, ...) so scenarios can match it."),
     check: Optional[Path] = typer.Option(None, "--check", help="Compare PROFILE with the paper's Table 2 (OPT-66B on A100) instead of measuring."),
     derive_from: Optional[Path] = typer.Option(None, "--derive", help="Derive a profile from PROFILE for --gpu (and --to-model) instead of measuring."),
@@ -74,7 +76,7 @@ def calibrate(
     with Progress(TextColumn("[bold]calibrate"), BarColumn(), MofNCompleteColumn(), TextColumn("{task.description}"),
                   TimeElapsedColumn(), console=err) as bar:
         task = bar.add_task("", total=None)
-        raw = measure(preset, dev, quick=quick, layers=layers, gpu_kind=gpu_kind,
+        raw = measure(preset, dev, quick=quick, layers=layers, gpu_kind=gpu_kind, passes=passes, repeats=repeats,
                       progress=lambda what, done, total: bar.update(task, completed=done, total=total, description=what))
     path = save_profile(raw, out or Path("calibrate/profiles") / f"{raw['name']}.json")
     _print_profile_summary(raw)

@@ -380,6 +380,39 @@ def trace_convert(
 app.command()(calibrate)
 
 
+@app.command()
+def serve(
+    scenario: Path = typer.Argument(..., help="Scenario YAML whose first model to serve (random weights, the scenario's seed)."),
+    port: int = typer.Option(8000, "--port", "-p", help="TCP port to listen on (0: any free port)."),
+    host: str = typer.Option("127.0.0.1", "--host", help="Address to listen on (0.0.0.0 for every interface)."),
+    devices: str = typer.Option("cpu:2", "--devices", help="Pipeline stages: cpu:N (N CPU stages) or cuda:0,cuda:1,... (one per GPU)."),
+    model: Optional[str] = typer.Option(None, "--model", help="A kernel preset (tiny, small, llama2-7b, ...) instead of the scenario's model."),
+    kv_blocks: int = typer.Option(512, "--kv-blocks", help="KV cache blocks per stage."),
+    block_size: int = typer.Option(16, "--block-size", help="Tokens per KV block."),
+    token_budget: int = typer.Option(512, "--token-budget", help="Most tokens in one micro-batch (chunked prefill beyond)."),
+    max_seqs: int = typer.Option(64, "--max-seqs", help="Most sequences in one micro-batch."),
+    cuda_graphs: bool = typer.Option(False, "--cuda-graphs/--eager", help="Decode through CUDA graphs per batch-size bucket (on CPU: the same padded path, eagerly)."),
+    set_: list[str] = typer.Option([], "--set", help=SET_HELP),
+) -> None:
+    """An OpenAI-compatible endpoint (/v1/models, /v1/completions, /v1/chat/completions, streaming too)
+    over a pipeline of flexpipe_kernel stages, one per device; concurrent requests share batches.
+    Text maps to token ids per character (README: "Serving over HTTP"); Ctrl-C stops it."""
+    try:
+        from flexpipe_serve.pipeline import ServeSetupError
+        from flexpipe_serve.server import serve as run_server
+    except ImportError as e:
+        _error(f"serve needs PyTorch, FastAPI and uvicorn ({e}); pip install 'flexpipe[kernel,serve]'")
+        raise typer.Exit(2) from None
+    sc = _load(scenario, set_)
+    try:
+        run_server(sc, port=port, host=host, devices=devices, model=model, kv_blocks=kv_blocks, block_size=block_size,
+                   token_budget=token_budget, max_seqs=max_seqs, cuda_graphs=cuda_graphs,
+                   log=lambda m: err.print(m, highlight=False, soft_wrap=True))
+    except ServeSetupError as e:
+        _error(e)
+        raise typer.Exit(2) from None
+
+
 def main() -> None:
     app()
 
