@@ -2,10 +2,12 @@
 changes phase (issue 15).
 
 Each decision it reads the recent shape (heterosim's view: mean prompt of the stats window's
-arrivals, mean output of its completions), classifies it as prefill-heavy when prompt / output is
-at least `prefill_ratio`, and, once a new phase has held for `patience` decisions, plans the phase's
-configuration (hetero_plan: which kinds, how many stages, cut where) for the phase's shape at
-`headroom` x the arrival rate: the cheapest by `gpu_weight` that serves it. A different plan is carried out as an inflight refactor (FlexPipe
+arrivals, mean output of its completions) and classifies it as prefill-heavy when prompt / output
+is at least `prefill_ratio`. While a phase has held for `patience` decisions (the shape is not in
+transition) it plans the configuration (hetero_plan: which kinds, how many stages, cut where) for
+that shape at `headroom` x the smoothed arrival rate: the cheapest by `gpu_weight` that serves it.
+The running configuration stays while it still serves that rate and costs at most `switch_gain`
+more (hysteresis), and switches are at least `cooldown_s` apart. A different plan is carried out as an inflight refactor (FlexPipe
 §6.3; engine/refactor.py): weights load while the old pipeline serves, KV pre-copies, a short pause.
 With `switch: false` it keeps its first plan (the baseline switchcost.py compares against).
 
@@ -21,7 +23,7 @@ import math
 from pydantic import BaseModel, ConfigDict, Field
 
 from flexpipe_core.policyapi import Action, ClusterView, GPUView, Launch, Refactor, StagePlan
-from .hetero_plan import Plan, candidates, choose
+from .hetero_plan import Plan, candidates, choose, plan
 
 
 class HeteroPhaseParams(BaseModel):
@@ -33,9 +35,14 @@ class HeteroPhaseParams(BaseModel):
                           "default 1 s control interval: a 15 s window's mean moves that long after a shift)")
     max_depth: int = Field(4, ge=1, le=16, description="most stages a plan may have")
     headroom: float = Field(1.5, gt=0, description="capacity planned per observed req/s")
-    cooldown_s: float = Field(30.0, ge=0, description="least time between two switches of one pipeline")
+    rate_smoothing_s: float = Field(30.0, gt=0, description="time constant of the arrival-rate average plans "
+                                    "size for (a 15 s window's rate at 7 req/s is +-18% by chance alone)")
+    cooldown_s: float = Field(60.0, ge=0, description="least time between two switches of one pipeline (a switch "
+                              "loads weights for 0.3-15 s and pre-copies KV: the next one waits for its effect)")
     gpu_weight: dict[str, float] = Field(default_factory=dict, description="relative cost of a GPU of each "
                                          "kind (default 1 each: the fewest GPUs); plans minimise the sum")
+    switch_gain: float = Field(0.5, ge=0, description="keep the running configuration while it serves the "
+                               "phase and costs at most this much more (in gpu_weight units) than the best plan")
     switch: bool = Field(True, description="false: keep the first plan (the no-switch baseline)")
     kinds: list[str] | None = Field(None, description="GPU kinds to plan with, in pipeline order (default: the "
                                     "cluster's, in the order of cluster.mix)")
@@ -59,6 +66,7 @@ class HeteroPhasePolicy:
         self._phase: dict[str, str] = {}
         self._pending: dict[str, tuple[str, int]] = {}  # model -> (candidate phase, decisions held)
         self._last_switch: dict[str, float] = {}
+        self._rate: dict[str, tuple[float, float]] = {}  # model -> (time, smoothed arrival rate)
 
     def _kinds(self, view: ClusterView) -> list[str]:
         if self.p.kinds:
@@ -86,26 +94,23 @@ class HeteroPhasePolicy:
         prompt, output = self._shape(mv)
         seen = "prefill" if prompt >= self.p.prefill_ratio * max(output, 1.0) else "decode"
         insts = [i for i in view.instances_of(name) if i.state != "draining"]
-        rate = max(mv.arrival_rate, mv.mean_rate if not insts else 0.0)
+        rate = self._smoothed(view.now, name, mv.arrival_rate, mv.mean_rate)
         if not insts:
             return self._launch(view, name, seen, prompt, output, rate, taken)
         inst = insts[0]
         if not self.p.switch or inst.state != "ready":
             return []
-        cur = self._phase.get(name)
-        if seen == cur:
-            self._pending.pop(name, None)
-            return []
         ph, n = self._pending.get(name, (seen, 0))
         n = n + 1 if ph == seen else 1
-        self._pending[name] = (seen, n)
+        self._pending[name] = (seen, n)  # decisions the current phase has held
         if n < self.p.patience or view.now - self._last_switch.get(name, -math.inf) < self.p.cooldown_s:
             return []
         pl = self._plan(view, name, prompt, output, rate)
         if pl is None:
             return []
         self._phase[name] = seen
-        self._pending.pop(name, None)
+        if self._keep(view, name, inst, pl, prompt, output, rate):
+            return []
         gpus = self._gpus(view, name, pl, taken, own=dict(zip(inst.gpus, inst.layer_ranges)))
         if gpus is None:
             self._note(f"hetero_phase: no free GPUs for {name}'s {seen} plan {'+'.join(pl.kinds)}")
@@ -116,6 +121,23 @@ class HeteroPhasePolicy:
         self._record(view, name, seen, pl, gpus)
         self._last_switch[name] = view.now
         return [Refactor(inst.id, stages)]
+
+    def _keep(self, view: ClusterView, name: str, inst, pl: Plan, prompt: float, output: float, rate: float) -> bool:
+        """Hysteresis: the running configuration stays while it still serves the new phase's rate and
+        costs at most `switch_gain` more than the new plan (a switch is not free: switchcost.py)."""
+        kinds = tuple(next(g.kind for g in view.gpus if g.id == gid) for gid in inst.gpus)
+        cur = plan(view, view.models[name], kinds, prompt, output, cuts=tuple(inst.layer_ranges))
+        w = self.p.gpu_weight
+        cost = lambda p: sum(w.get(k, 1.0) for k in p.kinds)  # noqa: E731
+        return cur is not None and cur.capacity >= self.p.headroom * rate and cost(cur) <= cost(pl) + self.p.switch_gain
+
+    def _smoothed(self, now: float, name: str, rate: float, start: float) -> float:
+        """Exponential average of the window's rate with time constant rate_smoothing_s, starting from
+        `start` (the history's mean rate, what the operator planned the launch from)."""
+        t, r = self._rate.get(name, (now, start))
+        r += (rate - r) * (1.0 - math.exp(-(now - t) / self.p.rate_smoothing_s))
+        self._rate[name] = (now, r)
+        return r
 
     def _plan(self, view: ClusterView, name: str, prompt: float, output: float, rate: float) -> Plan | None:
         mv = view.models[name]

@@ -5,22 +5,24 @@ A candidate is a sequence of GPU kinds (A100s first, then L40Ss: the kinds in ca
 changes only hops). Its cut is `hetero_partition` in bottleneck mode over per-layer times of the
 shape's decode step on each kind (the cost model prices an L40S layer by its own profile or spec
 sheet), with each GPU's memory after weights bounding its layers. Its capacity is the steady-state
-estimate of sizing.py made kind-aware: S micro-batches of B sequences, B bounded by the KV every
-stage holds (S x B sequences at full length over its own layers) and by `max_seqs`; a request costs
-its prefill on the bottleneck stage plus O decode steps of the bottleneck stage shared by B.
+estimate of sizing.py on these kinds and this shape: S micro-batches of B sequences, B the largest
+whose token cycle meets `slo_headroom` x the TPOT SLO and whose KV every stage holds (S x B
+sequences at full length over its own layers); a request costs its prefill on the bottleneck stage
+plus O tokens of the cycle.
 """
 
 from __future__ import annotations
 
-import math
+import dataclasses
 from dataclasses import dataclass
 
 from flexpipe_core.policyapi import ClusterView, ModelView
 from flexpipe_core.work import BatchWork
 
 from ..costmodel import StageShape
-from ..hardware import GPUSpec, get_gpu
+from ..hardware import GPUSpec, LinkKind, get_gpu, link_spec
 from .flexpipe.partition import hetero_partition
+from .sizing import replica_rate, slo_batch
 
 
 @dataclass(frozen=True)
@@ -45,9 +47,10 @@ def _work_prefill(p: int) -> BatchWork:
     return BatchWork(n_tokens=p, n_seqs=1, attn_pairs=p * (p + 1) // 2, kv_tokens=0, n_decode=0)
 
 
-def plan(view: ClusterView, mv: ModelView, kinds: tuple[str, ...], prompt: float, output: float) -> Plan | None:
-    """The best cut of `kinds` for this shape and its capacity; None where no cut fits memory or
-    leaves room for one sequence per micro-batch."""
+def plan(view: ClusterView, mv: ModelView, kinds: tuple[str, ...], prompt: float, output: float,
+         cuts: tuple[tuple[int, int], ...] | None = None, slo_headroom: float = 0.8) -> Plan | None:
+    """The best cut of `kinds` for this shape (or the given `cuts`) and its capacity; None where no
+    cut fits memory or leaves room for one sequence per micro-batch."""
     spec, cost, eng = mv.spec, mv.cost, view.engine
     n, depth = spec.num_layers, len(kinds)
     if depth > n:
@@ -67,20 +70,24 @@ def plan(view: ClusterView, mv: ModelView, kinds: tuple[str, ...], prompt: float
     t = [[cost.layer_time(g, _work_prefill(p)) + o * cost.layer_time(g, _work_decode(b0, ctx)) / b0] * n
          for g in gpus]
     mem = [float(spec.layer_bytes + depth * length * kvb)] * n
-    try:
-        cuts = hetero_partition(t, [0.0] * n, [1.0] * depth, usable, mem, mode="bottleneck")
-    except ValueError:
-        return None
+    if cuts is None:
+        try:
+            cuts = tuple(hetero_partition(t, [0.0] * n, [1.0] * depth, usable, mem, mode="bottleneck"))
+        except ValueError:
+            return None
     fits = [(u - spec.layer_bytes * (e - f)) / (length * kvb * (e - f)) for u, (f, e) in zip(usable, cuts)]
-    batch = min(eng.max_seqs, int(min(fits) // depth))
-    if batch < 1:
+    kv_fit = int(min(fits) // depth)
+    if kv_fit < 1:
         return None
+    # the sizing every planner uses (sizing.py: SLO batch capped by KV fit, token cycle with hops
+    # and bubbles, prefill on the bottleneck stage), for this phase's shape on these kinds
+    shaped = dataclasses.replace(mv, mean_prompt_tokens=float(p), mean_output_tokens=float(o))
     shapes = [StageShape(e - f, k == 0, k == depth - 1, g) for k, ((f, e), g) in enumerate(zip(cuts, gpus))]
+    hop = cost.hop_time(link_spec(LinkKind.RDMA, gpus[0]), 1) if depth > 1 else 0.0
+    batch = slo_batch(shaped, shapes, eng.max_seqs, slo_headroom, kv_fit, hop)
     stage_s = tuple(cost.stage_time(s, _work_decode(batch, ctx)) for s in shapes)
     prefill_s = tuple(cost.stage_time(s, _work_prefill(p)) for s in shapes)
-    # the bottleneck stage serves every micro-batch: per request, one prefill and O / B decode steps
-    per_req = max(prefill_s) + o * max(stage_s) / batch
-    return Plan(tuple(kinds), tuple(cuts), batch, stage_s, prefill_s, 1.0 / per_req if per_req > 0 else math.inf)
+    return Plan(tuple(kinds), tuple(cuts), batch, stage_s, prefill_s, replica_rate(shaped, shapes, batch, hop))
 
 
 def candidates(view: ClusterView, mv: ModelView, kinds: list[str], max_depth: int, prompt: float,

@@ -140,7 +140,8 @@ def hetero_partition(t: list[list[float]], s_p: list[float], bandwidths: list[fl
     split fractionally, C = n / sum_k (1 / tau_k), tau_k the mean per-layer T on GPU k. For equal
     GPUs this is `partition`'s C = sum(w) / K.
     mode "bottleneck": minimise max_k T_k (pipeline throughput is set by the slowest stage), ties
-    broken by Eq. 2's sum. Both exact by DP over (stage, first layer) in O(K n^2).
+    broken by Eq. 2's sum (a second DP under the least bottleneck). Exact by DP over (stage, last
+    layer) in O(K n^2).
     """
     k, n = len(t), len(s_p)
     if not 1 <= k <= n:
@@ -161,29 +162,43 @@ def hetero_partition(t: list[list[float]], s_p: list[float], bandwidths: list[fl
         pm.append(pm[-1] + mem[i])
     c = target if target is not None else n / sum(n / pw[s][n] for s in range(k))
     inf = math.inf
-    # best[s][j] = (primary, secondary) for layers 0..j-1 on stages 0..s-1
-    best: list[list[tuple[float, float]]] = [[(inf, inf)] * (n + 1) for _ in range(k + 1)]
-    back = [[-1] * (n + 1) for _ in range(k + 1)]
-    best[0][0] = (0.0, 0.0)
-    for s in range(1, k + 1):
-        for j in range(s, n - (k - s) + 1):
-            for i in range(s - 1, j):
-                prev = best[s - 1][i]
-                if prev[0] == inf or pm[j] - pm[i] > limits[s - 1] * (1 + 1e-12):
-                    continue
-                ts = pw[s - 1][j] - pw[s - 1][i]
-                dev = abs(ts - c)
-                v = (prev[0] + dev, 0.0) if mode == "eq2" else (max(prev[0], ts), prev[1] + dev)
-                if v < best[s][j]:
-                    best[s][j], back[s][j] = v, i
-    if best[k][n][0] == inf:
+
+    def dp(combine, cap: float) -> tuple[float, list[tuple[int, int]]]:
+        """Best combine-objective over cuts whose stages fit memory and take at most `cap`."""
+        best = [[inf] * (n + 1) for _ in range(k + 1)]
+        back = [[-1] * (n + 1) for _ in range(k + 1)]
+        best[0][0] = 0.0
+        for s in range(1, k + 1):
+            for j in range(s, n - (k - s) + 1):
+                for i in range(s - 1, j):
+                    if best[s - 1][i] == inf or pm[j] - pm[i] > limits[s - 1] * (1 + 1e-12):
+                        continue
+                    ts = pw[s - 1][j] - pw[s - 1][i]
+                    if ts > cap:
+                        continue
+                    v = combine(best[s - 1][i], ts)
+                    if v < best[s][j]:
+                        best[s][j], back[s][j] = v, i
+        if best[k][n] == inf:
+            return inf, []
+        cuts, j = [], n
+        for s in range(k, 0, -1):
+            i = back[s][j]
+            cuts.append((i, j))
+            j = i
+        return best[k][n], cuts[::-1]
+
+    eq2 = lambda acc, ts: acc + abs(ts - c)  # noqa: E731
+    if mode == "bottleneck":  # lexicographic (max, sum) is not a DP objective: the least max first
+        worst, _ = dp(max, inf)
+        if worst == inf:
+            raise ValueError("no partition fits the GPUs' memory")
+        _, cuts = dp(eq2, worst * (1 + 1e-12))
+    else:
+        _, cuts = dp(eq2, inf)
+    if not cuts:
         raise ValueError("no partition fits the GPUs' memory")
-    cuts, j = [], n
-    for s in range(k, 0, -1):
-        i = back[s][j]
-        cuts.append((i, j))
-        j = i
-    return cuts[::-1]
+    return cuts
 
 
 def hetero_stage_times(t: list[list[float]], s_p: list[float], bandwidths: list[float],
