@@ -158,11 +158,15 @@ def test_bad_mix_names_the_key(change, key):
         parse_scenario(_raw(**change), "s.yaml")
 
 
-def test_hetero_phase_needs_a_mix():
+def test_hetero_phase_kinds_must_be_the_clusters():
     raw = _raw()
+    raw["policy"]["params"]["kinds"] = ["h100-sxm"]
+    with pytest.raises(ScenarioError, match=r"policy\.params\.kinds"):
+        parse_scenario(raw, "s.yaml")
     del raw["cluster"]["mix"]
     raw["cluster"].update(servers=4, gpus=8)
-    with pytest.raises(ScenarioError, match="cluster.mix"):
+    raw["policy"]["params"]["kinds"] = ["l40s"]
+    with pytest.raises(ScenarioError, match=r"policy\.params\.kinds"):
         parse_scenario(raw, "s.yaml")
 
 

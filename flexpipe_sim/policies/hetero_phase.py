@@ -11,7 +11,8 @@ more (hysteresis), and switches are at least `cooldown_s` apart. A different pla
 §6.3; engine/refactor.py): weights load while the old pipeline serves, KV pre-copies, a short pause.
 With `switch: false` it keeps its first plan (the baseline switchcost.py compares against).
 
-GPUs: for each stage kind, a free GPU of that kind (or one of the pipeline's own), next to the
+On a cluster of one kind it still plans depth and cuts per phase (where the view carries the recent
+shape: heterosim's). GPUs: for each stage kind, a free GPU of that kind (or one of the pipeline's own), next to the
 previous stage where possible (same server, then an RDMA server); the pipeline's own GPUs are
 preferred when the stage's layers stay on them (Fig. 6: a stage that stays keeps its weights).
 """
@@ -24,6 +25,7 @@ from pydantic import BaseModel, ConfigDict, Field
 
 from flexpipe_core.policyapi import Action, ClusterView, GPUView, Launch, Refactor, StagePlan
 from .hetero_plan import Plan, candidates, choose, plan
+from .placement import stage_need_bytes, usable_bytes
 
 
 class HeteroPhaseParams(BaseModel):
@@ -48,9 +50,7 @@ class HeteroPhaseParams(BaseModel):
                                     "cluster's, in the order of cluster.mix)")
 
     def check_scenario(self, sc) -> None:
-        if sc.cluster.mix is None:
-            raise ValueError("policy.params: hetero_phase plans on a mixed cluster; give cluster.mix")
-        have = [g.gpu for g in sc.cluster.mix]
+        have = [g.gpu for g in sc.cluster.mix] if sc.cluster.mix is not None else [sc.cluster.gpu]
         for k in self.kinds or []:
             if k not in have:
                 raise ValueError(f"policy.params.kinds: {k} is not in cluster.mix ({', '.join(have)})")
@@ -73,8 +73,8 @@ class HeteroPhasePolicy:
             return list(self.p.kinds)
         seen: list[str] = []
         for g in view.gpus:
-            if g.kind and g.kind not in seen:
-                seen.append(g.kind)
+            if _kind(view, g) not in seen:
+                seen.append(_kind(view, g))
         return seen
 
     def decide(self, view: ClusterView) -> list[Action]:
@@ -125,7 +125,7 @@ class HeteroPhasePolicy:
     def _keep(self, view: ClusterView, name: str, inst, pl: Plan, prompt: float, output: float, rate: float) -> bool:
         """Hysteresis: the running configuration stays while it still serves the new phase's rate and
         costs at most `switch_gain` more than the new plan (a switch is not free: switchcost.py)."""
-        kinds = tuple(next(g.kind for g in view.gpus if g.id == gid) for gid in inst.gpus)
+        kinds = tuple(next(_kind(view, g) for g in view.gpus if g.id == gid) for gid in inst.gpus)
         cur = plan(view, view.models[name], kinds, prompt, output, cuts=tuple(inst.layer_ranges))
         w = self.p.gpu_weight
         cost = lambda p: sum(w.get(k, 1.0) for k in p.kinds)  # noqa: E731
@@ -163,17 +163,20 @@ class HeteroPhasePolicy:
     def _gpus(self, view: ClusterView, name: str, pl: Plan, taken: set[int],
               own: dict[int, tuple[int, int]]) -> list[int] | None:
         """A GPU per stage: its own GPU where that stage's layers are a subset of what it holds (no
-        reload), else a free GPU of the kind, nearest the previous stage (same server, RDMA, any)."""
+        reload), else a free GPU of the kind whose free memory (other tenants') holds the stage,
+        nearest the previous stage (same server, RDMA, any), then the emptiest."""
         chosen: list[int] = []
         used = set(taken)
         by_id = {g.id: g for g in view.gpus}
         for (f, e), kind in zip(pl.cuts, pl.kinds):
-            keep = [g for g, (of, oe) in own.items() if by_id[g].kind == kind and of <= f and e <= oe and g not in used]
+            keep = [g for g, (of, oe) in own.items() if _kind(view, by_id[g]) == kind and of <= f and e <= oe
+                    and g not in used]
             if keep:
                 pick = keep[0]
             else:
-                free = [g for g in view.gpus if g.kind == kind and g.id not in used and g.id not in own
-                        and not g.models]
+                need = stage_need_bytes(view.models[name].spec, f, e, view.engine)
+                free = [g for g in view.gpus if _kind(view, g) == kind and g.id not in used and g.id not in own
+                        and not g.models and need <= usable_bytes(g.free_bytes, view.engine)]
                 if not free:
                     return None
                 prev = by_id[chosen[-1]] if chosen else None
@@ -192,6 +195,11 @@ class HeteroPhasePolicy:
     def _note(self, text: str) -> None:
         if text not in self.notes:
             self.notes.append(text)
+
+
+def _kind(view: ClusterView, g: GPUView) -> str:
+    """A GPU's kind: the view's where the cluster mixes kinds, else the cluster's one kind."""
+    return g.kind or view.gpu_kind.name
 
 
 def _distance(prev: GPUView | None, g: GPUView) -> int:

@@ -94,7 +94,7 @@ def candidates(view: ClusterView, mv: ModelView, kinds: list[str], max_depth: in
                output: float) -> list[Plan]:
     """Every mix of the kinds up to `max_depth` stages that fits (kinds in the given order)."""
     out: list[Plan] = []
-    avail = {k: sum(1 for g in view.gpus if g.kind == k) for k in kinds}
+    avail = {k: sum(1 for g in view.gpus if (g.kind or view.gpu_kind.name) == k) for k in kinds}
 
     def mixes(i: int, left: int) -> list[tuple[str, ...]]:
         if i == len(kinds):
