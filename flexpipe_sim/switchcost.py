@@ -5,7 +5,9 @@ around it where heterosim asks for them):
 - downtime: the longest time no token was produced for the instance's requests across the switch:
   from the last token before the pause to the first one after the switch (exact to
   refactor.WATCH_S). It contains one ordinary token gap (the pipeline's step cycle), reported
-  beside it as `normal_gap_s` (median gap before the switch);
+  beside it as `normal_gap_s` (median gap before the switch); its parts: draining the in-flight
+  micro-batches (`drain_s`), the final KV copy (`final_copy_s`), the new pipeline's first pass
+  (`restart_s`);
 - the TTFT and TPOT of the requests in flight at the pause against the same requests (same seed,
   same ids) in a run that never switches (`hetero_phase` with `switch: false`), as relative
   overheads of their means;
@@ -27,17 +29,19 @@ STRETCH_DOWNTIME_S = 0.010  # issue 15: PipeLive's "under 10 ms"
 TARGET_OVERHEAD = 0.10  # issue 15: "under 10% TTFT/TPOT overhead"
 
 
-def token_gap(times: list[float], t_pause: float, t_switch: float) -> tuple[float, float]:
-    """(downtime, normal gap): the longest gap between consecutive token events from the last one
-    at or before the pause to the first one after the switch (the in-flight micro-batches still
-    finish tokens while the pipeline drains); the median gap before the pause. NaN where unknown."""
+def token_gap(times: list[float], t_pause: float, t_switch: float) -> tuple[float, float, float]:
+    """(downtime, normal gap, restart): the longest gap between consecutive token events from the
+    last one at or before the pause to the first one after the switch (the in-flight micro-batches
+    still finish tokens while the pipeline drains); the median gap before the pause; the time from
+    the switch to the first token (the new pipeline's first pass). NaN where unknown."""
     before = [t for t in times if t <= t_pause]
     after = [t for t in times if t > t_switch]
     if not after:
-        return math.nan, math.nan
+        return math.nan, math.nan, math.nan
     window = [before[-1] if before else t_pause] + [t for t in times if t_pause < t <= t_switch] + [after[0]]
     gaps = np.diff(before)
-    return float(np.max(np.diff(window))), float(np.median(gaps)) if len(gaps) else math.nan
+    return (float(np.max(np.diff(window))), float(np.median(gaps)) if len(gaps) else math.nan,
+            after[0] - t_switch)
 
 
 def _tpot(r) -> float:
@@ -68,13 +72,17 @@ def why(row: dict) -> str:
     """Which part of the switch broke a target, in words (empty where all targets hold)."""
     out = []
     if not row["downtime_s"] < TARGET_DOWNTIME_S:
-        parts = {"draining in-flight micro-batches": row["drain_s"], "the final KV copy": row["final_copy_s"]}
+        parts = {"draining in-flight micro-batches": row["drain_s"], "the final KV copy": row["final_copy_s"],
+                 "the new pipeline's first pass": row["restart_s"]}
         part, secs = max(parts.items(), key=lambda kv: kv[1])
         msg = f"downtime {1e3 * row['downtime_s']:.0f} ms: mostly {part} ({1e3 * secs:.0f} ms"
         if part == "the final KV copy":
             msg += f": {_gb(row['final_kv_gb'] * 1e9)} of KV written during the pre-copy, over {row['kv_link_kinds']})"
+        elif part == "the new pipeline's first pass":
+            msg += f" to the first token: every stage's first step, prefill chunks included)"
         else:
-            msg += f"; a step of the old pipeline, normal token gap {1e3 * row['normal_gap_s']:.0f} ms)"
+            msg += f": the old pipeline's last steps, prefill chunks included; normal token gap " \
+                   f"{1e3 * row['normal_gap_s']:.0f} ms)"
         out.append(msg)
     for m in ("ttft", "tpot"):
         v = row[f"{m}_overhead"]
@@ -92,7 +100,7 @@ def switch_rows(refactors: list[dict], requests: list, baseline: list | None) ->
     rows = []
     for k, rf in enumerate(refactors):
         times = rf.get("_token_times", [])
-        down, normal = token_gap(times, rf["paused_s"], rf["switched_s"]) if times else (math.nan, math.nan)
+        down, normal, restart = token_gap(times, rf["paused_s"], rf["switched_s"]) if times else (math.nan,) * 3
         ids = rf.get("_inflight_ids", [])
         ttft, n1 = _overhead(ids, run, base, _ttft)
         tpot, n2 = _overhead(ids, run, base, _tpot)
@@ -102,7 +110,7 @@ def switch_rows(refactors: list[dict], requests: list, baseline: list | None) ->
             "requested_s": rf["requested_s"], "switched_s": rf["switched_s"],
             "old": f"{rf['old_layers']} on GPUs {rf['old_gpus']}", "new": f"{rf['new_layers']} on GPUs {rf['new_gpus']}",
             "downtime_s": down, "normal_gap_s": normal, "pause_s": rf["pause_s"], "drain_s": rf["drain_s"],
-            "final_copy_s": rf["final_copy_s"], "duration_s": rf["duration_s"], "weight_load_s": rf["weight_load_s"],
+            "final_copy_s": rf["final_copy_s"], "restart_s": restart, "duration_s": rf["duration_s"], "weight_load_s": rf["weight_load_s"],
             "inflight": len(ids), "n_compared": max(n1, n2), "ttft_overhead": ttft, "tpot_overhead": tpot,
             "kv_gb": rf["kv_bytes"] / 1e9, "final_kv_gb": rf.get("final_kv_bytes", 0) / 1e9,
             "kv_link_kinds": "+".join(sorted(links)) or "-", "kv_links": ", ".join(f"{k_}: {_gb(v)}" for k_, v in sorted(links.items())) or "-",

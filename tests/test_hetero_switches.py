@@ -76,6 +76,7 @@ def test_downtime_is_consistent_with_pause_and_link(run):
         # nothing is produced between the drain and the switch: the final copy is inside the downtime
         assert down >= rf["final_copy_s"] - WATCH_S
         assert down >= rf["pause_s"] - rf["drain_s"] - WATCH_S
+        assert row["restart_s"] >= 0 and down >= row["restart_s"] - WATCH_S
         # the final copy took its bytes' time over the link it used (one link kind): the new stages
         # copy in parallel, so between bytes / (stages x rate) and bytes / rate (+ latencies)
         links = rf["_kv_bytes_by_link"]
@@ -117,9 +118,10 @@ def test_overheads_join_the_no_switch_run_by_request_id(run):
 def test_token_gap():
     # tokens every 10 ms, a pause at 0.1 s, drain tokens until 0.12, the switch at 0.2, next at 0.21
     times = list(np.arange(0.01, 0.105, 0.01)) + [0.12, 0.21, 0.22]
-    down, normal = token_gap(times, 0.1, 0.2)
+    down, normal, restart = token_gap(times, 0.1, 0.2)
     assert down == pytest.approx(0.09)
     assert normal == pytest.approx(0.01)
+    assert restart == pytest.approx(0.01)
     assert math.isnan(token_gap([0.01], 0.1, 0.2)[0])  # no token after the switch: unknown
 
 
