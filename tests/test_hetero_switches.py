@@ -183,3 +183,13 @@ def test_phased_lengths_follow_the_arrival_phase():
     assert phase_of(sc.workload.lengths, t).tolist() == [0, 0, 1, 1, 0, 1]
     p, o = phased_lengths(sc.workload.lengths, t, np.random.default_rng(0))
     assert p.tolist() == [100, 100, 3000, 3000, 100, 3000] and o.tolist() == [7, 7, 2, 2, 7, 2]
+
+
+def test_same_seed_same_switches():
+    from flexpipe_sim.runner import run_scenario
+
+    args = ["horizon_s=200", "drain_s=30", "workload.lengths.phases.0.duration_s=60",
+            "workload.lengths.phases.1.duration_s=60"]
+    a = run_scenario(load_scenario(SCENARIO, args), write=False)
+    b = run_scenario(load_scenario(SCENARIO, args), write=False)
+    assert a.summary["switches"] == b.summary["switches"] and a.summary["switches"]["count"] >= 1
