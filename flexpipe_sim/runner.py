@@ -128,6 +128,10 @@ def _write(out_dir: Path, sc: Scenario, raw: RawResults, df, ts, summary: dict) 
     if sc.outputs.plots and not raw.interrupted:
         try:
             write_plots(out_dir, df, ts, sc.name, {m.name: (m.slo.ttft_s, m.slo.tpot_s) for m in sc.models})
+            if getattr(raw, "switches", None):
+                from .switchplot import write_switch_plot
+
+                write_switch_plot(out_dir, raw.refactors, raw.switches)
         except Exception as e:  # noqa: BLE001 - reported to the user, results are already on disk
             return f"{type(e).__name__}: {e}"
     return None
