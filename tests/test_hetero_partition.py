@@ -122,3 +122,15 @@ def test_prefill_heavy_phase_gives_the_l40s_more_layers(tmp_path):
     # the L40S prefills a layer faster than the A100 (362 vs 312 TFLOP/s) and decodes it slower
     a_pre, l_pre = (x / n for x, n in zip(code.prefill_s, (32 - l40s_layers(code), l40s_layers(code))))
     assert l_pre < a_pre
+
+
+def test_slower_link_and_smaller_memory_mean_fewer_layers():
+    """Eq. 2's s_p / B per GPU: equal compute, but stage 2 loads its parameters at half the rate
+    (PCIe-only L40S against an NVLink/RDMA-fed A100): per layer 1 + 1 = 2 against 1 + 2 = 3 units,
+    so 12 layers split 7 + 5 (bottleneck max(14, 15) = 15; 8 + 4: max(16, 12) = 16)."""
+    t = [[1.0] * 12, [1.0] * 12]
+    s_p = [1.0] * 12
+    assert hetero_partition(t, s_p, [1.0, 0.5], [math.inf] * 2, mode="bottleneck") == [(0, 7), (7, 12)]
+    assert hetero_partition(t, s_p, [1.0, 1.0], [math.inf] * 2, mode="bottleneck") == [(0, 6), (6, 12)]
+    # and memory binds before balance does: 48 of 80 GB-like limits, 1 unit a layer
+    assert hetero_partition(t, [0.0] * 12, [1.0, 1.0], [80.0, 4.8], [1.0] * 12) == [(0, 8), (8, 12)]
