@@ -26,6 +26,7 @@ class GPUView:
     tenant_sm_frac: float
     models: frozenset[str]  # models with a stage on this GPU
     shared: frozenset[tuple[str, int, int]] = frozenset()  # (model, first, end) weights mappable here
+    kind: str = ""  # GPU kind (hardware catalogue name); set where the cluster mixes kinds
 
 
 @dataclass(frozen=True)
@@ -58,6 +59,10 @@ class ModelView:
     # the whole history the operator planned from (the trace itself): what offline planners use
     mean_rate: float = 0.0
     hist_cv: float = 0.0
+    # the recent request shape (mixed-cluster simulations set them; NaN where none was seen):
+    # mean prompt of arrivals and mean output of completions in the stats window
+    recent_prompt_tokens: float = float("nan")
+    recent_output_tokens: float = float("nan")
 
 
 @dataclass(frozen=True)

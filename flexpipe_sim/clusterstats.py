@@ -11,7 +11,12 @@ from .scenario import Scenario
 
 
 def cluster_stats(sc: Scenario) -> dict[str, dict[str, float]]:
-    cl = Simulation(sc).cluster
+    if sc.cluster.mix is not None:  # a mixed cluster is built group by group
+        from .heterosim import HeteroSimulation
+
+        cl = HeteroSimulation(sc).cluster
+    else:
+        cl = Simulation(sc).cluster
     mem = np.array([g.tenant_mem_frac for g in cl.gpus])
     sm = np.array([g.tenant_sm_frac for g in cl.gpus])
     out = {}

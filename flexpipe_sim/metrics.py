@@ -207,6 +207,10 @@ def summarize(raw: RawResults, df: pd.DataFrame, ts: pd.DataFrame) -> dict[str, 
                                f"are excluded from the request, SLO and GPU figures (measured: {horizon:g} s of arrivals)"]
                               if sc.warmup_s else []),
     }
+    if getattr(raw, "switches", None) is not None:  # mixed-cluster runs (heterosim.py): what each switch cost
+        from .switchcost import summary_block
+
+        summary["switches"] = summary_block([r for r in raw.switches if r["requested_s"] >= sc.warmup_s])
     # Wall-clock numbers vary between runs; they go to run_info (see `run_info`), so that
     # summary.json is byte-identical for the same scenario and seed.
     return _round(summary)

@@ -38,7 +38,8 @@ def write_tables(out: Path, fmt: str, df: pd.DataFrame, ts: pd.DataFrame, launch
     if rejected:
         pd.DataFrame(rejected).to_csv(out / "rejected_actions.csv", index=False)
     if refactors:
-        pd.DataFrame(refactors).to_csv(out / "refactors.csv", index=False)
+        pd.DataFrame([{k: v for k, v in r.items() if not k.startswith("_")} for r in refactors]).to_csv(
+            out / "refactors.csv", index=False)
 
 
 def write_json(path: Path, obj: Any) -> None:
@@ -194,4 +195,35 @@ def summary_table(summary: dict[str, Any]) -> Group:
         run.add_row("refactors (mean / max pause)", f"{rf['count']} ({1e3 * rf['pause_s_mean']:.1f} / {1e3 * rf['pause_s_max']:.1f} ms)")
     for reason, n in summary["drop_reasons"].items():
         run.add_row(f"dropped: {reason}", f"{n:,}", style="yellow")
+    sw = summary.get("switches")
+    if sw and sw["count"]:
+        return Group(lat, run, switches_table(sw))
     return Group(lat, run)
+
+
+def switches_table(sw: dict[str, Any]) -> Table:
+    """What the run's pipeline switches cost against the targets (switchcost.py), and why a switch
+    missed them."""
+    tg = sw["targets"]
+    t = Table(title="pipeline switches (switches.csv)", show_header=False)
+    t.add_column("what")
+    t.add_column("value", justify="right")
+
+    def ms(x: float | None) -> str:
+        return "-" if x is None else f"{1e3 * x:.1f} ms"
+
+    def pct(x: float | None) -> str:
+        return "-" if x is None else f"{100 * x:+.1f}%"
+
+    t.add_row("switches", f"{sw['count']}")
+    t.add_row(f"downtime mean / max (target < {ms(tg['downtime_s'])})",
+              f"{ms(sw['downtime_s_mean'])} / {ms(sw['downtime_s_max'])} ({sw['downtime_target_met']} of {sw['count']} met)")
+    t.add_row(f"in-flight TTFT / TPOT overhead vs no switch (target < {100 * tg['ttft_tpot_overhead']:.0f}%)",
+              f"{pct(sw['ttft_overhead_mean'])} / {pct(sw['tpot_overhead_mean'])} ({sw['overhead_target_met']} of "
+              f"{sw['count']} met)")
+    t.add_row("moved: KV / weights", f"{sw['kv_gb_total']:.1f} GB / {sw['weight_gb_total']:.1f} GB")
+    for line in sw["failures"][:5]:
+        t.add_row("missed", line, style="yellow")
+    if len(sw["failures"]) > 5:
+        t.add_row("missed", f"... and {len(sw['failures']) - 5} more (switches.csv, column why)", style="yellow")
+    return t

@@ -65,7 +65,12 @@ def sigint_at_progress() -> Iterator[list[bool]]:
 
 def simulate(sc: Scenario, progress: ProgressFn | None = None) -> RawResults:
     """Simulation(sc).run with Ctrl-C turned into an early, clean stop (RawResults.interrupted)."""
-    sim = Simulation(sc)
+    if sc.cluster.mix is not None:
+        from .heterosim import HeteroSimulation
+
+        sim = HeteroSimulation(sc)
+    else:
+        sim = Simulation(sc)
     with sigint_at_progress() as flag:
         def tick(now: float, done: int) -> None:
             if flag[0]:
@@ -114,10 +119,19 @@ def _write(out_dir: Path, sc: Scenario, raw: RawResults, df, ts, summary: dict) 
     # Tables and summary first: a failure while plotting must not lose computed results.
     write_tables(out_dir, sc.outputs.format, df, ts, raw.launches, raw.rejected, raw.refactors)
     write_json(out_dir / "summary.json", summary)
+    if getattr(raw, "switches", None) is not None:  # mixed-cluster runs: switchcost.py, hetero_phase's plans
+        import pandas as pd
+
+        pd.DataFrame(raw.switches).to_csv(out_dir / "switches.csv", index=False)
+        pd.DataFrame(getattr(raw, "plans", [])).to_csv(out_dir / "plans.csv", index=False)
     write_scenario(out_dir / "scenario.yaml", sc)
     if sc.outputs.plots and not raw.interrupted:
         try:
             write_plots(out_dir, df, ts, sc.name, {m.name: (m.slo.ttft_s, m.slo.tpot_s) for m in sc.models})
+            if getattr(raw, "switches", None):
+                from .switchplot import write_switch_plot
+
+                write_switch_plot(out_dir, raw.refactors, raw.switches)
         except Exception as e:  # noqa: BLE001 - reported to the user, results are already on disk
             return f"{type(e).__name__}: {e}"
     return None

@@ -44,6 +44,17 @@ class _Strict(BaseModel):
         return raw
 
 
+class ServerGroupConfig(_Strict):
+    """Servers of one kind in a mixed cluster (issue 15): their GPU, count, and links."""
+
+    gpu: str = Field(description="GPU kind from the catalogue")
+    servers: int = Field(ge=1, description="servers of this kind")
+    gpus_per_server: int = Field(ge=1, le=16, description="GPUs in each of them")
+    intra_server_link: Literal["nvlink", "pcie"] = Field("pcie", description="GPU-GPU inside a server "
+                                                          "(nvlink only where the GPU kind has it)")
+    rdma: bool = Field(True, description="RDMA NICs between servers (else TCP)")
+
+
 class ClusterConfig(_Strict):
     servers: int = Field(42, ge=1, description="number of servers (paper: 42)")
     gpus: int = Field(82, ge=1, description="total GPUs, spread evenly over servers (paper: 82)")
@@ -61,11 +72,17 @@ class ClusterConfig(_Strict):
     cluster_storage_gb_s: float = Field(22.0, gt=0, description="storage read rate of the whole cluster, GB/s "
                                         "(Table 2: 120 GB in 5.43 s at 32 stages)")
     gpus_per_pcie_uplink: int = Field(2, ge=1, description="GPUs sharing one host->GPU PCIe uplink (HGX A100: 2)")
+    mix: list[ServerGroupConfig] | None = Field(None, description="a mixed cluster, group by group (servers, gpus "
+                                                 "and rdma_fraction must then agree; gpu names one of the kinds)")
 
     @model_validator(mode="after")
     def _consistent(self) -> "ClusterConfig":
         if self.gpu not in GPUS:
             raise ValueError(f"gpu: unknown GPU kind {self.gpu!r}; known kinds: {', '.join(sorted(GPUS))}")
+        if self.mix is not None:
+            from .heterosim import check_mix
+
+            check_mix(self)
         if self.gpus < self.servers:
             raise ValueError(f"gpus: {self.gpus} GPUs cannot populate {self.servers} servers (at least 1 each)")
         if self.gpus > self.servers * self.max_gpus_per_server:
@@ -233,8 +250,21 @@ class ServeGenLengths(_Strict):
         return self
 
 
+class LengthPhase(_Strict):
+    lengths: Literal["azure-conv", "azure-code"] | FixedLengthConfig
+    duration_s: float = Field(gt=0, description="how long this phase lasts in each cycle")
+
+
+class PhasedLengths(_Strict):
+    """Lengths whose mix shifts over time (issue 15): the phases in order, repeated; a request takes
+    the lengths of the phase its arrival falls in (e.g. long-prompt code vs chat)."""
+
+    kind: Literal["phased"]
+    phases: list[LengthPhase] = Field(min_length=2)
+
+
 Arrivals = Annotated[PoissonArrivals | GammaArrivals | MMPPArrivals | TraceArrivals, Field(discriminator="kind")]
-LengthSpec = Annotated[FixedLengthConfig | TraceLengths | ServeGenLengths, Field(discriminator="kind")]
+LengthSpec = Annotated[FixedLengthConfig | TraceLengths | ServeGenLengths | PhasedLengths, Field(discriminator="kind")]
 
 
 class WorkloadConfig(_Strict):
@@ -288,6 +318,8 @@ class CostConfig(_Strict):
         "eager", description="cost model for models without a profile: eager (torch-eager roofline) or "
                              "paged (Vidur's A100 paged-attention measurements)")
     profiles: dict[str, str] = Field(default_factory=dict, description="model name -> profile JSON")
+    by_gpu: dict[str, dict[str, str]] = Field(default_factory=dict, description="mixed clusters: model name -> "
+                                              "{GPU kind -> profile JSON}; other kinds use the roofline")
 
     def check_cluster(self, gpu: str) -> None:
         """`paged` is built from A100-80GB measurements; on another GPU it would pass them off as that GPU's."""
@@ -302,6 +334,10 @@ class CostConfig(_Strict):
         for model, path in self.profiles.items():
             if not Path(path).is_file():
                 raise ValueError(f"profiles.{model}: no such profile file: {path}")
+        for model, kinds in self.by_gpu.items():
+            for kind, path in kinds.items():
+                if not Path(path).is_file():
+                    raise ValueError(f"by_gpu.{model}.{kind}: no such profile file: {path}")
         return self
 
 
@@ -445,6 +481,9 @@ def _resolve_paths(raw: dict, base_dir: Path | None) -> None:
     if isinstance(cost, dict) and isinstance(cost.get("profiles"), dict):
         cost["profiles"] = {k: resolve_data_path(v, base_dir) if isinstance(v, str) else v
                             for k, v in cost["profiles"].items()}
+    if isinstance(cost, dict) and isinstance(cost.get("by_gpu"), dict):
+        cost["by_gpu"] = {m: {k: resolve_data_path(v, base_dir) if isinstance(v, str) else v for k, v in d.items()}
+                          if isinstance(d, dict) else d for m, d in cost["by_gpu"].items()}
     w = raw.get("workload")
     if not isinstance(w, dict):
         return

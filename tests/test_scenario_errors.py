@@ -27,7 +27,7 @@ CASES = {
                                "intermediate": 262144, "vocab": 32000, "max_context": 2048}}]},
         "cannot fit on any",
     ),
-    "unknown policy": ({"policy": {"name": "magic"}}, "valid policies: alpaserve, flexpipe, muxserve, serverlessllm, static, tetris"),
+    "unknown policy": ({"policy": {"name": "magic"}}, "valid policies: alpaserve, flexpipe, hetero_phase, muxserve, serverlessllm, static, tetris"),
     "unknown policy parameter": ({"policy": {"name": "static", "params": {"stagez": 2}}}, "policy.params.stagez"),
     "more stages than layers": ({"policy": {"name": "static", "params": {"stages": 64}}}, "cannot make 64 stages"),
     "missing SLO": ({"models": [{"name": "llama2-7b"}]}, "models.0.slo: Field required"),

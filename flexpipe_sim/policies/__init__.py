@@ -3,6 +3,7 @@
 from . import registry
 from .alpaserve import AlpaServeParams, AlpaServePolicy
 from .flexpipe import FlexPipeParams, FlexPipePolicy
+from .hetero_phase import HeteroPhaseParams, HeteroPhasePolicy
 from .muxserve import MuxServeParams, MuxServePolicy
 from .serverlessllm import ServerlessLLMParams, ServerlessLLMPolicy
 from .static import StaticParams, StaticPolicy
@@ -14,5 +15,6 @@ registry.register("serverlessllm", ServerlessLLMParams, ServerlessLLMPolicy)
 registry.register("alpaserve", AlpaServeParams, AlpaServePolicy)
 registry.register("muxserve", MuxServeParams, MuxServePolicy)
 registry.register("tetris", TetrisParams, TetrisPolicy)
+registry.register("hetero_phase", HeteroPhaseParams, HeteroPhasePolicy)
 
 __all__ = ["registry"]

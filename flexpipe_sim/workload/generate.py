@@ -6,7 +6,7 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
-from ..scenario import (FixedLengthConfig, GammaArrivals, MMPPArrivals, PoissonArrivals, Scenario,
+from ..scenario import (FixedLengthConfig, GammaArrivals, MMPPArrivals, PhasedLengths, PoissonArrivals, Scenario,
                         ServeGenLengths, TraceArrivals, TraceLengths)
 from .arrivals import (diurnal_warp, gamma_arrivals, mmpp_arrivals, mmpp_mean_rate, poisson_arrivals,
                        rescale_rate, reshape_cv)
@@ -114,8 +114,28 @@ def _lengths(sc: Scenario, tr: Trace, rng: np.random.Generator) -> tuple[np.ndar
         if not src.has_lengths:
             raise TraceError(spec.path, "this trace has no prompt/output lengths")
         return EmpiricalLengths(src.prompt_tokens, src.output_tokens).sample(n, rng)
+    if isinstance(spec, PhasedLengths):
+        return phased_lengths(spec, tr.arrival_s, rng)
     assert isinstance(spec, ServeGenLengths)
     return load_servegen_lengths(spec.path).sample(n, rng)
+
+
+def phase_of(spec: PhasedLengths, t: np.ndarray) -> np.ndarray:
+    """Index of the phase each time falls in (the phases repeat in order)."""
+    ends = np.cumsum([p.duration_s for p in spec.phases])
+    return np.searchsorted(ends, np.mod(t, ends[-1]), side="right")
+
+
+def phased_lengths(spec: PhasedLengths, t: np.ndarray, rng: np.random.Generator) -> tuple[np.ndarray, np.ndarray]:
+    """Each request takes the lengths of its arrival's phase (one draw per phase, in phase order)."""
+    prompt, output = np.zeros(len(t), np.int64), np.zeros(len(t), np.int64)
+    idx = phase_of(spec, t)
+    for j, ph in enumerate(spec.phases):
+        sel = np.flatnonzero(idx == j)
+        src = TABLES[ph.lengths] if isinstance(ph.lengths, str) else FixedLengths(ph.lengths.prompt_tokens,
+                                                                                   ph.lengths.output_tokens)
+        prompt[sel], output[sel] = src.sample(len(sel), rng)
+    return prompt, output
 
 
 def assign_by_key(keys: np.ndarray, names: list[str], shares: np.ndarray) -> np.ndarray:

@@ -121,3 +121,87 @@ def rebalance(t_c: list[float], s_p: list[float], speeds: list[float], bandwidth
 
 def stage_times(t_c: list[float], cuts: list[tuple[int, int]], speeds: list[float]) -> list[float]:
     return [sum(t_c[a:b]) * v for (a, b), v in zip(cuts, speeds)]
+
+
+def hetero_partition(t: list[list[float]], s_p: list[float], bandwidths: list[float], limits: list[float],
+                     mem: list[float] | None = None, *, mode: str = "eq2", target: float | None = None
+                     ) -> list[tuple[int, int]]:
+    """Eq. 2 for a pipeline whose stages sit on GPUs of different kinds (issue 15).
+
+    Stage k runs on GPU k (in pipeline order). `t[k][i]`: layer i's compute time on GPU k (from the
+    cost model of that GPU kind, so an L40S's lower HBM bandwidth shows in decode and its tensor
+    throughput in prefill); `s_p[i]/bandwidths[k]`: layer i's parameter load time over GPU k's link
+    (Eq. 2's s_p/B, per GPU since a PCIe-only L40S server and an NVLink A100 server differ);
+    `mem[i]`: bytes layer i needs on its GPU (weights + its KV; defaults to s_p), `limits[k]`:
+    what GPU k has for them (the s_p(S_k) <= M_GPU constraint, per GPU: 48 GB for an L40S).
+
+    mode "eq2": minimise sum_k |T_k - C| (the paper's objective), T_k = sum_{i in S_k}
+    (t[k][i] + s_p[i]/B_k), with C the balanced share: the common stage time if layers could be
+    split fractionally, C = n / sum_k (1 / tau_k), tau_k the mean per-layer T on GPU k. For equal
+    GPUs this is `partition`'s C = sum(w) / K.
+    mode "bottleneck": minimise max_k T_k (pipeline throughput is set by the slowest stage), ties
+    broken by Eq. 2's sum (a second DP under the least bottleneck). Exact by DP over (stage, last
+    layer) in O(K n^2).
+    """
+    k, n = len(t), len(s_p)
+    if not 1 <= k <= n:
+        raise ValueError(f"cannot cut {n} layers into {k} stages")
+    if len(bandwidths) != k or len(limits) != k or any(len(row) != n for row in t):
+        raise ValueError("t, bandwidths and limits need one entry per stage (t rows: one time per layer)")
+    if mode not in ("eq2", "bottleneck"):
+        raise ValueError(f"mode must be eq2 or bottleneck, got {mode!r}")
+    mem = mem if mem is not None else list(s_p)
+    pw = []  # pw[s][j]: prefix of stage s's per-layer time
+    for s in range(k):
+        row = [0.0]
+        for i in range(n):
+            row.append(row[-1] + t[s][i] + s_p[i] / bandwidths[s])
+        pw.append(row)
+    pm = [0.0]
+    for i in range(n):
+        pm.append(pm[-1] + mem[i])
+    c = target if target is not None else n / sum(n / pw[s][n] for s in range(k))
+    inf = math.inf
+
+    def dp(combine, cap: float) -> tuple[float, list[tuple[int, int]]]:
+        """Best combine-objective over cuts whose stages fit memory and take at most `cap`."""
+        best = [[inf] * (n + 1) for _ in range(k + 1)]
+        back = [[-1] * (n + 1) for _ in range(k + 1)]
+        best[0][0] = 0.0
+        for s in range(1, k + 1):
+            for j in range(s, n - (k - s) + 1):
+                for i in range(s - 1, j):
+                    if best[s - 1][i] == inf or pm[j] - pm[i] > limits[s - 1] * (1 + 1e-12):
+                        continue
+                    ts = pw[s - 1][j] - pw[s - 1][i]
+                    if ts > cap:
+                        continue
+                    v = combine(best[s - 1][i], ts)
+                    if v < best[s][j]:
+                        best[s][j], back[s][j] = v, i
+        if best[k][n] == inf:
+            return inf, []
+        cuts, j = [], n
+        for s in range(k, 0, -1):
+            i = back[s][j]
+            cuts.append((i, j))
+            j = i
+        return best[k][n], cuts[::-1]
+
+    eq2 = lambda acc, ts: acc + abs(ts - c)  # noqa: E731
+    if mode == "bottleneck":  # lexicographic (max, sum) is not a DP objective: the least max first
+        worst, _ = dp(max, inf)
+        if worst == inf:
+            raise ValueError("no partition fits the GPUs' memory")
+        _, cuts = dp(eq2, worst * (1 + 1e-12))
+    else:
+        _, cuts = dp(eq2, inf)
+    if not cuts:
+        raise ValueError("no partition fits the GPUs' memory")
+    return cuts
+
+
+def hetero_stage_times(t: list[list[float]], s_p: list[float], bandwidths: list[float],
+                       cuts: list[tuple[int, int]]) -> list[float]:
+    """T_k of `hetero_partition` for given cuts (stage k on GPU k)."""
+    return [sum(t[k][i] + s_p[i] / bandwidths[k] for i in range(a, b)) for k, (a, b) in enumerate(cuts)]
