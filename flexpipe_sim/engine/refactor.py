@@ -111,6 +111,7 @@ def refactor_process(tr: Transitions, inst: Instance, new: list[StageInfo]):
         if copy_seconds(tr, inst, new, _dirty(before, inst))[0] < STOP_S:
             break
     t_pause = env.now
+    inst.materialize()  # fast-forwarded slots lag (engine/fastbatch.py)
     inflight = [r.id for r in _requests(inst)]
     kv_tokens_at_pause = sum(r.num_computed for s in inst.slots[: inst.n_active] for r in s.running)
     yield inst.pause()  # in-flight micro-batches complete; nothing new starts
