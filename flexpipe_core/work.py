@@ -2,12 +2,12 @@
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from typing import NamedTuple
 
 
-@dataclass(frozen=True)
-class BatchWork:
-    """One micro-batch, aggregated so a stage step is priced in O(1).
+class BatchWork(NamedTuple):
+    """One micro-batch, aggregated so a stage step is priced in O(1). (A NamedTuple: one is built
+    on every simulated step, about 3x cheaper than a frozen dataclass.)
 
     n_tokens: tokens computed this step (prefill chunk lengths + 1 per decode).
     n_seqs: sequences in the batch (each gets one LM-head row on the last stage).
