@@ -1,0 +1,183 @@
+"""Running a sweep's points on a backend, storing each as it finishes, resuming what is done.
+
+Layout of a sweep folder (`--out`):
+  sweep.yaml            the sweep file as given (for the record)
+  runs/<point id>/      each run's results folder, as `flexpipe-sim run` writes it
+  runs.jsonl            the manifest: one JSON row per finished run (status complete or failed,
+                        the error of a failed one, wall seconds, the metrics aggregated over seeds)
+A resumed sweep (the default) skips every point whose last manifest row is `complete` and whose
+folder still holds its summary.json; failed points and points without a folder run again.
+
+Backends: `local` runs points in a process pool (spawned processes: the parent runs a progress bar
+thread, and fork with threads can deadlock); `ray` runs them as Ray tasks, on the cluster at
+`address` or on a local Ray started with num_cpus=workers. Both call `run_point`, so both give the
+same numbers for the same seeds (the simulator is deterministic given the scenario and seed).
+"""
+
+from __future__ import annotations
+
+import json
+import multiprocessing
+import time
+import traceback
+from concurrent.futures import FIRST_COMPLETED, ProcessPoolExecutor, wait
+from pathlib import Path
+from typing import Any, Callable, Iterator
+
+from .sweepspec import Point
+
+MANIFEST = "runs.jsonl"
+RUNS = "runs"
+# (manifest column, summary section, key, sub-key): the metrics a sweep aggregates over seeds
+METRICS = [("slo_attainment", "overall", "slo_attainment", None),
+           ("ttft_p50_s", "overall", "ttft_s", "p50"), ("ttft_p99_s", "overall", "ttft_s", "p99"),
+           ("tpot_p50_s", "overall", "tpot_s", "p50"), ("tpot_p99_s", "overall", "tpot_s", "p99"),
+           ("e2e_p50_s", "overall", "e2e_s", "p50"), ("e2e_p99_s", "overall", "e2e_s", "p99"),
+           ("goodput_rps", "overall", "goodput_rps", None), ("gpu_s", "gpus", "allocated_gpu_s", None),
+           ("requests", "overall", "requests", None)]
+
+
+class RayMissing(RuntimeError):
+    """The ray backend was asked for and ray is not installed."""
+
+
+def metrics_of(summary: dict) -> dict[str, Any]:
+    out = {}
+    for col, sec, key, sub in METRICS:
+        v = summary[sec][key]
+        out[col] = v[sub] if sub is not None else v
+    return out
+
+
+def run_point(point: Point, runs_dir: str) -> dict[str, Any]:
+    """Simulate one point into runs_dir/<id> and return its manifest row. Any exception is caught
+    and returned as a failed row (status, error, traceback tail), so one crash does not stop a sweep."""
+    from .runner import run_scenario
+    from .scenario import parse_scenario
+
+    t0 = time.perf_counter()
+    row: dict[str, Any] = {"id": point.id, "scenario": point.base, "grid": point.grid, "policy": point.policy,
+                           "seed": point.seed}
+    try:
+        sc = parse_scenario(dict(point.scenario), f"sweep point {point.id}")
+        res = run_scenario(sc, Path(runs_dir) / point.id, force=True)
+        row.update(status="complete", error=None, **metrics_of(res.summary))
+    except Exception as e:  # noqa: BLE001 - recorded in the manifest; the sweep goes on
+        tb = traceback.format_exc().strip().splitlines()
+        row.update(status="failed", error=f"{type(e).__name__}: {e}", traceback="\n".join(tb[-6:]))
+    row["wall_s"] = round(time.perf_counter() - t0, 3)
+    return row
+
+
+def read_manifest(out: Path) -> list[dict]:
+    """Rows of runs.jsonl; a torn last line (a sweep killed while writing it) is skipped."""
+    p = out / MANIFEST
+    if not p.is_file():
+        return []
+    rows = []
+    for line in p.read_text().splitlines():
+        try:
+            rows.append(json.loads(line))
+        except ValueError:
+            continue
+    return rows
+
+
+def append_manifest(out: Path, row: dict) -> None:
+    with open(out / MANIFEST, "a") as f:
+        f.write(json.dumps(row, sort_keys=True) + "\n")
+        f.flush()
+
+
+def latest_rows(out: Path) -> dict[str, dict]:
+    """The last manifest row of each point id."""
+    return {r["id"]: r for r in read_manifest(out) if "id" in r}
+
+
+def pending(points: list[Point], out: Path) -> list[Point]:
+    """The points a resumed sweep still has to run."""
+    last = latest_rows(out)
+    return [p for p in points if not (last.get(p.id, {}).get("status") == "complete"
+                                      and (out / RUNS / p.id / "summary.json").is_file())]
+
+
+def _local(points: list[Point], runs_dir: str, workers: int) -> Iterator[dict]:
+    ctx = multiprocessing.get_context("spawn")
+    with ProcessPoolExecutor(max_workers=workers, mp_context=ctx) as pool:
+        futs = {pool.submit(run_point, p, runs_dir): p for p in points}
+        try:
+            while futs:
+                done, _ = wait(futs, return_when=FIRST_COMPLETED)
+                for f in done:
+                    p = futs.pop(f)
+                    yield _result(f, p)
+        finally:
+            for f in futs:
+                f.cancel()
+
+
+def _result(f, p: Point) -> dict:
+    try:
+        return f.result()
+    except Exception as e:  # noqa: BLE001 - a worker process that died (killed, out of memory)
+        return {"id": p.id, "scenario": p.base, "grid": p.grid, "policy": p.policy, "seed": p.seed,
+                "status": "failed", "error": f"worker died: {type(e).__name__}: {e}", "wall_s": None}
+
+
+def import_ray():
+    try:
+        import ray
+    except ImportError:
+        raise RayMissing("the ray backend needs ray: pip install -e '.[ray]'") from None
+    return ray
+
+
+def _ray(points: list[Point], runs_dir: str, workers: int, address: str | None) -> Iterator[dict]:
+    ray = import_ray()
+    started = False
+    if not ray.is_initialized():
+        if address:
+            ray.init(address=address, log_to_driver=False)
+        else:  # a local Ray just for this sweep; no dashboard (it needs extra packages and a port)
+            ray.init(num_cpus=workers, include_dashboard=False, log_to_driver=False)
+        started = True
+    try:
+        task = ray.remote(num_cpus=1, max_retries=0)(run_point)
+        refs = {task.remote(p, runs_dir): p for p in points}
+        while refs:
+            done, _ = ray.wait(list(refs), num_returns=1)
+            for r in done:
+                p = refs.pop(r)
+                try:
+                    yield ray.get(r)
+                except Exception as e:  # noqa: BLE001 - the task's worker died
+                    yield {"id": p.id, "scenario": p.base, "grid": p.grid, "policy": p.policy, "seed": p.seed,
+                           "status": "failed", "error": f"ray task failed: {type(e).__name__}: {e}", "wall_s": None}
+    finally:
+        for r in refs:
+            ray.cancel(r, force=True)
+        if started:
+            ray.shutdown()
+
+
+def run_points(points: list[Point], out: Path, *, backend: str = "local", workers: int = 1,
+               address: str | None = None, on_row: Callable[[dict], None] | None = None) -> list[dict]:
+    """Run `points` on the backend; append each finished run's row to the manifest as it arrives
+    (so Ctrl-C or a crash of the driver keeps every finished run) and return the rows."""
+    (out / RUNS).mkdir(parents=True, exist_ok=True)
+    runs_dir = str((out / RUNS).absolute())
+    if not points:
+        return []
+    if backend == "ray":
+        it = _ray(points, runs_dir, workers, address)
+    elif backend == "local":
+        it = _local(points, runs_dir, max(1, min(workers, len(points))))
+    else:
+        raise ValueError(f"unknown backend {backend!r} (local or ray)")
+    rows = []
+    for row in it:
+        append_manifest(out, row)
+        rows.append(row)
+        if on_row:
+            on_row(row)
+    return rows
