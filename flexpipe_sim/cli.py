@@ -149,6 +149,9 @@ def compare(
     seed: Optional[int] = typer.Option(None, "--seed", help="Random seed for every run (default: each scenario's)."),
     set_: list[str] = typer.Option([], "--set", help=SET_HELP),
     force: bool = typer.Option(False, "--force", help=FORCE_HELP),
+    workers: Optional[int] = typer.Option(None, "--workers", "-w", min=1, help="Runs at a time, each in its own "
+                                          "process (default: the CPU count, at most the number of runs); 1 runs "
+                                          "them one after another in this process. The numbers are the same."),
 ) -> None:
     """Run several policies on the same scenarios and seeds; write comparison.csv/.md/.png."""
     from .compare import RunsInterrupted
@@ -166,7 +169,11 @@ def compare(
                 _error(e)
                 raise typer.Exit(2) from None
     try:
-        df = run_compare(scs, names, out, on_run=lambda s, p: err.print(f"running {s} with {p} ..."), force=force)
+        import os
+
+        n_workers = workers or min(os.cpu_count() or 1, len(scs) * len(names))
+        df = run_compare(scs, names, out, on_run=lambda s, p: err.print(f"running {s} with {p} ..."), force=force,
+                         workers=n_workers)
     except RunsInterrupted as e:
         raise _interrupted(f"{len(e.done)} of {len(e.done) + len(e.missing)} runs finished", out, e.missing) from None
     except KeyboardInterrupt:

@@ -8,6 +8,7 @@ no interval (NaN); seeds that all agree give a zero-width one. Failed runs are c
 
 from __future__ import annotations
 
+import json
 import math
 from pathlib import Path
 
@@ -43,11 +44,16 @@ def mean_ci(values: list[float] | np.ndarray, confidence: float = CONFIDENCE) ->
 
 
 def runs_frame(rows: list[dict], grid_keys: list[str]) -> pd.DataFrame:
-    """Manifest rows as a table, one column per grid key."""
+    """Manifest rows as a table, one column per grid key (a list or mapping value as its JSON text,
+    so that it can be grouped on and shown)."""
     df = pd.DataFrame(rows)
     for k in grid_keys:
-        df[k] = [r["grid"].get(k) for r in rows]
+        df[k] = [_scalar(r["grid"].get(k)) for r in rows]
     return df
+
+
+def _scalar(v):
+    return json.dumps(v, sort_keys=True) if isinstance(v, (dict, list)) else v
 
 
 def aggregate(runs: pd.DataFrame, grid_keys: list[str]) -> pd.DataFrame:
@@ -90,7 +96,7 @@ def terminal_table(agg: pd.DataFrame, grid_keys: list[str], title: str):
     if several:
         t.add_column("scenario", overflow="fold")
     for k in grid_keys:
-        t.add_column(k.split(".")[-1], no_wrap=True)
+        t.add_column(k.split(".")[-1], overflow="fold", max_width=24)
     t.add_column("policy", overflow="fold")
     t.add_column("n", justify="right", no_wrap=True)
     for _, head, _ in TERMINAL:
