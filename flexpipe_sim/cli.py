@@ -403,6 +403,8 @@ def sweep(
     aggregate over seeds (mean, 95% t interval) into sweep.csv/.md/.png and the evaluation report."""
     import os
 
+    from rich.markup import escape
+
     from .sweep import run_sweep
     from .sweeprun import RayMissing, import_ray
     from .sweepspec import SweepError
@@ -432,8 +434,6 @@ def sweep(
             bar.advance(task)
             bar.update(task, last=f"{row['id']}: {row['status']}")
             if row["status"] != "complete":
-                from rich.markup import escape
-
                 bar.console.print(f"[red]failed:[/] {escape(row['id'])}: {escape(str(row['error']))}",
                                   highlight=False, soft_wrap=True)
 
@@ -446,8 +446,10 @@ def sweep(
             raise typer.Exit(2) from None
         except KeyboardInterrupt:
             bar.stop()
-            raise _interrupted("the sweep was stopped; finished runs are in runs.jsonl and are kept by "
-                               "the next (resumed) run", out) from None
+            err.print(f"[bold yellow]interrupted:[/] the sweep was stopped; the finished runs are in "
+                      f"{escape(str(out / 'runs.jsonl'))}, and the same command resumes from them",
+                      highlight=False, soft_wrap=True)
+            raise typer.Exit(130) from None
     if not res.table.empty:
         console.print(terminal_table(res.table, list(res.spec.grid), res.spec.name or sweep_file.stem))
     for w in res.report_warnings:

@@ -55,6 +55,8 @@ def run_point(point: Point, runs_dir: str) -> dict[str, Any]:
     from .runner import run_scenario
     from .scenario import parse_scenario
 
+    if (cancelled := _stopped(point)) is not None:
+        return cancelled
     t0 = time.perf_counter()
     row: dict[str, Any] = {"id": point.id, "scenario": point.base, "grid": point.grid, "policy": point.policy,
                            "seed": point.seed}
@@ -101,19 +103,37 @@ def pending(points: list[Point], out: Path) -> list[Point]:
                                       and (out / RUNS / p.id / "summary.json").is_file())]
 
 
+_STOP = None  # in a local worker: the pool's "stop" event (set by the driver on Ctrl-C)
+
+
+def _init_worker(stop) -> None:
+    global _STOP
+    _STOP = stop
+
+
+def _stopped(point: Point) -> dict | None:
+    if _STOP is not None and _STOP.is_set():
+        return {"id": point.id, "status": "cancelled"}
+    return None
+
+
 def _local(points: list[Point], runs_dir: str, workers: int) -> Iterator[dict]:
     ctx = multiprocessing.get_context("spawn")
-    with ProcessPoolExecutor(max_workers=workers, mp_context=ctx) as pool:
-        futs = {pool.submit(run_point, p, runs_dir): p for p in points}
-        try:
-            while futs:
-                done, _ = wait(futs, return_when=FIRST_COMPLETED)
-                for f in done:
-                    p = futs.pop(f)
-                    yield _result(f, p)
-        finally:
-            for f in futs:
-                f.cancel()
+    stop = ctx.Event()
+    pool = ProcessPoolExecutor(max_workers=workers, mp_context=ctx, initializer=_init_worker, initargs=(stop,))
+    futs = {pool.submit(run_point, p, runs_dir): p for p in points}
+    try:
+        while futs:
+            done, _ = wait(futs, return_when=FIRST_COMPLETED)
+            for f in done:
+                yield _result(f, futs.pop(f))
+    finally:
+        # Ctrl-C (or the driver failing): runs already queued in the workers, which cancel cannot
+        # reach, return at once without running; the runs in progress got the terminal's SIGINT too
+        # and stop at their next progress tick (runner.sigint_at_progress), written as interrupted.
+        # Their rows are not recorded, so a resumed sweep runs them again.
+        stop.set()
+        pool.shutdown(wait=True, cancel_futures=True)
 
 
 def _result(f, p: Point) -> dict:

@@ -133,7 +133,7 @@ def plot(agg: pd.DataFrame, grid_keys: list[str], path: Path, title: str) -> Non
     xkey = next((k for k in grid_keys if pd.api.types.is_numeric_dtype(agg[k])), None)
     others = ["scenario", *[k for k in grid_keys if k != xkey]]
     fig, axes = plt.subplots(1, len(PLOTTED), figsize=(4.2 * len(PLOTTED), 4), layout="constrained")
-    labels = {c: label for c, label, _, _ in SHOWN}
+    labels = {c: label for c, label, _, _ in SHOWN} | {"slo_attainment": "SLO attainment (fraction)"}
     for (pol, *rest), d in agg.groupby(["policy", *others], sort=False, dropna=False):
         color, marker = policy_style(pol)
         name = pol + "".join(f", {v}" for v in rest) if agg[others].drop_duplicates().shape[0] > 1 else pol
@@ -141,13 +141,17 @@ def plot(agg: pd.DataFrame, grid_keys: list[str], path: Path, title: str) -> Non
         order = np.argsort(x)
         for ax, col in zip(axes, PLOTTED):
             m, lo, hi = (d[f"{col}_{s}"].astype(float).to_numpy()[order] for s in ("mean", "ci_lo", "ci_hi"))
+            if col == "slo_attainment":  # a fraction: the t interval can pass 0 or 1, the quantity cannot
+                lo, hi = np.clip(lo, 0, 1), np.clip(hi, 0, 1)
             ax.plot(x[order], m, color=color, marker=marker, label=name)
             ax.fill_between(x[order], lo, hi, color=color, alpha=0.18, lw=0)
     for ax, col in zip(axes, PLOTTED):
         ax.set_ylabel(labels[col])
         ax.set_xlabel(xkey or "scenario")
         ax.grid(alpha=0.3)
-        if not xkey:
+        if xkey:
+            ax.set_xticks(sorted(agg[xkey].astype(float).unique()))
+        else:
             ax.set_xticks(range(agg.scenario.nunique()), list(dict.fromkeys(agg.scenario)), fontsize=7)
     axes[0].legend(fontsize=7)
     fig.suptitle(f"{title}: mean over seeds, band = {CONFIDENCE:.0%} t interval")
