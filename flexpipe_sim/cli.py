@@ -440,7 +440,7 @@ def sweep(
         try:
             res = run_sweep(sweep_file, out, backend=backend, workers=n_workers, address=address, resume=resume,
                             report=report, on_start=on_start, on_row=on_row)
-        except SweepError as e:
+        except (SweepError, RayMissing) as e:
             bar.stop()
             _error(e)
             raise typer.Exit(2) from None

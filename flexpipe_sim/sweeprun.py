@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import json
 import multiprocessing
+import shutil
 import time
 import traceback
 from concurrent.futures import FIRST_COMPLETED, ProcessPoolExecutor, wait
@@ -38,7 +39,7 @@ METRICS = [("slo_attainment", "overall", "slo_attainment", None),
 
 
 class RayMissing(RuntimeError):
-    """The ray backend was asked for and ray is not installed."""
+    """The ray backend was asked for and ray is not installed, or Ray could not be started or reached."""
 
 
 def metrics_of(summary: dict) -> dict[str, Any]:
@@ -49,9 +50,23 @@ def metrics_of(summary: dict) -> dict[str, Any]:
     return out
 
 
-def run_point(point: Point, runs_dir: str) -> dict[str, Any]:
+def run_point(point: Point, runs_dir: str | None) -> dict[str, Any]:
     """Simulate one point into runs_dir/<id> and return its manifest row. Any exception is caught
-    and returned as a failed row (status, error, traceback tail), so one crash does not stop a sweep."""
+    and returned as a failed row (status, error, traceback tail), so one crash does not stop a sweep.
+    runs_dir None (a remote Ray node, whose disk the driver cannot see): the run is written to a
+    temporary folder and its files come back in the row's `files` ({relative path: bytes})."""
+    if runs_dir is None:
+        import tempfile
+
+        tmp = tempfile.mkdtemp(prefix="flexpipe-sweep-")
+        try:
+            row = run_point(point, tmp)
+            folder = Path(tmp) / point.id
+            if folder.is_dir():
+                row["files"] = {str(f.relative_to(folder)): f.read_bytes() for f in folder.rglob("*") if f.is_file()}
+            return row
+        finally:
+            shutil.rmtree(tmp, ignore_errors=True)
     from .runner import run_scenario
     from .scenario import parse_scenario
 
@@ -156,14 +171,19 @@ def _ray(points: list[Point], runs_dir: str, workers: int, address: str | None) 
     ray = import_ray()
     started = False
     if not ray.is_initialized():
-        if address:
-            ray.init(address=address, log_to_driver=False)
-        else:  # a local Ray just for this sweep; no dashboard (it needs extra packages and a port)
-            ray.init(num_cpus=workers, include_dashboard=False, log_to_driver=False)
+        try:
+            if address:
+                ray.init(address=address, log_to_driver=False)
+            else:  # a local Ray just for this sweep; no dashboard (it needs extra packages and a port)
+                ray.init(num_cpus=workers, include_dashboard=False, log_to_driver=False)
+        except (ConnectionError, RuntimeError, ValueError, OSError) as e:
+            raise RayMissing(f"could not start Ray{f' at --address {address}' if address else ''}: "
+                             f"{type(e).__name__}: {e}") from None
         started = True
     try:
         task = ray.remote(num_cpus=1, max_retries=0)(run_point)
-        refs = {task.remote(p, runs_dir): p for p in points}
+        # on a cluster (--address) the run folders travel back with the rows; a local Ray writes them here
+        refs = {task.remote(p, None if address else runs_dir): p for p in points}
         while refs:
             done, _ = ray.wait(list(refs), num_returns=1)
             for r in done:
@@ -178,6 +198,19 @@ def _ray(points: list[Point], runs_dir: str, workers: int, address: str | None) 
             ray.cancel(r, force=True)
         if started:
             ray.shutdown()
+
+
+def store(out: Path, row: dict) -> None:
+    """Record a finished run: a run done on another machine brings its files (`files`), written to its
+    folder here first; then its row (without the files) is appended to the manifest."""
+    files = row.pop("files", None)
+    if files is not None:
+        folder = out / RUNS / row["id"]
+        shutil.rmtree(folder, ignore_errors=True)
+        for rel, data in files.items():
+            (folder / rel).parent.mkdir(parents=True, exist_ok=True)
+            (folder / rel).write_bytes(data)
+    append_manifest(out, row)
 
 
 def run_points(points: list[Point], out: Path, *, backend: str = "local", workers: int = 1,
@@ -196,7 +229,7 @@ def run_points(points: list[Point], out: Path, *, backend: str = "local", worker
         raise ValueError(f"unknown backend {backend!r} (local or ray)")
     rows = []
     for row in it:
-        append_manifest(out, row)
+        store(out, row)
         rows.append(row)
         if on_row:
             on_row(row)

@@ -17,7 +17,7 @@ from flexpipe_sim.cli import app
 from flexpipe_sim.compare import compare
 from flexpipe_sim.scenario import parse_scenario
 from flexpipe_sim.sweep import run_sweep
-from flexpipe_sim.sweeprun import read_manifest
+from flexpipe_sim.sweeprun import read_manifest, run_point, store
 from flexpipe_sim.sweepspec import SweepError, expand, load_sweep
 from flexpipe_sim.sweepstats import aggregate, mean_ci, runs_frame
 
@@ -169,3 +169,17 @@ def test_compare_in_parallel_equals_sequential(tmp_path):
         a, b = (pd.read_csv(tmp_path / d / "small" / pol / "requests.csv") for d in ("seq", "par"))
         pd.testing.assert_frame_equal(a, b)
     assert (tmp_path / "par" / "comparison.csv").read_text() == (tmp_path / "seq" / "comparison.csv").read_text()
+
+
+def test_a_run_on_another_machine_brings_its_folder_back(local_sweep, tmp_path):
+    """The path a Ray cluster (--address) takes: the run is written to a temporary folder on the node
+    and its files travel back with the row; stored here they are the local run's files."""
+    path, out, _ = local_sweep
+    point = expand(load_sweep(path), path.parent)[0]
+    row = run_point(point, None)
+    assert "summary.json" in row["files"]
+    store(tmp_path, row)
+    assert "files" not in read_manifest(tmp_path)[0]
+    assert _numbers(read_manifest(tmp_path)) == {point.id: _numbers(read_manifest(out))[point.id]}
+    for name in ("summary.json", "requests.csv", "timeseries.csv"):
+        assert (tmp_path / "runs" / point.id / name).read_bytes() == (out / "runs" / point.id / name).read_bytes()
