@@ -110,9 +110,12 @@ def run_all(plan: list[tuple[str, Scenario]], rf: ResultsFolder, on_row: Callabl
         raise RunsInterrupted(rf.target, done, rf.info["runs_missing"]) from None
 
 
-def _run_one(sc: Scenario, folder: str) -> dict:
-    """One run in a worker process: its results folder is written there; the summary comes back."""
-    return run_scenario(sc, Path(folder), staged=False).summary
+def _run_one(sc: Scenario, folder: str) -> dict | None:
+    """One run in a worker process: its results folder is written there; the summary comes back
+    (None: the compare was interrupted before this run started)."""
+    from .sweeppool import stopped
+
+    return None if stopped() else run_scenario(sc, Path(folder), staged=False).summary
 
 
 def run_parallel(plan: list[tuple[str, Scenario]], rf: ResultsFolder, on_row: Callable[[str, Scenario, dict], None],
@@ -120,39 +123,34 @@ def run_parallel(plan: list[tuple[str, Scenario]], rf: ResultsFolder, on_row: Ca
     """run_all's contract on a process pool: the runs are independent (each builds its own arrivals
     from its scenario and seed), so the numbers are those of the sequential run. on_row is called in
     plan order (a run that finishes early waits for those before it), so comparison.csv's rows are
-    too; on_run is called as each run is submitted. Processes are spawned, not forked: the caller may
-    run a progress-bar thread, and forking a threaded process can deadlock."""
-    import multiprocessing
-    from concurrent.futures import FIRST_COMPLETED, ProcessPoolExecutor, wait
+    too; on_run is called as each run is submitted. The pool: sweeppool.py."""
+    from concurrent.futures import FIRST_COMPLETED, wait
+
+    from .sweeppool import stoppable_pool
 
     done: list[str] = []
     rf.info.update(runs_done=done, runs_missing=[label for label, _ in plan])
     results: dict[int, dict] = {}
     nxt = 0
-    pool = ProcessPoolExecutor(max_workers=workers, mp_context=multiprocessing.get_context("spawn"))
     try:
-        futs = {}
-        for i, (label, sc) in enumerate(plan):
-            if on_run:
-                on_run(i, label)
-            futs[pool.submit(_run_one, sc, str(rf.path / label))] = i
-        while futs:
-            finished, _ = wait(futs, return_when=FIRST_COMPLETED)
-            for f in finished:
-                results[futs.pop(f)] = f.result()  # a run's error stops the compare, as in run_all
-            while nxt in results:
-                label, sc = plan[nxt]
-                done.append(label)
-                rf.info["runs_missing"] = [lb for j, (lb, _) in enumerate(plan) if j > nxt and j not in results]
-                on_row(label, sc, results.pop(nxt))
-                nxt += 1
+        with stoppable_pool(workers) as pool:  # on leaving by an error, no queued run starts
+            futs = {}
+            for i, (label, sc) in enumerate(plan):
+                if on_run:
+                    on_run(i, label)
+                futs[pool.submit(_run_one, sc, str(rf.path / label))] = i
+            while futs:
+                finished, _ = wait(futs, return_when=FIRST_COMPLETED)
+                for f in finished:
+                    results[futs.pop(f)] = f.result()  # a run's error stops the compare, as in run_all
+                while nxt in results:
+                    label, sc = plan[nxt]
+                    done.append(label)
+                    rf.info["runs_missing"] = [lb for j, (lb, _) in enumerate(plan) if j > nxt and j not in results]
+                    on_row(label, sc, results.pop(nxt))
+                    nxt += 1
     except KeyboardInterrupt:
-        pool.shutdown(wait=False, cancel_futures=True)
         raise RunsInterrupted(rf.target, done, [lb for lb, _ in plan[nxt:]]) from None
-    except BaseException:
-        pool.shutdown(wait=False, cancel_futures=True)
-        raise
-    pool.shutdown()
 
 
 def compare(scenarios: list[Scenario], policies: list[str], out: Path,

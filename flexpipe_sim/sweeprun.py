@@ -17,14 +17,14 @@ same numbers for the same seeds (the simulator is deterministic given the scenar
 from __future__ import annotations
 
 import json
-import multiprocessing
 import shutil
 import time
 import traceback
-from concurrent.futures import FIRST_COMPLETED, ProcessPoolExecutor, wait
+from concurrent.futures import FIRST_COMPLETED, wait
 from pathlib import Path
 from typing import Any, Callable, Iterator
 
+from .sweeppool import stoppable_pool, stopped
 from .sweepspec import Point
 
 MANIFEST = "runs.jsonl"
@@ -70,8 +70,8 @@ def run_point(point: Point, runs_dir: str | None) -> dict[str, Any]:
     from .runner import run_scenario
     from .scenario import parse_scenario
 
-    if (cancelled := _stopped(point)) is not None:
-        return cancelled
+    if stopped():  # the sweep was interrupted: start nothing new
+        return {"id": point.id, "status": "cancelled"}
     t0 = time.perf_counter()
     row: dict[str, Any] = {"id": point.id, "scenario": point.base, "grid": point.grid, "policy": point.policy,
                            "seed": point.seed}
@@ -118,37 +118,15 @@ def pending(points: list[Point], out: Path) -> list[Point]:
                                       and (out / RUNS / p.id / "summary.json").is_file())]
 
 
-_STOP = None  # in a local worker: the pool's "stop" event (set by the driver on Ctrl-C)
-
-
-def _init_worker(stop) -> None:
-    global _STOP
-    _STOP = stop
-
-
-def _stopped(point: Point) -> dict | None:
-    if _STOP is not None and _STOP.is_set():
-        return {"id": point.id, "status": "cancelled"}
-    return None
-
-
 def _local(points: list[Point], runs_dir: str, workers: int) -> Iterator[dict]:
-    ctx = multiprocessing.get_context("spawn")
-    stop = ctx.Event()
-    pool = ProcessPoolExecutor(max_workers=workers, mp_context=ctx, initializer=_init_worker, initargs=(stop,))
-    futs = {pool.submit(run_point, p, runs_dir): p for p in points}
-    try:
+    # Ctrl-C: runs queued in the workers return at once; rows of runs not finished are not recorded,
+    # so a resumed sweep runs them again (sweeppool.py)
+    with stoppable_pool(workers) as pool:
+        futs = {pool.submit(run_point, p, runs_dir): p for p in points}
         while futs:
             done, _ = wait(futs, return_when=FIRST_COMPLETED)
             for f in done:
                 yield _result(f, futs.pop(f))
-    finally:
-        # Ctrl-C (or the driver failing): runs already queued in the workers, which cancel cannot
-        # reach, return at once without running; the runs in progress got the terminal's SIGINT too
-        # and stop at their next progress tick (runner.sigint_at_progress), written as interrupted.
-        # Their rows are not recorded, so a resumed sweep runs them again.
-        stop.set()
-        pool.shutdown(wait=True, cancel_futures=True)
 
 
 def _result(f, p: Point) -> dict:
@@ -228,9 +206,12 @@ def run_points(points: list[Point], out: Path, *, backend: str = "local", worker
     else:
         raise ValueError(f"unknown backend {backend!r} (local or ray)")
     rows = []
-    for row in it:
-        store(out, row)
-        rows.append(row)
-        if on_row:
-            on_row(row)
+    try:
+        for row in it:
+            store(out, row)
+            rows.append(row)
+            if on_row:
+                on_row(row)
+    finally:
+        it.close()  # a Ctrl-C here, between rows, stops the backend now (not when the generator is collected)
     return rows

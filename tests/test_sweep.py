@@ -183,3 +183,14 @@ def test_a_run_on_another_machine_brings_its_folder_back(local_sweep, tmp_path):
     assert _numbers(read_manifest(tmp_path)) == {point.id: _numbers(read_manifest(out))[point.id]}
     for name in ("summary.json", "requests.csv", "timeseries.csv"):
         assert (tmp_path / "runs" / point.id / name).read_bytes() == (out / "runs" / point.id / name).read_bytes()
+
+
+def test_cli_resumes_and_prints_the_table(local_sweep, tmp_path):
+    path, out, _ = local_sweep
+    mine = tmp_path / "out"
+    shutil.copytree(out, mine)
+    shutil.rmtree(mine / "runs" / read_manifest(mine)[0]["id"])
+    r = CliRunner().invoke(app, ["sweep", str(path), "--out", str(mine), "--workers", "1", "--no-report"])
+    assert r.exit_code == 0, r.output
+    assert "1 runs now, 3 kept from before" in r.output and "flexpipe" in r.output and "±" in r.output
+    assert len(read_manifest(mine)) == 5
