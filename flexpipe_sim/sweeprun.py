@@ -2,15 +2,17 @@
 
 Layout of a sweep folder (`--out`):
   sweep.yaml            the sweep file as given (for the record)
-  runs/<point id>/      each run's results folder, as `flexpipe-sim run` writes it
+  runs/<point id>/      each run's results folder, as `flexpipe-sim run` writes it; the id is
+                        <scenario>_<grid values>_s<seed>/<policy> (sweepspec.expand)
   runs.jsonl            the manifest: one JSON row per finished run (status complete or failed,
-                        the error of a failed one, wall seconds, the metrics aggregated over seeds)
+                        the error of a failed one, wall seconds, the metrics sweepstats aggregates)
 A resumed sweep (the default) skips every point whose last manifest row is `complete` and whose
 folder still holds its summary.json; failed points and points without a folder run again.
 
-Backends: `local` runs points in a process pool (spawned processes: the parent runs a progress bar
-thread, and fork with threads can deadlock); `ray` runs them as Ray tasks, on the cluster at
-`address` or on a local Ray started with num_cpus=workers. Both call `run_point`, so both give the
+Backends: `local` runs points in a process pool (sweeppool.py); `ray` runs them as Ray tasks, on
+a local Ray started with num_cpus=workers, or on the cluster at `address`, whose nodes write each
+run to a temporary folder and send its files back with the row (the nodes need flexpipe installed,
+and any trace file a scenario names at the same path). Both call `run_point`, so both give the
 same numbers for the same seeds (the simulator is deterministic given the scenario and seed).
 """
 
@@ -21,6 +23,7 @@ import shutil
 import time
 import traceback
 from concurrent.futures import FIRST_COMPLETED, wait
+from concurrent.futures.process import BrokenProcessPool
 from pathlib import Path
 from typing import Any, Callable, Iterator
 
@@ -118,15 +121,28 @@ def pending(points: list[Point], out: Path) -> list[Point]:
                                       and (out / RUNS / p.id / "summary.json").is_file())]
 
 
-def _local(points: list[Point], runs_dir: str, workers: int) -> Iterator[dict]:
-    # Ctrl-C: runs queued in the workers return at once; rows of runs not finished are not recorded,
-    # so a resumed sweep runs them again (sweeppool.py)
+def _local(points: list[Point], runs_dir: str, workers: int, task: Callable = run_point) -> Iterator[dict]:
+    """Rows of `task(point, runs_dir)` on a process pool, as they finish. A worker that dies (killed,
+    out of memory, a crash in native code) breaks the whole pool and fails every run in it; those runs
+    are retried one at a time, each in a fresh one-worker pool, so only the run that kills its worker
+    again is recorded as failed and the others go on. Ctrl-C: queued runs return at once (sweeppool.py);
+    rows of runs not finished are not recorded, so a resumed sweep runs them again."""
+    broken: list[Point] = []
     with stoppable_pool(workers) as pool:
-        futs = {pool.submit(run_point, p, runs_dir): p for p in points}
+        futs = {pool.submit(task, p, runs_dir): p for p in points}
         while futs:
             done, _ = wait(futs, return_when=FIRST_COMPLETED)
             for f in done:
-                yield _result(f, futs.pop(f))
+                p = futs.pop(f)
+                if isinstance(f.exception(), BrokenProcessPool):
+                    broken.append(p)
+                else:
+                    yield _result(f, p)
+    for p in broken:
+        with stoppable_pool(1) as pool:
+            f = pool.submit(task, p, runs_dir)
+            wait([f])
+            yield _result(f, p)
 
 
 def _result(f, p: Point) -> dict:

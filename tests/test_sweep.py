@@ -5,6 +5,7 @@ from __future__ import annotations
 import importlib.util
 import json
 import math
+import os
 import shutil
 import sys
 
@@ -17,7 +18,7 @@ from flexpipe_sim.cli import app
 from flexpipe_sim.compare import compare
 from flexpipe_sim.scenario import parse_scenario
 from flexpipe_sim.sweep import run_sweep
-from flexpipe_sim.sweeprun import read_manifest, run_point, store
+from flexpipe_sim.sweeprun import _local, read_manifest, run_point, store
 from flexpipe_sim.sweepspec import SweepError, expand, load_sweep
 from flexpipe_sim.sweepstats import aggregate, mean_ci, runs_frame
 
@@ -194,3 +195,18 @@ def test_cli_resumes_and_prints_the_table(local_sweep, tmp_path):
     assert r.exit_code == 0, r.output
     assert "1 runs now, 3 kept from before" in r.output and "flexpipe" in r.output and "±" in r.output
     assert len(read_manifest(mine)) == 5
+
+
+def _dies_on_seed_2(point, runs_dir):
+    """A run whose worker process dies outright (as when the OOM killer takes it): no exception to catch."""
+    if point.seed == 2:
+        os._exit(3)
+    return run_point(point, runs_dir)
+
+
+def test_a_worker_that_dies_fails_only_its_own_run(tmp_path):
+    path, _ = _sweep(tmp_path, policies=["static"])
+    points = expand(load_sweep(path), tmp_path)
+    rows = {r["seed"]: r for r in _local(points, str(tmp_path / "runs"), 2, task=_dies_on_seed_2)}
+    assert rows[1]["status"] == "complete" and rows[1]["requests"] > 0
+    assert rows[2]["status"] == "failed" and "worker died" in rows[2]["error"]
