@@ -408,7 +408,7 @@ def sweep(
     from .sweep import run_sweep
     from .sweeprun import RayMissing, import_ray
     from .sweepspec import SweepError
-    from .sweepstats import terminal_table
+    from .sweepstats import terminal_tables
 
     if backend not in ("local", "ray"):
         _error(f"--backend {backend!r}: local or ray")
@@ -451,7 +451,8 @@ def sweep(
                       highlight=False, soft_wrap=True)
             raise typer.Exit(130) from None
     if not res.table.empty:
-        console.print(terminal_table(res.table, list(res.spec.grid), res.spec.name or sweep_file.stem))
+        for t in terminal_tables(res.table, list(res.spec.grid), res.spec.name or sweep_file.stem):
+            console.print(t)
     for w in res.report_warnings:
         _warn(w)
     console.print(f"{len(res.ran)} runs now, {len(res.points) - len(res.ran)} kept from before; written: "

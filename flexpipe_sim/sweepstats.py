@@ -84,28 +84,28 @@ TERMINAL = [("slo_attainment", "SLO", "{:.0%}"), ("ttft_p99_s", "TTFT\np99 s", "
             ("gpu_s", "GPU-s", "{:.0f}")]
 
 
-def terminal_table(agg: pd.DataFrame, grid_keys: list[str], title: str):
+def terminal_tables(agg: pd.DataFrame, grid_keys: list[str], title: str) -> list:
+    """One rich table per scenario (its name in the title), a row per grid point x policy."""
     from rich import box
     from rich.table import Table
 
-    if agg.scenario.nunique() == 1:
-        title = f"{title} ({agg.scenario.iloc[0]})"
-    t = Table(title=f"{title}: mean ±half-width of the {CONFIDENCE:.0%} t interval over seeds (all in sweep.md)",
-              box=box.SIMPLE_HEAD, title_justify="left", padding=(0, 1), pad_edge=False, collapse_padding=True)
-    several = agg.scenario.nunique() > 1  # one scenario: its name is in the title
-    if several:
-        t.add_column("scenario", overflow="fold")
-    for k in grid_keys:
-        t.add_column(k.split(".")[-1], overflow="fold", max_width=24)
-    t.add_column("policy", overflow="fold")
-    t.add_column("n", justify="right", no_wrap=True)
-    for _, head, _ in TERMINAL:
-        t.add_column(head, justify="right", no_wrap=True)
-    for _, r in agg.iterrows():
-        n = f"{r.seeds}" + (f" ({r.failed} failed)" if r.failed else "")
-        t.add_row(*([str(r.scenario)] if several else []), *(str(r[k]) for k in grid_keys), str(r.policy), n,
-                  *(_cell(r, c, f) for c, _, f in TERMINAL), style="red" if r.failed else None)
-    return t
+    out = []
+    for sc, d in agg.groupby("scenario", sort=False):
+        t = Table(title=f"{title} ({sc}): mean ±half-width of the {CONFIDENCE:.0%} t interval over seeds "
+                        "(all metrics in sweep.md)", box=box.SIMPLE_HEAD, title_justify="left", padding=(0, 1),
+                  pad_edge=False, collapse_padding=True)
+        for k in grid_keys:
+            t.add_column(k.split(".")[-1], overflow="fold", max_width=24)
+        t.add_column("policy", overflow="fold", min_width=8)
+        t.add_column("n", justify="right", no_wrap=True)
+        for _, head, _ in TERMINAL:
+            t.add_column(head, justify="right", no_wrap=True)
+        for _, r in d.iterrows():
+            n = f"{r.seeds}" + (f" ({r.failed} failed)" if r.failed else "")
+            t.add_row(*(str(r[k]) for k in grid_keys), str(r.policy), n, *(_cell(r, c, f) for c, _, f in TERMINAL),
+                      style="red" if r.failed else None)
+        out.append(t)
+    return out
 
 
 def write_table(agg: pd.DataFrame, grid_keys: list[str], out: Path, title: str) -> None:
@@ -122,38 +122,69 @@ def write_table(agg: pd.DataFrame, grid_keys: list[str], out: Path, title: str) 
 PLOTTED = ["slo_attainment", "e2e_p99_s", "goodput_rps", "gpu_s"]
 
 
+def _band(d: pd.DataFrame, col: str) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """(mean, low, high), the interval clipped to what the quantity can be: every metric here is
+    non-negative and SLO attainment is a fraction, but a t interval on few seeds can pass either bound."""
+    m, lo, hi = (d[f"{col}_{s}"].astype(float).to_numpy() for s in ("mean", "ci_lo", "ci_hi"))
+    top = 1.0 if col == "slo_attainment" else np.inf
+    return m, np.clip(lo, 0, top), np.clip(hi, 0, top)
+
+
+def _short(label: str, width: int = 28) -> str:
+    """A grid value as a tick or legend label: a long one (a mapping's JSON) would squeeze the panels."""
+    return label if len(label) <= width else label[: width - 1] + "…"
+
+
+LINESTYLES = ["-", "--", ":", "-."]  # one per combination of the other grid keys' values
+
+
 def plot(agg: pd.DataFrame, grid_keys: list[str], path: Path, title: str) -> None:
-    """Each metric against the first numeric grid key, a line per policy (and per scenario and other
-    grid values) with its CI band; without a numeric grid key, one point per scenario."""
+    """A row of panels per scenario: each metric against the first numeric grid key, a line and CI band
+    per policy (colour) and per value of the other grid keys (line style); without a numeric grid key,
+    a point with its interval per policy and grid value."""
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
     xkey = next((k for k in grid_keys if pd.api.types.is_numeric_dtype(agg[k])), None)
-    others = ["scenario", *[k for k in grid_keys if k != xkey]]
-    fig, axes = plt.subplots(1, len(PLOTTED), figsize=(4.2 * len(PLOTTED), 4), layout="constrained")
+    rest = [k for k in grid_keys if k != xkey]
+    combo = (agg[rest].astype(str).agg(", ".join, axis=1) if rest else pd.Series("", index=agg.index))
+    combos = list(dict.fromkeys(combo))
+    scenarios = list(dict.fromkeys(agg.scenario))
+    fig, axes = plt.subplots(len(scenarios), len(PLOTTED), figsize=(4.2 * len(PLOTTED), 3.6 * len(scenarios)),
+                             squeeze=False, layout="constrained")
     labels = {c: label for c, label, _, _ in SHOWN} | {"slo_attainment": "SLO attainment (fraction)"}
-    for (pol, *rest), d in agg.groupby(["policy", *others], sort=False, dropna=False):
-        color, marker = policy_style(pol)
-        name = pol + "".join(f", {v}" for v in rest) if agg[others].drop_duplicates().shape[0] > 1 else pol
-        x = d[xkey].astype(float).to_numpy() if xkey else np.arange(len(d))
-        order = np.argsort(x)
-        for ax, col in zip(axes, PLOTTED):
-            m, lo, hi = (d[f"{col}_{s}"].astype(float).to_numpy()[order] for s in ("mean", "ci_lo", "ci_hi"))
-            if col == "slo_attainment":  # a fraction: the t interval can pass 0 or 1, the quantity cannot
-                lo, hi = np.clip(lo, 0, 1), np.clip(hi, 0, 1)
-            ax.plot(x[order], m, color=color, marker=marker, label=name)
-            ax.fill_between(x[order], lo, hi, color=color, alpha=0.18, lw=0)
-    for ax, col in zip(axes, PLOTTED):
-        ax.set_ylabel(labels[col])
-        ax.set_xlabel(xkey or "scenario")
-        ax.grid(alpha=0.3)
-        if xkey:
-            ax.set_xticks(sorted(agg[xkey].astype(float).unique()))
-        else:
-            ax.set_xticks(range(agg.scenario.nunique()), list(dict.fromkeys(agg.scenario)), fontsize=7)
-    axes[0].legend(fontsize=7)
-    fig.suptitle(f"{title}: mean over seeds, band = {CONFIDENCE:.0%} t interval")
+    for r, (row, sc) in enumerate(zip(axes, scenarios)):
+        here = agg[agg.scenario == sc]
+        pols = list(dict.fromkeys(here.policy))
+        for (pol, c), d in here.groupby([here.policy, combo[here.index]], sort=False):
+            color, marker = policy_style(pol)
+            name = (pol + (f", {_short(c)}" if c else "")) if r == 0 else "_nolegend_"
+            if xkey:
+                d = d.sort_values(xkey)
+                x = d[xkey].astype(float).to_numpy()
+            else:  # categories: the other grid values; policies side by side
+                x = np.array([combos.index(c) + 0.1 * pols.index(pol)])
+            for ax, col in zip(row, PLOTTED):
+                m, lo, hi = _band(d, col)
+                if xkey:
+                    ax.plot(x, m, color=color, marker=marker, ls=LINESTYLES[combos.index(c) % 4], label=name)
+                    ax.fill_between(x, lo, hi, color=color, alpha=0.15, lw=0)
+                else:
+                    err = np.nan_to_num(np.vstack([m - lo, hi - m]))
+                    ax.errorbar(x, m, yerr=err, color=color, fmt=marker, capsize=3, label=name)
+        for ax, col in zip(row, PLOTTED):
+            ax.set_title(sc, fontsize=9)
+            ax.set_ylabel(labels[col])
+            ax.grid(alpha=0.3)
+            if xkey:
+                ax.set_xlabel(xkey)
+                ax.set_xticks(sorted(agg[xkey].astype(float).unique()))
+            else:
+                ax.set_xticks(range(len(combos)), [_short(c) or "all" for c in combos], fontsize=7)
+                ax.set_xlim(-0.5, len(combos) - 0.5 + 0.1 * len(pols))
+    axes[0][0].legend(fontsize=7)
+    fig.suptitle(f"{title}: mean over seeds, band/bar = {CONFIDENCE:.0%} t interval (clipped to the metric's range)")
     fig.savefig(path, dpi=110)
     plt.close(fig)

@@ -210,3 +210,24 @@ def test_a_worker_that_dies_fails_only_its_own_run(tmp_path):
     rows = {r["seed"]: r for r in _local(points, str(tmp_path / "runs"), 2, task=_dies_on_seed_2)}
     assert rows[1]["status"] == "complete" and rows[1]["requests"] > 0
     assert rows[2]["status"] == "failed" and "worker died" in rows[2]["error"]
+
+
+@pytest.mark.parametrize("grid", [{}, {"k": [1, 2], "m": ["a", "b"]}, {"m": ["a", "b"]}])
+def test_table_and_plot_for_any_grid_shape(tmp_path, grid):
+    """Two scenarios, with no grid key, a numeric one beside another, or only a non-numeric one."""
+    import itertools
+
+    from flexpipe_sim.sweepstats import plot, terminal_tables
+
+    keys = list(grid)
+    rows = [{"id": f"{n}", "scenario": sc, "grid": dict(zip(keys, vals)), "policy": pol, "seed": seed,
+             "status": "complete", "slo_attainment": 0.5 + 0.1 * seed, "e2e_p99_s": 3.0 * seed,
+             "goodput_rps": 1.0 + seed, "gpu_s": 100.0 * seed}
+            for n, (sc, vals, pol, seed) in enumerate(itertools.product(
+                ["s1", "s2"], itertools.product(*grid.values()), ["static", "flexpipe"], [1, 2, 3]))]
+    agg = aggregate(runs_frame(rows, keys), keys)
+    assert len(agg) == 2 * 2 * math.prod(len(v) for v in grid.values()) and set(agg.seeds) == {3}
+    assert agg.slo_attainment_mean.tolist() == pytest.approx([0.7] * len(agg))
+    plot(agg, keys, tmp_path / "p.png", "t")
+    assert (tmp_path / "p.png").stat().st_size > 10_000
+    assert [t.title.split("(")[1].split(")")[0] for t in terminal_tables(agg, keys, "t")] == ["s1", "s2"]
