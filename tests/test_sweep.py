@@ -195,6 +195,15 @@ def test_cli_resumes_and_prints_the_table(local_sweep, tmp_path):
     assert r.exit_code == 0, r.output
     assert "1 runs now, 3 kept from before" in r.output and "flexpipe" in r.output and "±" in r.output
     assert len(read_manifest(mine)) == 5
+    r = CliRunner().invoke(app, ["sweep", str(path), "--out", str(mine), "--no-resume", "--no-report"])
+    assert r.exit_code == 0 and "4 runs now, 0 kept" in r.output, r.output
+    assert len(read_manifest(mine)) == 4  # started over: the old rows went with the old runs
+
+
+def test_sweep_refuses_a_folder_that_is_not_a_sweep(local_sweep, tmp_path):
+    (tmp_path / "notes.txt").write_text("mine")
+    r = CliRunner().invoke(app, ["sweep", str(local_sweep[0]), "--out", str(tmp_path), "--no-resume"])
+    assert r.exit_code == 2 and "holds no sweep" in r.output and (tmp_path / "notes.txt").exists()
 
 
 def _dies_on_seed_2(point, runs_dir):
