@@ -391,8 +391,8 @@ def sweep(
                                 "tasks on the cluster at --address, or on a local Ray started for the sweep."),
     workers: Optional[int] = typer.Option(None, "--workers", "-w", min=1, help="Runs at a time (default: the CPU "
                                           "count); with ray and no --address, the local Ray's num_cpus."),
-    address: Optional[str] = typer.Option(None, "--address", help="An existing Ray cluster: auto, host:6379, or ray://head:10001 "
-                                          "(ray backend only; the nodes need flexpipe installed)."),
+    address: Optional[str] = typer.Option(None, "--address", help="An existing Ray cluster: auto, host:6379 or "
+                                          "ray://head:10001 (ray backend only; the nodes need flexpipe installed)."),
     out: Path = typer.Option(Path("results/sweep"), "--out", "-o", help="Sweep folder: runs/<point>/, runs.jsonl "
                              "(one row per finished run), sweep.csv/.md/.png and report/."),
     resume: bool = typer.Option(True, "--resume/--no-resume", help="Skip points already complete in --out "
