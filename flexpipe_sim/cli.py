@@ -149,6 +149,9 @@ def compare(
     seed: Optional[int] = typer.Option(None, "--seed", help="Random seed for every run (default: each scenario's)."),
     set_: list[str] = typer.Option([], "--set", help=SET_HELP),
     force: bool = typer.Option(False, "--force", help=FORCE_HELP),
+    workers: Optional[int] = typer.Option(None, "--workers", "-w", min=1, help="Runs at a time, each in its own "
+                                          "process (default: the CPU count, at most the number of runs); 1 runs "
+                                          "them one after another in this process. The numbers are the same."),
 ) -> None:
     """Run several policies on the same scenarios and seeds; write comparison.csv/.md/.png."""
     from .compare import RunsInterrupted
@@ -166,7 +169,11 @@ def compare(
                 _error(e)
                 raise typer.Exit(2) from None
     try:
-        df = run_compare(scs, names, out, on_run=lambda s, p: err.print(f"running {s} with {p} ..."), force=force)
+        import os
+
+        n_workers = workers or min(os.cpu_count() or 1, len(scs) * len(names))
+        df = run_compare(scs, names, out, on_run=lambda s, p: err.print(f"running {s} with {p} ..."), force=force,
+                         workers=n_workers)
     except RunsInterrupted as e:
         raise _interrupted(f"{len(e.done)} of {len(e.done) + len(e.missing)} runs finished", out, e.missing) from None
     except KeyboardInterrupt:
@@ -374,6 +381,86 @@ def trace_convert(
         _error(e)
         raise typer.Exit(2) from None
     console.print(f"wrote {n:,} requests to {dest}")
+
+
+@app.command()
+def sweep(
+    sweep_file: Path = typer.Argument(..., help="Sweep YAML: scenarios, policies, seeds, a grid of scenario keys, "
+                                      "optional set and horizon_s (see scenarios/sweeps/example.yaml)."),
+    backend: str = typer.Option("local", "--backend", "-b", help="local: a process pool on this machine; ray: Ray "
+                                "tasks on the cluster at --address, or on a local Ray started for the sweep."),
+    workers: Optional[int] = typer.Option(None, "--workers", "-w", min=1, help="Runs at a time (default: the CPU "
+                                          "count); with ray and no --address, the local Ray's num_cpus."),
+    address: Optional[str] = typer.Option(None, "--address", help="An existing Ray cluster: auto, host:6379 or "
+                                          "ray://head:10001 (ray backend only; the nodes need flexpipe installed)."),
+    out: Path = typer.Option(Path("results/sweep"), "--out", "-o", help="Sweep folder: runs/<point>/, runs.jsonl "
+                             "(one row per finished run), sweep.csv/.md/.png and report/."),
+    resume: bool = typer.Option(True, "--resume/--no-resume", help="Skip points already complete in --out "
+                                "(default); --no-resume deletes the folder's runs and runs everything."),
+    report: bool = typer.Option(True, "--report/--no-report", help="Write the evaluation report in <out>/report."),
+) -> None:
+    """Run every scenario x grid point x policy x seed of a sweep file; store each run as it finishes;
+    aggregate over seeds (mean, 95% t interval) into sweep.csv/.md/.png and the evaluation report."""
+    import os
+
+    from rich.markup import escape
+
+    from .sweep import run_sweep
+    from .sweeprun import RayMissing, import_ray
+    from .sweepspec import SweepError
+    from .sweepstats import terminal_tables
+
+    if backend not in ("local", "ray"):
+        _error(f"--backend {backend!r}: local or ray")
+        raise typer.Exit(2)
+    if address and backend != "ray":
+        _error("--address needs --backend ray")
+        raise typer.Exit(2)
+    if backend == "ray":
+        try:
+            import_ray()
+        except RayMissing as e:
+            _error(e)
+            raise typer.Exit(2) from None
+    n_workers = workers or os.cpu_count() or 1
+    with Progress(TextColumn("[bold]{task.description}"), BarColumn(), MofNCompleteColumn(),
+                  TextColumn("{task.fields[last]}"), TimeElapsedColumn(), console=err, transient=False) as bar:
+        task = bar.add_task("sweep", total=None, last="")
+
+        def on_start(total: int, todo: int) -> None:
+            bar.update(task, total=todo, description=f"sweep ({total - todo} of {total} already done)")
+
+        def on_row(row: dict) -> None:
+            bar.advance(task)
+            bar.update(task, last=f"{row['id']}: {row['status']}")
+            if row["status"] != "complete":
+                bar.console.print(f"[red]failed:[/] {escape(row['id'])}: {escape(str(row['error']))}",
+                                  highlight=False, soft_wrap=True)
+
+        try:
+            res = run_sweep(sweep_file, out, backend=backend, workers=n_workers, address=address, resume=resume,
+                            report=report, on_start=on_start, on_row=on_row)
+        except (SweepError, RayMissing) as e:
+            bar.stop()
+            _error(e)
+            raise typer.Exit(2) from None
+        except KeyboardInterrupt:
+            bar.stop()
+            err.print(f"[bold yellow]interrupted:[/] the sweep was stopped; the finished runs are in "
+                      f"{escape(str(out / 'runs.jsonl'))}, and the same command resumes from them",
+                      highlight=False, soft_wrap=True)
+            raise typer.Exit(130) from None
+    if not res.table.empty:
+        for t in terminal_tables(res.table, list(res.spec.grid), res.spec.name or sweep_file.stem):
+            console.print(t)
+    for w in res.report_warnings:
+        _warn(w)
+    console.print(f"{len(res.ran)} runs now, {len(res.points) - len(res.ran)} kept from before; written: "
+                  f"{out / 'runs.jsonl'}, {out / 'sweep.csv'}, {out / 'sweep.md'}, {out / 'sweep.png'}"
+                  + (f", {out / 'report'}" if report else ""))
+    if res.failed:
+        _error(f"{len(res.failed)} runs failed (errors in {out / 'runs.jsonl'}); the others are aggregated")
+        raise typer.Exit(1)
 
 
 # `calibrate` lives in calibratecli.py

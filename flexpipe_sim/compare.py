@@ -110,11 +110,55 @@ def run_all(plan: list[tuple[str, Scenario]], rf: ResultsFolder, on_row: Callabl
         raise RunsInterrupted(rf.target, done, rf.info["runs_missing"]) from None
 
 
+def _run_one(sc: Scenario, folder: str) -> dict | None:
+    """One run in a worker process: its results folder is written there; the summary comes back
+    (None: the compare was interrupted before this run started)."""
+    from .sweeppool import stopped
+
+    return None if stopped() else run_scenario(sc, Path(folder), staged=False).summary
+
+
+def run_parallel(plan: list[tuple[str, Scenario]], rf: ResultsFolder, on_row: Callable[[str, Scenario, dict], None],
+                 workers: int, on_run: Callable[[int, str], None] | None = None) -> None:
+    """run_all's contract on a process pool: the runs are independent (each builds its own arrivals
+    from its scenario and seed), so the numbers are those of the sequential run. on_row is called in
+    plan order (a run that finishes early waits for those before it), so comparison.csv's rows are
+    too; on_run is called as each run is submitted. The pool: sweeppool.py."""
+    from concurrent.futures import FIRST_COMPLETED, wait
+
+    from .sweeppool import stoppable_pool
+
+    done: list[str] = []
+    rf.info.update(runs_done=done, runs_missing=[label for label, _ in plan])
+    results: dict[int, dict] = {}
+    nxt = 0
+    try:
+        with stoppable_pool(workers) as pool:  # on leaving by an error, no queued run starts
+            futs = {}
+            for i, (label, sc) in enumerate(plan):
+                if on_run:
+                    on_run(i, label)
+                futs[pool.submit(_run_one, sc, str(rf.path / label))] = i
+            while futs:
+                finished, _ = wait(futs, return_when=FIRST_COMPLETED)
+                for f in finished:
+                    results[futs.pop(f)] = f.result()  # a run's error stops the compare, as in run_all
+                while nxt in results:
+                    label, sc = plan[nxt]
+                    done.append(label)
+                    rf.info["runs_missing"] = [lb for j, (lb, _) in enumerate(plan) if j > nxt and j not in results]
+                    on_row(label, sc, results.pop(nxt))
+                    nxt += 1
+    except KeyboardInterrupt:
+        raise RunsInterrupted(rf.target, done, [lb for lb, _ in plan[nxt:]]) from None
+
+
 def compare(scenarios: list[Scenario], policies: list[str], out: Path,
             on_run: Callable[[str, str], None] | None = None, *, force: bool = False,
-            progress: ProgressFn | None = None) -> pd.DataFrame:
+            progress: ProgressFn | None = None, workers: int = 1) -> pd.DataFrame:
     """Every policy on every scenario, written as one results folder (staged beside `out`, moved into
-    place when done or interrupted: outdir.py). Raises RunsInterrupted on Ctrl-C."""
+    place when done or interrupted: outdir.py). Raises RunsInterrupted on Ctrl-C. `workers` > 1 runs
+    them in that many processes (run_parallel; `progress` is then not called: the runs are elsewhere)."""
     plan = [(f"{sc.name}/{pol.replace('/', '_')}", sc, pol) for sc in scenarios for pol in policies]
     rows: list[dict] = []
     with results_folder(out, "compare", force=force) as rf:
@@ -123,10 +167,13 @@ def compare(scenarios: list[Scenario], policies: list[str], out: Path,
             rows.append({**row(run, summary), "policy": pol})
             pd.DataFrame(rows).to_csv(rf.path / "comparison.csv", index=False)  # what is done, as it is done
 
+        runs = [(lb, with_policy(sc, pol)) for lb, sc, pol in plan]
+        announce = (lambda i, lb: on_run(plan[i][1].name, plan[i][2])) if on_run else None
         try:
-            run_all([(lb, with_policy(sc, pol)) for lb, sc, pol in plan], rf, on_row,
-                    on_run=(lambda i, lb: on_run(plan[i][1].name, plan[i][2])) if on_run else None,
-                    progress=progress)
+            if workers > 1 and len(runs) > 1:
+                run_parallel(runs, rf, on_row, min(workers, len(runs)), on_run=announce)
+            else:
+                run_all(runs, rf, on_row, on_run=announce, progress=progress)
         except KeyboardInterrupt:
             if rows:  # the finished runs' table, as readable as a complete one
                 (rf.path / "comparison.md").write_text(pd.DataFrame(rows).to_markdown(index=False, floatfmt=".3g") + "\n")

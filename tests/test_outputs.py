@@ -161,8 +161,8 @@ def test_ctrl_c_during_a_run_keeps_partial_results(tmp_path, monkeypatch):
 
 def test_ctrl_c_during_compare_keeps_finished_runs_and_report_warns(tmp_path, monkeypatch):
     sigint_at(monkeypatch, at_s=5.0, on_run=2)
-    out = tmp_path / "c"
-    res = cli("compare", DEFAULT, "-p", "static,flexpipe", *TINY, "-o", out)
+    out = tmp_path / "c"  # -w 1: the patched Ctrl-C acts in this process, so the runs must run here
+    res = cli("compare", DEFAULT, "-p", "static,flexpipe", *TINY, "-w", "1", "-o", out)
     assert res.exit_code == 130, res.output
     assert "1 of 2 runs finished" in res.output and "missing runs: default/flexpipe" in res.output, res.output
     info = json.loads((out / "run_info.json").read_text())
