@@ -39,10 +39,8 @@ class KVSet:
         self.managers = managers
         self.block_size = managers[0].block_size
         self.watermark = watermark_blocks
-
-    @property
-    def capacity_tokens(self) -> int:
-        return min(m.num_blocks for m in self.managers) * self.block_size
+        # pool sizes are fixed for a KVSet's life (a refactor builds a new one); read on every routing
+        self.capacity_tokens = min(m.num_blocks for m in managers) * self.block_size
 
     def try_grow(self, r: Request, total_tokens: int, reserve: int = 0) -> bool:
         """Make the request's blocks cover `total_tokens` on every stage, or change nothing."""

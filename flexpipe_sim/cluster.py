@@ -27,7 +27,8 @@ class GPU:
     spec: GPUSpec
     tenant_mem_frac: float  # memory held by other tenants (Table 1)
     tenant_sm_frac: float  # SM time used by other tenants (Table 1)
-    allocations: dict[str, int] = field(default_factory=dict)  # owner -> bytes
+    allocations: dict[str, int] = field(default_factory=dict)  # owner -> bytes (change via allocate/release)
+    version: int = 0  # bumped on every allocate/release: views built from this GPU can be cached
 
     @property
     def capacity_bytes(self) -> int:
@@ -55,8 +56,10 @@ class GPU:
                 f"GPU {self.id}: {owner} asks {nbytes / 2**30:.2f} GiB, only {self.free_bytes / 2**30:.2f} GiB free"
             )
         self.allocations[owner] = nbytes
+        self.version += 1
 
     def release(self, owner: str) -> int:
+        self.version += 1
         return self.allocations.pop(owner)
 
 

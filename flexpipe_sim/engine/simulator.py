@@ -87,6 +87,7 @@ class Simulation:
                             "instance_queue", "running", "done")
         }
         self.decide_wall_s: list[float] = []
+        self._gpu_views: dict[int, tuple[int, GPUView]] = {}
         self._model_views_static = self._static_model_facts()
         self.gateway.typical_prompt = {m: f[1] for m, f in self._model_views_static.items() if f[1] > 0}
         self._recent: dict[str, deque[float]] = {m: deque() for m in self.specs}
@@ -233,22 +234,30 @@ class Simulation:
         slope = (late - early) / (span / 2) / max(rate, 1e-9) / (span / 2) if abs(z) >= SLOPE_Z else 0.0
         return rate, cv, float(slope)
 
+    def _gpu_view(self, g) -> GPUView:
+        """A GPU as policies see it, from its ledger (which includes stages still loading for a refactor)."""
+        hosting: set[str] = set()
+        shared: set[tuple[str, int, int]] = set()
+        for owner in g.allocations:
+            model, _, rest = owner.partition("/")
+            hosting.add(model)
+            if rest.startswith("weights/"):
+                first, end = rest.removeprefix("weights/").split("-")
+                shared.add((model, int(first), int(end)))
+        return GPUView(g.id, g.server, g.rack, self.cluster.servers[g.server].rdma, g.capacity_bytes, g.free_bytes,
+                       g.tenant_sm_frac, frozenset(hosting), frozenset(shared))
+
     def view(self) -> ClusterView:
         cl = self.cluster
-        hosting: dict[int, set[str]] = {}  # from the ledger: includes stages still loading for a refactor
-        shared: dict[int, set[tuple[str, int, int]]] = {}
+        # GPU views are rebuilt only for GPUs whose ledger changed (1,000-GPU clusters, every second)
+        cache = self._gpu_views
+        gpus = []
         for g in cl.gpus:
-            for owner in g.allocations:
-                model, _, rest = owner.partition("/")
-                hosting.setdefault(g.id, set()).add(model)
-                if rest.startswith("weights/"):
-                    first, end = rest.removeprefix("weights/").split("-")
-                    shared.setdefault(g.id, set()).add((model, int(first), int(end)))
-        gpus = tuple(
-            GPUView(g.id, g.server, g.rack, cl.servers[g.server].rdma, g.capacity_bytes, g.free_bytes,
-                    g.tenant_sm_frac, frozenset(hosting.get(g.id, ())), frozenset(shared.get(g.id, ())))
-            for g in cl.gpus
-        )
+            c = cache.get(g.id)
+            if c is None or c[0] != g.version:
+                c = cache[g.id] = (g.version, self._gpu_view(g))
+            gpus.append(c[1])
+        gpus = tuple(gpus)
         instances = tuple(
             InstanceView(i.id, i.model, "refactoring" if i.refactoring else i.state, tuple(s.gpu for s in i.stages),
                          tuple((s.first_layer, s.end_layer) for s in i.stages), len(i.waiting), i.running)
