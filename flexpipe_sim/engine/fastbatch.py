@@ -1,19 +1,21 @@
 """Fast-forwarded decode steps: a slot whose batch is all steady decodes costs O(what changed) per step.
 
-Between changes (an admission, a prefill chunk, a preemption, a refactor), every running request
-of a slot computes exactly one token per step: its context, generated count and critical-path
-compute/comm times all advance by the same amounts. `FastSlotBatcher` keeps those advances in
-slot-level counters (`tick`, `cum_compute`, `cum_comm`) instead of touching every request, and
-applies them to a request only when something needs it (`_sync`): when it finishes, when its KV
-must grow by a block, or when the slot leaves fast mode. The batch's cost summary follows from
-one running sum (`ctx_sum`: attention pairs = KV read = sum of contexts + n). Two heaps say when
-each request finishes and when it crosses its next KV block boundary, so a step does work for
-those requests only.
+A running request that decodes (one token to compute, sampled before) advances by the same amounts
+every step: context, generated count, critical-path compute and comm times. `FastSlotBatcher`
+keeps those advances for all such "lazy" requests in slot-level counters (`tick`, `cum_compute`,
+`cum_comm`) instead of touching each, and applies them to a request only when something needs it
+(`_sync`): when it finishes, when its KV must grow by a block, or when the slot is materialised.
+The lazy part of a batch's cost summary follows from one running sum (`ctx_sum`: attention pairs
+= KV read = sum of contexts + n). Two heaps say when each lazy request finishes and when it
+crosses its next KV block boundary. Requests still prefilling, and admissions, are handled one by
+one as in SlotBatcher (the `explicit` list); once one has sampled a token it turns lazy. A step
+costs O(explicit requests + those finishing or growing), not O(running).
 
 Every decision is the step-by-step batcher's (flexpipe_core/batcher.py SlotBatcher): the fast path
-is taken only when that batcher would form exactly this batch (every running request decodes, the
-token budget holds them, nobody can be admitted, every KV growth fits), and otherwise the slot is
-materialised and the ordinary path runs. `engine.fast_forward: false` uses SlotBatcher alone;
+runs only where that batcher would form exactly this batch (the token budget holds every running
+request's tokens, so their order cannot matter; every KV growth fits, so nobody is preempted;
+admissions then run the same loop), and otherwise the slot is materialised and the ordinary path
+runs. `engine.fast_forward: false` uses SlotBatcher alone;
 tests/test_fastforward.py checks both give the same per-request records (within float rounding:
 summed step times are added in another order) on several scenarios.
 """
@@ -30,14 +32,17 @@ from flexpipe_core.work import BatchWork
 class FastSlotBatcher(SlotBatcher):
     def __init__(self, *args, **kwargs) -> None:
         super().__init__(*args, **kwargs)
-        self.fast = False  # running requests are lazy decoders (their fields lag by tick - r.ff_tick)
+        self.fast = False  # lazy/explicit bookkeeping is live (else: plain SlotBatcher state)
         self.tick = 0  # fast steps taken by this slot
         self.cum_compute = 0.0  # compute time summed over fast steps
         self.cum_comm = 0.0
-        self.ctx_sum = 0  # sum over running of num_computed (true values) while fast
+        self.ctx_sum = 0  # sum of num_computed (true values) over the lazy requests
+        self.n_lazy = 0
+        self.explicit: list[Request] = []  # running requests that are not lazy, in running order
         self._finish: list[tuple[int, int, Request]] = []  # (tick after which r is done, id, r)
         self._grow: list[tuple[int, int, Request]] = []  # (tick at which r needs a new KV block, id, r)
         self._last_fast = False
+        self._step_lazy = 0  # lazy requests in the batch in flight
         self.fast_steps = 0  # statistics: steps taken on the fast path
         self.slow_steps = 0
 
@@ -52,41 +57,45 @@ class FastSlotBatcher(SlotBatcher):
             r.comm_s += self.cum_comm - r.ff_comm
         r.ff_tick, r.ff_compute, r.ff_comm = self.tick, self.cum_compute, self.cum_comm
 
+    def _make_lazy(self, r: Request) -> None:
+        """r decodes from now on: its fields are current as of this tick."""
+        t = self.tick
+        r.ff_tick, r.ff_compute, r.ff_comm = t, self.cum_compute, self.cum_comm
+        c = r.num_computed
+        self.ctx_sum += c
+        self.n_lazy += 1
+        heappush(self._finish, (t + r.output_tokens - r.generated, r.id, r))
+        heappush(self._grow, (t + r.kv_tokens - c, r.id, r))
+
     def materialize(self) -> None:
         """Bring every running request's fields up to date and leave fast mode."""
         if self.fast:
             for r in self.running:
-                self._sync(r)
+                if r.ff_tick >= 0:
+                    self._sync(r)
             self.fast = False
             self._finish.clear()
             self._grow.clear()
+            self.explicit.clear()
+            self.ctx_sum = self.n_lazy = 0
 
-    def _enter(self) -> bool:
-        """Fast mode if every running request is a steady decode (one token to compute, sampled before)."""
-        running = self.running
-        if not running:
-            return False
-        for r in running:
-            if r.num_tokens - r.num_computed != 1 or r.generated == 0:
-                return False
-        t, cc, cm = self.tick, self.cum_compute, self.cum_comm
-        fin, grow = [], []
-        s = 0
-        for r in running:
-            r.ff_tick, r.ff_compute, r.ff_comm = t, cc, cm
-            c = r.num_computed
-            s += c
-            fin.append((t + r.output_tokens - r.generated, r.id, r))
-            grow.append((t + r.kv_tokens - c, r.id, r))
-        heapify(fin)
-        heapify(grow)
-        self._finish, self._grow, self.ctx_sum, self.fast = fin, grow, s, True
-        return True
+    def _enter(self) -> None:
+        self.fast = True
+        self.ctx_sum = self.n_lazy = 0
+        self.explicit = []
+        for r in self.running:
+            if r.num_tokens - r.num_computed == 1 and r.generated > 0:
+                self._make_lazy(r)
+            else:
+                r.ff_tick = -1
+                self.explicit.append(r)
 
     # --- the batcher's interface -------------------------------------------------------------
     def schedule(self, now: float, admit: bool, growth_reserve: int = 0) -> Batch | None:
-        batch = self._fast_schedule(admit)
-        if batch is not None:
+        if not self.fast:
+            self._enter()
+        batch = self._fast_schedule(now, admit, growth_reserve)
+        if batch is not _ORDINARY:
             self._last_fast = True
             self.fast_steps += 1
             return batch
@@ -95,66 +104,139 @@ class FastSlotBatcher(SlotBatcher):
         self.slow_steps += 1
         return super().schedule(now, admit, growth_reserve)
 
-    def _fast_schedule(self, admit: bool) -> Batch | None:
-        running = self.running
-        n = len(running)
-        if n == 0 or n > self.token_budget:
-            return None
-        if admit and self.waiting and n < self.max_seqs and self.token_budget - n > 0 and self._least_loaded():
-            return None  # the step-by-step batcher would try to admit
-        if not self.fast and not self._enter():
-            return None
-        grow = self._grow
-        t = self.tick
-        if grow and grow[0][0] <= t:
-            due = []
-            while grow and grow[0][0] <= t:
-                e = heappop(grow)
-                if e[2].finish_s == e[2].finish_s:  # finished since (not NaN): a stale entry
-                    continue
+    def _fast_schedule(self, now: float, admit: bool, growth_reserve: int):
+        budget = self.token_budget
+        explicit = self.explicit
+        n_lazy = self.n_lazy
+        need = n_lazy
+        for r in explicit:
+            need += r.num_tokens - r.num_computed
+        if need > budget:
+            return _ORDINARY  # the budget binds: who gets how much depends on order
+        kv = self.kv
+        bs = kv.block_size
+        # KV growth of every running request, checked all together (then order cannot matter)
+        grow, t = self._grow, self.tick
+        due = []
+        while grow and grow[0][0] <= t:
+            e = heappop(grow)
+            if e[2].finish_s != e[2].finish_s:  # not finished since (finished: a stale entry)
                 due.append(e)
-            if due:
-                k = len(due)
-                if any(m.num_free < k for m in self.kv.managers):
-                    for e in due:  # not enough blocks for all: the ordinary path decides who is preempted
-                        heappush(grow, e)
-                    return None
-                bs = self.kv.block_size
-                for e in due:
-                    r = e[2]
-                    self._sync(r)
-                    self.kv.try_grow(r, r.num_computed + 1)
-                    heappush(grow, (t + bs, r.id, r))
+        blocks = len(due)
+        for r in explicit:
+            total = r.num_tokens
+            if total > r.kv_tokens:
+                blocks += -(-total // bs) - r.kv_tokens // bs
+        if blocks and any(m.num_free < blocks for m in kv.managers):
+            for e in due:  # not enough for all: the ordinary path decides who is preempted
+                heappush(grow, e)
+            return _ORDINARY
+        for e in due:
+            r = e[2]
+            self._sync(r)
+            kv.try_grow(r, r.num_computed + 1)
+            heappush(grow, (t + bs, r.id, r))
+        items: list[tuple[Request, int]] = []
+        n_tokens = n_lazy
+        attn = kv_read = (self.ctx_sum + n_lazy) if n_lazy else 0
+        n_decode = n_lazy
+        has_decode = n_lazy > 0
+        for r in explicit:  # the ordinary path's running loop, for the requests that are not lazy
+            c = r.num_computed
+            n = r.num_tokens - c
+            if c + n > r.kv_tokens:
+                kv.try_grow(r, c + n)
+            items.append((r, n))
+            n_tokens += n
+            if n == 1:
+                attn += c + 1
+                if c > 0:
+                    kv_read += c + 1
+                    n_decode += 1
+                    has_decode = has_decode or r.generated > 0
+            else:
+                attn += n * c + n * (n + 1) // 2
+        budget -= need
         self.preempted_last = 0
         self.admitted_last = 0
-        attn = self.ctx_sum + n
-        return Batch([], BatchWork(n, n, attn, attn, n), True)
+        if admit:  # the ordinary path's admission loop, unchanged
+            reserve = kv.watermark + growth_reserve
+            waiting, running = self.waiting, self.running
+            while waiting and budget > 0 and len(running) < self.max_seqs and self._least_loaded():
+                r = waiting[0]
+                c = r.num_computed
+                n = min(r.num_tokens - c, budget)
+                if not kv.try_grow(r, c + n, reserve=reserve):
+                    break
+                waiting.popleft()
+                if r.admitted_s != r.admitted_s:  # NaN: first admission
+                    r.admitted_s = now
+                running.append(r)
+                r.ff_tick = -1
+                explicit.append(r)
+                self.load += self.work(r)
+                self.admitted_last += 1
+                items.append((r, n))
+                budget -= n
+                n_tokens += n
+                attn += n * c + n * (n + 1) // 2
+        if not items and not n_lazy:
+            return None
+        self._step_lazy = n_lazy
+        return Batch(items, BatchWork(n_tokens, n_lazy + len(items), attn, kv_read, n_decode), has_decode)
 
     def postprocess(self, batch: Batch, now: float, compute_s: float, comm_s: float) -> list[Request]:
         if not self._last_fast:
             return super().postprocess(batch, now, compute_s, comm_s)
         if not self.fast:
             # Materialised while this step was in flight (a refactor's KV round read the counts):
-            # the step computed one token for each running request (none can leave mid-step).
-            items = [(r, 1) for r in self.running]
-            return super().postprocess(Batch(items, batch.work, True), now, compute_s, comm_s)
+            # every running request was in the batch (the budget held them all): the lazy ones
+            # computed one token each, the explicit ones what the batch says.
+            lazy = [(r, 1) for r in self.running if r.ff_tick >= 0]
+            return super().postprocess(Batch(lazy + batch.items, batch.work, True), now, compute_s, comm_s)
         self.tick += 1
+        t = self.tick
         self.cum_compute += compute_s
         self.cum_comm += comm_s
-        n = len(self.running)
+        n = self._step_lazy
         self.sampled += n
         self.ctx_sum += n
-        fin = self._finish
-        if not fin or fin[0][0] > self.tick:
-            return []
         finished: list[Request] = []
-        while fin and fin[0][0] <= self.tick:
+        fin = self._finish
+        while fin and fin[0][0] <= t:
             r = heappop(fin)[2]
             self._sync(r)
             r.finish_s = now
             self.ctx_sum -= r.num_computed
+            self.n_lazy -= 1
             self.kv.free(r)
             self.load -= self.work(r)
             finished.append(r)
-        self.running = [r for r in self.running if r.finish_s != r.finish_s]
+        if batch.items:
+            changed = False
+            for r, k in batch.items:  # the ordinary postprocess, for the explicit requests
+                r.num_computed += k
+                r.compute_s += compute_s
+                r.comm_s += comm_s
+                if r.num_computed == r.num_tokens:
+                    r.generated += 1
+                    r.num_tokens += 1
+                    self.sampled += 1
+                    if r.generated == 1:
+                        r.first_token_s = now
+                    changed = True
+                    if r.generated >= r.output_tokens:
+                        r.finish_s = now
+                        self.kv.free(r)
+                        self.load -= self.work(r)
+                        finished.append(r)
+                    else:
+                        self._make_lazy(r)  # it decodes from now on
+            if changed:
+                self.explicit = [r for r in self.explicit if r.ff_tick < 0 and r.finish_s != r.finish_s]
+        if finished:
+            self.running = [r for r in self.running if r.finish_s != r.finish_s]
         return finished
+
+
+_ORDINARY = object()  # _fast_schedule's answer when only the ordinary path decides as it would
