@@ -25,6 +25,7 @@ from __future__ import annotations
 from heapq import heapify, heappop, heappush
 
 from flexpipe_core.batcher import Batch, SlotBatcher
+from flexpipe_core.blocks import BlockCounter
 from flexpipe_core.request import Request
 from flexpipe_core.work import BatchWork
 
@@ -66,6 +67,26 @@ class FastSlotBatcher(SlotBatcher):
         self.n_lazy += 1
         heappush(self._finish, (t + r.output_tokens - r.generated, r.id, r))
         heappush(self._grow, (t + r.kv_tokens - c, r.id, r))
+
+    def _add_block(self, due: list[tuple[int, int, Request]]) -> None:
+        """One more KV block on every stage for each due lazy request (its context just filled its
+        last block; the caller checked there are enough): KVSet.try_grow's effect, counted in bulk."""
+        managers = self.kv.managers
+        if not all(isinstance(m, BlockCounter) for m in managers):
+            for _, _, r in due:
+                self._sync(r)
+                self.kv.try_grow(r, r.num_computed + 1)
+            return
+        k = len(due)
+        for m in managers:
+            held = m.held
+            for _, rid, _ in due:
+                held[rid] += 1
+            m.num_free -= k
+            m.allocated_total += k
+        bs = self.kv.block_size
+        for _, _, r in due:
+            r.kv_tokens += bs
 
     def materialize(self) -> None:
         """Bring every running request's fields up to date and leave fast mode."""
@@ -131,11 +152,10 @@ class FastSlotBatcher(SlotBatcher):
             for e in due:  # not enough for all: the ordinary path decides who is preempted
                 heappush(grow, e)
             return _ORDINARY
-        for e in due:
-            r = e[2]
-            self._sync(r)
-            kv.try_grow(r, r.num_computed + 1)
-            heappush(grow, (t + bs, r.id, r))
+        if due:
+            self._add_block(due)
+            for e in due:
+                heappush(grow, (t + bs, e[2].id, e[2]))
         items: list[tuple[Request, int]] = []
         n_tokens = n_lazy
         attn = kv_read = (self.ctx_sum + n_lazy) if n_lazy else 0
