@@ -6,6 +6,7 @@ across processes or nodes with torch.distributed.
 - `HostWeightCache`: pinned host copies of model weights, so a stage is (re)loaded over PCIe
   without touching storage (the paper's host-memory parameter cache, §7).
 - `move_kv`: copy a request's KV blocks between two stage caches (different block ids).
+- `LocalFabric`: stages on devices of this process, named by label (a refactor's `Fabric`).
 - `Channel`: point-to-point sends over a process group created ahead of time. NCCL communicator
   set-up takes seconds; the paper keeps it off the critical path, so `Channel.open` builds the group
   and warms it up once, before any transfer is timed.
@@ -98,6 +99,41 @@ def move_kv(src: PagedKVCache, dst: PagedKVCache, req_id: int, n_tokens: int, fi
     k, v = src.export_blocks(req_id, first_block, src_layers)
     k, v = k[:, : last_block - first_block], v[:, : last_block - first_block]
     return dst.import_blocks(req_id, k, v, first_block)
+
+
+class LocalFabric:
+    """Stages on devices of this process. `devices` maps a device label to its torch device; a label
+    not in it is a torch device itself. Several labels may share one torch device: logical CPU
+    devices, so that a heterogeneous pipeline can be exercised (and its links booked) on a CPU."""
+
+    def __init__(self, host_cache: HostWeightCache, devices: dict[str, str] | None = None) -> None:
+        self.host_cache = host_cache
+        self.devices = devices or {}
+
+    def load(self, args: ModelArgs, first: int, end: int, label: str, *, kv_blocks: int, block_size: int,
+             dtype: torch.dtype) -> tuple[Stage, int, str]:
+        stage, n, _ = self.host_cache.load_stage(args, first, end, self.devices.get(label, label),
+                                                 kv_blocks=kv_blocks, block_size=block_size, dtype=dtype)
+        stage.label = label
+        return stage, n, "host"
+
+    def copy_kv(self, src: Stage, src_layers: slice, src_blocks: list[int], dst: Stage, dst_layers: slice,
+                dst_blocks: list[int]) -> int:
+        if not src_blocks:
+            return 0
+        s, d = src.cache, dst.cache
+        si = torch.tensor(src_blocks, dtype=torch.long, device=s.device)
+        di = torch.tensor(dst_blocks, dtype=torch.long, device=d.device)
+        k, v = s.k[src_layers].index_select(1, si), s.v[src_layers].index_select(1, si)
+        d.k[dst_layers].index_copy_(1, di, k.to(d.device, non_blocking=True))
+        d.v[dst_layers].index_copy_(1, di, v.to(d.device, non_blocking=True))
+        return 2 * k.numel() * k.element_size()
+
+    def release(self, stage: Stage) -> None:
+        stage.cache.k = stage.cache.v = None  # type: ignore[assignment]
+
+    def sync(self, stages: list[Stage]) -> None:
+        sync(*{s.device for s in stages})
 
 
 @dataclass
