@@ -1,0 +1,283 @@
+"""Processes as devices: one worker process per device holds that device's stages (weights and KV
+tensors); the coordinator (this process) keeps the scheduling, the sampling and the block
+accounting, and drives the workers over torch.distributed (gloo on CPU, `transfer.Channel`).
+
+So that a heterogeneous pipeline and its inflight refactoring (FlexPipe §6.3) can be exercised on
+a CPU with real process boundaries:
+- serving: `RemoteStage` is a stage the engine calls like a local one; the activations go to the
+  stage's worker and come back (a star through the coordinator, which keeps the engine unchanged),
+- refactoring: `ProcFabric` loads new stages from the coordinator's host weight cache over the
+  wire, and moves KV blocks worker to worker directly (send on one, recv on the other).
+
+Each worker runs its commands in the order the coordinator sent them, and the two halves of a
+worker-to-worker transfer are sent one after the other; so the earliest unfinished transfer always
+has both ends at it, and no cycle of blocked sends can form.
+"""
+
+from __future__ import annotations
+
+import itertools
+import os
+import tempfile
+from collections import defaultdict
+from typing import Any
+
+import torch
+import torch.distributed as dist
+import torch.multiprocessing as mp
+
+from flexpipe_core.blocks import BlockManager, OutOfBlocks
+
+from .kvcache import KVCacheFull
+from .model import ModelArgs, StepMeta
+from .stage import Stage, _full_name, local_meta
+from .transfer import Channel, HostWeightCache
+
+COORD = 0  # the coordinator's rank
+
+
+def _send_obj(obj: Any, dst: int) -> None:
+    dist.send_object_list([obj], dst)
+
+
+def _recv_obj(src: int) -> Any:
+    box = [None]
+    dist.recv_object_list(box, src)
+    return box[0]
+
+
+# --- worker side ---------------------------------------------------------------------------------
+def _worker_main(rank: int, world: int, init: str, threads: int) -> None:
+    torch.set_num_threads(threads)  # the devices share the host's cores; no oversubscription
+    ch = Channel.open(rank, world, init, backend="gloo")
+    stages: dict[int, Stage] = {}
+    while True:
+        cmd = _recv_obj(COORD)
+        op = cmd[0]
+        if op == "fwd":
+            _, sid, meta, shape, dtype = cmd
+            x = ch.recv(torch.empty(shape, dtype=dtype), COORD)
+            ch.send(stages[sid].run_local(x, meta), COORD)
+        elif op == "load":  # the weights follow, in the order of `names`
+            _, sid, args, first, end, kv_blocks, bs, dtype, label, names = cmd
+            st = Stage(args, first, end, "cpu", kv_blocks=kv_blocks, block_size=bs, dtype=dtype, label=label)
+            params = {_full_name(n, first): p for n, p in st.named_parameters()}
+            assert sorted(params) == sorted(names), "coordinator and worker disagree on the stage's weights"
+            with torch.no_grad():
+                for name in names:
+                    params[name].copy_(ch.recv(params[name].data, COORD))
+            stages[sid] = st
+        elif op == "warm":  # first use of a pair costs connection set-up: pay it before timing
+            for peer in cmd[1]:
+                if peer < rank:
+                    ch.send(torch.zeros(1), peer)
+                    ch.recv(torch.zeros(1), peer)
+                else:
+                    ch.recv(torch.zeros(1), peer)
+                    ch.send(torch.zeros(1), peer)
+        elif op == "send_kv":
+            _, sid, layers, blocks, dst = cmd
+            c, idx = stages[sid].cache, torch.tensor(blocks, dtype=torch.long)
+            ch.send(c.k[layers].index_select(1, idx), dst)
+            ch.send(c.v[layers].index_select(1, idx), dst)
+        elif op == "recv_kv":
+            _, sid, layers, blocks, src = cmd
+            c, idx = stages[sid].cache, torch.tensor(blocks, dtype=torch.long)
+            like = c.k[layers][:, : len(blocks)]
+            c.k[layers].index_copy_(1, idx, ch.recv(like, src))
+            c.v[layers].index_copy_(1, idx, ch.recv(like, src))
+        elif op == "copy_kv":
+            _, sid, layers, blocks, dsid, dlayers, dblocks = cmd
+            s, d = stages[sid].cache, stages[dsid].cache
+            si, di = torch.tensor(blocks, dtype=torch.long), torch.tensor(dblocks, dtype=torch.long)
+            d.k[dlayers].index_copy_(1, di, s.k[layers].index_select(1, si))
+            d.v[dlayers].index_copy_(1, di, s.v[layers].index_select(1, si))
+        elif op == "drop":
+            del stages[cmd[1]]
+        elif op == "ping":
+            _send_obj(("pong", sorted(stages)), COORD)
+        elif op == "stop":
+            break
+    ch.close()
+
+
+# --- coordinator side ----------------------------------------------------------------------------
+class BlockView:
+    """The coordinator's view of a remote stage's paged KV cache: the block accounting only (the
+    tensors are in the worker). Same interface as PagedKVCache's accounting half."""
+
+    def __init__(self, num_blocks: int, block_size: int, bytes_per_block: int) -> None:
+        self.blocks = BlockManager(num_blocks, block_size)
+        self.block_size = block_size
+        self.bytes_per_block = bytes_per_block
+        self.device = torch.device("cpu")
+
+    def allocate(self, req_id: int, n_tokens: int) -> None:
+        try:
+            self.blocks.grow(req_id, n_tokens)
+        except OutOfBlocks as e:
+            raise KVCacheFull(f"KV cache full on a worker: request {req_id} needs {n_tokens} tokens ({e})") from None
+
+    def free(self, req_id: int) -> None:
+        self.blocks.free(req_id)
+
+    def table(self, req_id: int) -> list[int]:
+        return self.blocks.tables.get(req_id, [])
+
+    def slots(self, req_id: int, start: int, n: int) -> list[int]:
+        table, bs = self.table(req_id), self.block_size
+        return [table[p // bs] * bs + p % bs for p in range(start, start + n)]
+
+
+class RemoteStage:
+    """A stage living in a worker process; the engine calls it like a local Stage."""
+
+    def __init__(self, cluster: "Cluster", sid: int, label: str, args: ModelArgs, first: int, end: int,
+                 dtype: torch.dtype, kv_blocks: int, block_size: int) -> None:
+        self.cluster, self.sid, self.label = cluster, sid, label
+        self.rank = cluster.rank_of[label]
+        self.args, self.first, self.end, self.dtype = args, first, end, dtype
+        per_block = 2 * (end - first) * block_size * args.n_kv_heads * args.head_dim * dtype.itemsize
+        self.cache = BlockView(kv_blocks, block_size, per_block)
+        self.device = torch.device("cpu")
+
+    @property
+    def is_first(self) -> bool:
+        return self.first == 0
+
+    @property
+    def is_last(self) -> bool:
+        return self.end == self.args.n_layers
+
+    def __call__(self, x: torch.Tensor, meta: StepMeta) -> torch.Tensor:
+        m = local_meta(self.cache, meta)
+        _send_obj(("fwd", self.sid, m, tuple(x.shape), x.dtype), self.rank)
+        self.cluster.book(COORD_LABEL, self.label, self.cluster.ch.send(x, self.rank))
+        if self.is_last:
+            like = torch.empty(len(meta.req_ids), self.args.vocab_size)
+        else:
+            like = torch.empty(x.shape[0], self.args.dim, dtype=self.dtype)
+        out = self.cluster.ch.recv(like, self.rank)
+        self.cluster.book(self.label, COORD_LABEL, out.numel() * out.element_size())
+        return out
+
+
+COORD_LABEL = "coord"
+
+
+class Cluster:
+    """Worker processes, one per device label, and the process group joining them to this one.
+    Use as a context manager; close() stops the workers."""
+
+    def __init__(self, labels: list[str], threads: int = 1) -> None:
+        self.labels = list(labels)
+        self.rank_of = {lab: i + 1 for i, lab in enumerate(self.labels)}
+        self._dir = tempfile.TemporaryDirectory(prefix="flexpipe-workers-")
+        init = f"file://{os.path.join(self._dir.name, 'rendezvous')}"
+        world = len(self.labels) + 1
+        ctx = mp.get_context("spawn")
+        self.procs = [ctx.Process(target=_worker_main, args=(r, world, init, threads), daemon=True)
+                      for r in range(1, world)]
+        for p in self.procs:
+            p.start()
+        self.ch = Channel.open(COORD, world, init, backend="gloo")
+        self.traffic: dict[str, int] = defaultdict(int)  # serving activations, "src->dst" -> bytes
+        self._sids = itertools.count()
+
+    def book(self, src: str, dst: str, n: int) -> None:
+        self.traffic[f"{src}->{dst}"] += n
+
+    def next_sid(self) -> int:
+        return next(self._sids)
+
+    def ping(self, label: str) -> list[int]:
+        """Round trip to a worker: returns once it has run every command sent before; its stage ids."""
+        r = self.rank_of[label]
+        _send_obj(("ping",), r)
+        return _recv_obj(r)[1]
+
+    def close(self) -> None:
+        for r in self.rank_of.values():
+            _send_obj(("stop",), r)
+        for p in self.procs:
+            p.join(timeout=30)
+        self.ch.close()
+        self._dir.cleanup()
+
+    def __enter__(self) -> "Cluster":
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.close()
+
+
+def _stage_names(host: HostWeightCache, args: ModelArgs, first: int, end: int) -> list[str]:
+    keep = {f"layers.{i}" for i in range(first, end)}
+    if first == 0:
+        keep.add("tok_embeddings")
+    if end == args.n_layers:
+        keep |= {"norm", "output"}
+    return [n for n in host.tensors if n.rsplit(".", 1)[0] in keep or ".".join(n.split(".")[:2]) in keep]
+
+
+class ProcFabric:
+    """The refactor's Fabric over a Cluster: weights from the coordinator's host cache, KV worker
+    to worker. A stage's weights go out in one go between two engine steps (sends to one worker
+    could not overlap that worker's serving anyway: it runs one command at a time); non-blocking
+    sends were tried and made no difference on this CPU."""
+
+    def __init__(self, cluster: Cluster, host_cache: HostWeightCache) -> None:
+        self.cluster, self.host_cache = cluster, host_cache
+
+    def warm(self, args: ModelArgs, dtype: torch.dtype = torch.float32) -> None:
+        """Pay every first-use cost before anything is timed, as Channel.open does for NCCL
+        communicators (the paper keeps set-up off the critical path): each pair's connection, and
+        on each worker a first stage built and loaded (the first load into a fresh worker took
+        ~0.8 s on this CPU, later ones 10-30 ms)."""
+        for lab in self.cluster.labels:
+            st, _, _ = self.load(args, 0, 1, lab, kv_blocks=1, block_size=1, dtype=dtype)
+            self.release(st)
+        ranks = sorted(self.cluster.rank_of.values())
+        for r in ranks:
+            _send_obj(("warm", [COORD] + [q for q in ranks if q != r]), r)
+        for r in ranks:  # the lower rank of a pair receives first (as the workers do)
+            self.cluster.ch.recv(torch.zeros(1), r)
+            self.cluster.ch.send(torch.zeros(1), r)
+        for lab in self.cluster.labels:
+            self.cluster.ping(lab)
+
+    def load(self, args: ModelArgs, first: int, end: int, label: str, *, kv_blocks: int, block_size: int,
+             dtype: torch.dtype) -> tuple[RemoteStage, int, str]:
+        st = RemoteStage(self.cluster, self.cluster.next_sid(), label, args, first, end, dtype, kv_blocks, block_size)
+        names = _stage_names(self.host_cache, args, first, end)
+        _send_obj(("load", st.sid, args, first, end, kv_blocks, block_size, dtype, label, names), st.rank)
+        n = 0
+        for name in names:
+            t = self.host_cache.tensors[name].to(dtype).contiguous()
+            n += self.cluster.ch.send(t, st.rank)
+        return st, n, "host"
+
+    def pipeline(self, args: ModelArgs, cuts: list[int], labels: list[str], *, kv_blocks: int, block_size: int,
+                 dtype: torch.dtype = torch.float32) -> list[RemoteStage]:
+        """Stages for `cuts` on the devices `labels` (one each), for a PipelineEngine."""
+        return [self.load(args, a, b, lab, kv_blocks=kv_blocks, block_size=block_size, dtype=dtype)[0]
+                for (a, b), lab in zip(zip(cuts, cuts[1:]), labels)]
+
+    def copy_kv(self, src: RemoteStage, src_layers: slice, src_blocks: list[int], dst: RemoteStage,
+                dst_layers: slice, dst_blocks: list[int]) -> int:
+        if not src_blocks:
+            return 0
+        if src.rank == dst.rank:
+            _send_obj(("copy_kv", src.sid, src_layers, src_blocks, dst.sid, dst_layers, dst_blocks), src.rank)
+        else:
+            _send_obj(("send_kv", src.sid, src_layers, src_blocks, dst.rank), src.rank)
+            _send_obj(("recv_kv", dst.sid, dst_layers, dst_blocks, src.rank), dst.rank)
+        n_layers = len(range(*src_layers.indices(src.end - src.first)))
+        return n_layers * len(src_blocks) * src.cache.bytes_per_block // (src.end - src.first)
+
+    def release(self, stage: RemoteStage) -> None:
+        _send_obj(("drop", stage.sid), stage.rank)
+
+    def sync(self, stages: list[RemoteStage]) -> None:
+        for lab in sorted({s.label for s in stages}):
+            self.cluster.ping(lab)
