@@ -71,6 +71,7 @@ class RefactorRecord:
     new_devices: list[str] = field(default_factory=list)
     links: dict[str, LinkBytes] = field(default_factory=dict)  # "src->dst" -> bytes over it
     t_begin: float = 0.0  # engine clock (engine.now()) when the refactor began,
+    t_loaded: float = 0.0  # when the new stages' weights were in,
     t_pause: float = 0.0  # when the pause began,
     t_resume: float = 0.0  # and when the new pipeline took over
     live_ids: list[int] = field(default_factory=list)  # requests running when the pause began
@@ -162,6 +163,8 @@ def refactor(engine: PipelineEngine, new_cuts: list[int], devices: list[str | to
         rec.book(src, st.label, weights=n)
         if engine.has_work:
             engine.step()
+
+    rec.t_loaded = engine.now()
 
     # 2. pre-copy rounds while serving
     copier = _Copier(old, new, fabric, rec)
