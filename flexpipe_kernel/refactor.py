@@ -31,15 +31,20 @@ from flexpipe_core.batcher import KVSet
 from .engine import PipelineEngine
 from .model import ModelArgs
 from .stage import Stage
-from .transfer import HostWeightCache, LocalFabric
+from .transfer import HostWeightCache, LocalFabric, group_names, holds, weight_groups
 
 
 class Fabric(Protocol):
     """Where stages live and how weights and KV reach them."""
 
-    def load(self, args: ModelArgs, first: int, end: int, label: str, *, kv_blocks: int, block_size: int,
-             dtype: torch.dtype) -> tuple[Stage, int, str]:
-        """A stage of layers [first, end) on device `label`: (stage, weight bytes, source label)."""
+    host_cache: HostWeightCache
+
+    def new_stage(self, args: ModelArgs, first: int, end: int, label: str, *, kv_blocks: int, block_size: int,
+                  dtype: torch.dtype) -> Stage:
+        """An empty stage of layers [first, end) on device `label` (weights to be filled)."""
+
+    def fill(self, stage: Stage, names: list[str], src: Stage | None = None) -> int:
+        """Weights `names` into `stage`, from `src` (same device) or else the host cache; bytes."""
 
     def copy_kv(self, src: Stage, src_layers: slice, src_blocks: list[int], dst: Stage, dst_layers: slice,
                 dst_blocks: list[int]) -> int:
@@ -76,6 +81,7 @@ class RefactorRecord:
     t_resume: float = 0.0  # and when the new pipeline took over
     live_ids: list[int] = field(default_factory=list)  # requests running when the pause began
     pause_kv_bytes: int = 0  # the last delta, copied inside the pause
+    load_units: int = 0  # weight loads (a layer, the embedding or the head), one engine step after each
 
     def book(self, src: str, dst: str, *, weights: int = 0, kv: int = 0) -> None:
         lb = self.links.setdefault(f"{src}->{dst}", LinkBytes())
@@ -109,25 +115,35 @@ class _Copier:
                     parts.append((os_, slice(a - os_.first, b - os_.first), slice(a - ns.first, b - ns.first)))
             self.pieces.append(parts)
 
-    def copy(self, rid: int, n_tokens: int) -> int:
-        """Bring request `rid` up to date for its first n_tokens tokens; returns dirty tokens copied."""
-        start = self.valid.get(rid, 0)
-        if n_tokens < start:  # preempted and recomputing since the last round: start over
-            start = 0
-        if n_tokens == start:
-            return 0
+    def round(self, reqs: list[tuple[int, int]]) -> int:
+        """Bring each (request id, n_tokens) up to date for its first n_tokens tokens, with one
+        transfer per (old stage, new stage) piece carrying every request's dirty blocks (per-request
+        transfers cost a round trip each across processes). Returns dirty tokens copied."""
         bs = self.old[0].cache.block_size
-        first_block, last_block = start // bs, -(-n_tokens // bs)
-        for ns, parts in zip(self.new, self.pieces):
-            ns.cache.allocate(rid, n_tokens)
-            dst_blocks = ns.cache.table(rid)[first_block:last_block]
-            for os_, src_layers, dst_layers in parts:
-                src_blocks = os_.cache.table(rid)[first_block:last_block]
-                n = self.fabric.copy_kv(os_, src_layers, src_blocks, ns, dst_layers, dst_blocks)
-                self.bytes += n
-                self.rec.book(os_.label, ns.label, kv=n)
-        self.valid[rid] = n_tokens
-        return n_tokens - start
+        batches: dict[tuple[int, int], tuple[list[int], list[int]]] = {}
+        dirty = 0
+        for rid, n_tokens in reqs:
+            start = self.valid.get(rid, 0)
+            if n_tokens < start:  # preempted and recomputing since the last round: start over
+                start = 0
+            if n_tokens == start:
+                continue
+            first_block, last_block = start // bs, -(-n_tokens // bs)
+            for i, (ns, parts) in enumerate(zip(self.new, self.pieces)):
+                ns.cache.allocate(rid, n_tokens)
+                dst_blocks = ns.cache.table(rid)[first_block:last_block]
+                for j, (os_, _, _) in enumerate(parts):
+                    src, dst = batches.setdefault((i, j), ([], []))
+                    src += os_.cache.table(rid)[first_block:last_block]
+                    dst += dst_blocks
+            self.valid[rid] = n_tokens
+            dirty += n_tokens - start
+        for (i, j), (src, dst) in batches.items():
+            os_, src_layers, dst_layers = self.pieces[i][j]
+            n = self.fabric.copy_kv(os_, src_layers, src, self.new[i], dst_layers, dst)
+            self.bytes += n
+            self.rec.book(os_.label, self.new[i].label, kv=n)
+        return dirty
 
     def forget_gone(self, live_ids: set[int]) -> None:
         """Requests that finished or were preempted meanwhile give their new blocks back."""
@@ -154,15 +170,21 @@ def refactor(engine: PipelineEngine, new_cuts: list[int], devices: list[str | to
     rec = RefactorRecord(cuts_of(old), list(new_cuts), 0, 0, 0, 0.0, 0.0, 0, [s.label for s in old],
                          [str(d) for d in devices], t_begin=engine.now())
 
-    # 1. new stages from the host cache; the old pipeline serves meanwhile (one step per stage loaded)
+    # 1. new stages, a layer at a time, each layer from an old stage on the same device if one holds
+    # it (no link crossed), else from the host cache; the old pipeline serves a step after each
+    # layer, so no token waits for more than one layer's load
     new = []
     for (a, b), dev in zip(zip(new_cuts, new_cuts[1:]), devices):
-        st, n, src = fabric.load(args, a, b, str(dev), kv_blocks=kv_blocks, block_size=bs, dtype=dtype)
+        st = fabric.new_stage(args, a, b, str(dev), kv_blocks=kv_blocks, block_size=bs, dtype=dtype)
         new.append(st)
-        rec.weight_bytes += n
-        rec.book(src, st.label, weights=n)
-        if engine.has_work:
-            engine.step()
+        for group in weight_groups(args, a, b):
+            src = next((o for o in old if o.label == st.label and holds(o, group)), None)
+            n = fabric.fill(st, group_names(fabric.host_cache, group), src)
+            rec.weight_bytes += n
+            rec.load_units += 1
+            rec.book(src.label if src else "host", st.label, weights=n)
+            if engine.has_work:
+                engine.step()
 
     rec.t_loaded = engine.now()
 
@@ -172,7 +194,7 @@ def refactor(engine: PipelineEngine, new_cuts: list[int], devices: list[str | to
         rec.rounds += 1
         live = list(_live(engine))
         copier.forget_gone({r.id for r in live})
-        dirty = sum(copier.copy(r.id, r.num_computed) for r in live)
+        dirty = copier.round([(r.id, r.num_computed) for r in live])
         if dirty <= stop_dirty_tokens or not engine.has_work:
             break
         for _ in range(steps_per_round):
@@ -189,8 +211,8 @@ def refactor(engine: PipelineEngine, new_cuts: list[int], devices: list[str | to
     rec.live_ids = [r.id for r in live]
     copier.forget_gone({r.id for r in live})
     before = copier.bytes
+    copier.round([(r.id, r.num_computed) for r in live])
     for r in live:
-        copier.copy(r.id, r.num_computed)
         for ns in new:  # the new tables must cover what the request's old tables covered
             ns.cache.allocate(r.id, r.kv_tokens)
     rec.pause_kv_bytes = copier.bytes - before
@@ -210,6 +232,14 @@ def refactor(engine: PipelineEngine, new_cuts: list[int], devices: list[str | to
     rec.duration_s = time.perf_counter() - t_start
     rec.steps_during = engine.steps - steps0
     return rec
+
+
+def longest_gap(engine: PipelineEngine, ids: list[int], start: float = float("-inf"),
+                end: float = float("inf")) -> float:
+    """Longest time the requests `ids` together got no token, between their first and last token
+    in [start, end]: what downtime() measures, for a run without a switch (its noise floor)."""
+    times = sorted(t for rid in ids for t in engine.gens[rid].token_times if start <= t <= end)
+    return max((b - a for a, b in zip(times, times[1:])), default=0.0)
 
 
 def downtime(engine: PipelineEngine, rec: RefactorRecord) -> float:

@@ -23,7 +23,7 @@ import torch.distributed as dist
 
 from .kvcache import PagedKVCache
 from .model import ModelArgs, Transformer
-from .stage import Stage
+from .stage import Stage, _full_name
 
 
 def copy_to(t: torch.Tensor, device: str | torch.device, via_host: bool = False) -> torch.Tensor:
@@ -101,6 +101,35 @@ def move_kv(src: PagedKVCache, dst: PagedKVCache, req_id: int, n_tokens: int, fi
     return dst.import_blocks(req_id, k, v, first_block)
 
 
+def weight_groups(args: ModelArgs, first: int, end: int) -> list[str]:
+    """A stage's weights in loading units: one per layer ("layers.3"), the embedding, the head."""
+    groups = [f"layers.{i}" for i in range(first, end)]
+    if first == 0:
+        groups.insert(0, "tok_embeddings")
+    if end == args.n_layers:
+        groups.append("head")
+    return groups
+
+
+def group_names(host: HostWeightCache, group: str) -> list[str]:
+    """Full-model weight names of a loading unit, in the host cache's order."""
+    prefixes = ("norm.", "output.") if group == "head" else (group + ".",)
+    return [n for n in host.tensors if n.startswith(prefixes)]
+
+
+def weight_names(host: HostWeightCache, args: ModelArgs, first: int, end: int) -> list[str]:
+    return [n for g in weight_groups(args, first, end) for n in group_names(host, g)]
+
+
+def holds(stage: Stage, group: str) -> bool:
+    """Does `stage` hold the weights of loading unit `group`?"""
+    if group == "tok_embeddings":
+        return stage.is_first
+    if group == "head":
+        return stage.is_last
+    return stage.first <= int(group.split(".")[1]) < stage.end
+
+
 class LocalFabric:
     """Stages on devices of this process. `devices` maps a device label to its torch device; a label
     not in it is a torch device itself. Several labels may share one torch device: logical CPU
@@ -110,12 +139,31 @@ class LocalFabric:
         self.host_cache = host_cache
         self.devices = devices or {}
 
+    def new_stage(self, args: ModelArgs, first: int, end: int, label: str, *, kv_blocks: int, block_size: int,
+                  dtype: torch.dtype) -> Stage:
+        """A stage on `label` with its KV pool; its weights are not set yet (fill them)."""
+        return Stage(args, first, end, self.devices.get(label, label), kv_blocks=kv_blocks, block_size=block_size,
+                     dtype=dtype, label=label)
+
+    def fill(self, stage: Stage, names: list[str], src: Stage | None = None) -> int:
+        """Weights `names` (full-model names) into `stage`: from `src`, a stage on the same device
+        that holds them already, else from the host cache. Returns bytes copied."""
+        dst = {_full_name(n, stage.first): p for n, p in stage.named_parameters()}
+        have = {_full_name(n, src.first): p for n, p in src.named_parameters()} if src else self.host_cache.tensors
+        n = 0
+        with torch.no_grad():
+            for name in names:
+                dst[name].copy_(have[name], non_blocking=True)
+                n += dst[name].numel() * dst[name].element_size()
+        return n
+
     def load(self, args: ModelArgs, first: int, end: int, label: str, *, kv_blocks: int, block_size: int,
              dtype: torch.dtype) -> tuple[Stage, int, str]:
-        stage, n, _ = self.host_cache.load_stage(args, first, end, self.devices.get(label, label),
-                                                 kv_blocks=kv_blocks, block_size=block_size, dtype=dtype)
-        stage.label = label
-        return stage, n, "host"
+        """A whole stage from the host cache: (stage, bytes, "host")."""
+        st = self.new_stage(args, first, end, label, kv_blocks=kv_blocks, block_size=block_size, dtype=dtype)
+        n = self.fill(st, weight_names(self.host_cache, args, first, end))
+        sync(st.device)
+        return st, n, "host"
 
     def copy_kv(self, src: Stage, src_layers: slice, src_blocks: list[int], dst: Stage, dst_layers: slice,
                 dst_blocks: list[int]) -> int:

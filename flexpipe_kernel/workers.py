@@ -31,7 +31,7 @@ from flexpipe_core.blocks import BlockManager, OutOfBlocks
 from .kvcache import KVCacheFull
 from .model import ModelArgs, StepMeta
 from .stage import Stage, _full_name, local_meta
-from .transfer import Channel, HostWeightCache
+from .transfer import Channel, HostWeightCache, weight_names
 
 COORD = 0  # the coordinator's rank
 
@@ -58,15 +58,17 @@ def _worker_main(rank: int, world: int, init: str, threads: int) -> None:
             _, sid, meta, shape, dtype = cmd
             x = ch.recv(torch.empty(shape, dtype=dtype), COORD)
             ch.send(stages[sid].run_local(x, meta), COORD)
-        elif op == "load":  # the weights follow, in the order of `names`
-            _, sid, args, first, end, kv_blocks, bs, dtype, label, names = cmd
-            st = Stage(args, first, end, "cpu", kv_blocks=kv_blocks, block_size=bs, dtype=dtype, label=label)
-            params = {_full_name(n, first): p for n, p in st.named_parameters()}
-            assert sorted(params) == sorted(names), "coordinator and worker disagree on the stage's weights"
+        elif op == "new":
+            _, sid, args, first, end, kv_blocks, bs, dtype, label = cmd
+            stages[sid] = Stage(args, first, end, "cpu", kv_blocks=kv_blocks, block_size=bs, dtype=dtype, label=label)
+        elif op == "fill":  # from a stage here, or else the weights follow from the coordinator in this order
+            _, sid, names, src = cmd
+            st = stages[sid]
+            params = {_full_name(n, st.first): p for n, p in st.named_parameters()}
+            have = {_full_name(n, stages[src].first): p for n, p in stages[src].named_parameters()} if src is not None else {}
             with torch.no_grad():
                 for name in names:
-                    params[name].copy_(ch.recv(params[name].data, COORD))
-            stages[sid] = st
+                    params[name].copy_(have[name] if src is not None else ch.recv(params[name].data, COORD))
         elif op == "warm":  # first use of a pair costs connection set-up: pay it before timing
             for peer in cmd[1]:
                 if peer < rank:
@@ -211,15 +213,6 @@ class Cluster:
         self.close()
 
 
-def _stage_names(host: HostWeightCache, args: ModelArgs, first: int, end: int) -> list[str]:
-    keep = {f"layers.{i}" for i in range(first, end)}
-    if first == 0:
-        keep.add("tok_embeddings")
-    if end == args.n_layers:
-        keep |= {"norm", "output"}
-    return [n for n in host.tensors if n.rsplit(".", 1)[0] in keep or ".".join(n.split(".")[:2]) in keep]
-
-
 class ProcFabric:
     """The refactor's Fabric over a Cluster: weights from the coordinator's host cache, KV worker
     to worker. A stage's weights go out in one go between two engine steps (sends to one worker
@@ -246,16 +239,28 @@ class ProcFabric:
         for lab in self.cluster.labels:
             self.cluster.ping(lab)
 
-    def load(self, args: ModelArgs, first: int, end: int, label: str, *, kv_blocks: int, block_size: int,
-             dtype: torch.dtype) -> tuple[RemoteStage, int, str]:
+    def new_stage(self, args: ModelArgs, first: int, end: int, label: str, *, kv_blocks: int, block_size: int,
+                  dtype: torch.dtype) -> RemoteStage:
         st = RemoteStage(self.cluster, self.cluster.next_sid(), label, args, first, end, dtype, kv_blocks, block_size)
-        names = _stage_names(self.host_cache, args, first, end)
-        _send_obj(("load", st.sid, args, first, end, kv_blocks, block_size, dtype, label, names), st.rank)
+        _send_obj(("new", st.sid, args, first, end, kv_blocks, block_size, dtype, label), st.rank)
+        return st
+
+    def fill(self, stage: RemoteStage, names: list[str], src: RemoteStage | None = None) -> int:
+        """Weights `names` into `stage`: copied inside its worker from `src` (same worker), or sent
+        from the coordinator's host cache. Returns bytes."""
+        assert src is None or src.rank == stage.rank
+        _send_obj(("fill", stage.sid, names, None if src is None else src.sid), stage.rank)
         n = 0
         for name in names:
-            t = self.host_cache.tensors[name].to(dtype).contiguous()
-            n += self.cluster.ch.send(t, st.rank)
-        return st, n, "host"
+            t = self.host_cache.tensors[name].to(stage.dtype).contiguous()
+            n += self.cluster.ch.send(t, stage.rank) if src is None else t.numel() * t.element_size()
+        return n
+
+    def load(self, args: ModelArgs, first: int, end: int, label: str, *, kv_blocks: int, block_size: int,
+             dtype: torch.dtype) -> tuple[RemoteStage, int, str]:
+        """A whole stage from the host cache: (stage, bytes, "host")."""
+        st = self.new_stage(args, first, end, label, kv_blocks=kv_blocks, block_size=block_size, dtype=dtype)
+        return st, self.fill(st, weight_names(self.host_cache, args, first, end)), "host"
 
     def pipeline(self, args: ModelArgs, cuts: list[int], labels: list[str], *, kv_blocks: int, block_size: int,
                  dtype: torch.dtype = torch.float32) -> list[RemoteStage]:

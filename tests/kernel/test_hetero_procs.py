@@ -10,7 +10,7 @@ from flexpipe_kernel.transfer import HostWeightCache
 from flexpipe_kernel.workers import Cluster, ProcFabric
 
 from .helpers import prompts
-from .test_hetero import ARGS8, model8, unreconfigured
+from .test_hetero import ARGS8, model8, one_thread, unreconfigured  # noqa: F401 - one_thread: autouse fixture
 
 
 def test_online_reconfiguration_across_worker_processes():
