@@ -67,6 +67,8 @@ def test_bad_plans_exit_2(capsys):
     b = bench()
     assert b.main(["--quick", "--from", "0,5,9@A,B"]) == 2
     assert "must end at --layers" in capsys.readouterr().err
+    assert b.main(["--quick", "--backend", "inproc", "--switch-at", "100000"]) == 2
+    assert "ended before --switch-at" in capsys.readouterr().err
     with pytest.raises(SystemExit) as e:
         b.main(["--to", "0,5@A,B"])
     assert e.value.code == 2
