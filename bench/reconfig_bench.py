@@ -248,12 +248,13 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--repeats", type=int, default=3,
                     help="runs with and without the switch (interleaved); the table shows medians")
     ap.add_argument("--seed", type=int, default=0)
-    ap.add_argument("--quick", action="store_true", help=f"a small run (< 60 s): {QUICK}")
+    ap.add_argument("--quick", action="store_true", help=f"a small run (< 60 s): {QUICK} unless given")
     ap.add_argument("--json", default=None, help="also write the results to this file")
     a = ap.parse_args(argv)
     if a.quick:
-        for k, v in QUICK.items():
-            setattr(a, k, v)
+        for k, v in QUICK.items():  # options given explicitly win over --quick's
+            if getattr(a, k) == ap.get_default(k):
+                setattr(a, k, v)
     if a.repeats < 1 or a.requests < 1 or a.every < 1 or a.new_tokens < 1:
         print("error: --repeats, --requests, --every and --new-tokens must be >= 1", file=sys.stderr)
         return 2
