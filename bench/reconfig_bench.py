@@ -93,8 +93,10 @@ def why_downtime(eng: PipelineEngine, rec: RefactorRecord) -> str:
     a, b = max(zip(window, window[1:]), key=lambda p: p[1] - p[0])
     kv_links = {k: lb.kv for k, lb in rec.links.items() if lb.kv}
     if a <= rec.t_pause and b >= rec.t_resume:
-        return (f"the pause ({rec.pause_s * 1e3:.1f} ms): drain, last KV delta {rec.pause_kv_bytes / 1e6:.2f} MB "
-                f"over {', '.join(kv_links)}, switch; then the new pipeline's first step")
+        depth = len(rec.new_cuts) - 1
+        return (f"the pause ({rec.pause_s * 1e3:.1f} ms: last KV delta {rec.pause_kv_bytes / 1e6:.2f} MB over "
+                f"{', '.join(kv_links)}, switch) between the drained old pipeline's last token and the refilled "
+                f"new one's first, which takes {depth} steps through a {depth}-stage pipeline")
     if a < rec.t_loaded:
         over = ", ".join(f"{k} {lb.weights / 1e6:.1f} MB" for k, lb in rec.links.items() if lb.weights)
         return (f"loading weights, one unit between two steps ({rec.load_units} units, "

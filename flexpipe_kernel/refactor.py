@@ -2,9 +2,11 @@
 or devices while requests keep decoding, without losing or restarting any of them.
 
 Split (S -> 2S), merge (2S -> S) and move are all "new cuts on new devices":
-1. Build the new stages from the host weight cache while the old pipeline keeps serving.
+1. Build the new stages while the old pipeline keeps serving, a layer at a time with one serving
+   step after each (so no token waits for more than one layer's load): a layer that an old stage
+   on the same device holds is copied there, any other comes from the host weight cache (§7).
 2. Pre-copy KV in rounds. Each new stage layer takes its KV from the old stage that holds that
-   layer. A request's tokens below `valid[r]` are already copied; tokens computed since then are
+   layer; a round moves every request's dirty blocks in one transfer per (old, new) stage pair. A request's tokens below `valid[r]` are already copied; tokens computed since then are
    the dirty set (the paper's validity mask, Eq. 10), re-copied next round from the block that
    holds the first dirty token. Between rounds the old pipeline runs `steps_per_round` steps.
 3. Stop starting micro-batches, let the in-flight ones finish (they still produce tokens), then
