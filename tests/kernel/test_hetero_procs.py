@@ -36,6 +36,21 @@ def test_online_reconfiguration_across_worker_processes():
                 assert cl.ping(lab) == sorted(s.sid for s in eng.stages if s.label == lab)
         eng.run()
         traffic = dict(cl.traffic)
+        # KV pressure: requests are preempted (their blocks freed on the coordinator's books, their
+        # KV recomputed) while a switch is under way, and still give the same tokens
+        for s in eng.stages:
+            fab.release(s)
+        tight = PipelineEngine(fab.pipeline(ARGS8, [0, 3, 8], ["B", "C"], kv_blocks=34, block_size=4), **kw)
+        pids = [tight.add_request(p, 16) for p in ps]
+        for _ in range(5):
+            tight.step()
+        refactor(tight, [0, 6, 8], ["A", "B"], fab, kv_blocks=34, steps_per_round=3)
+        tight.run()
+        for s in tight.stages:
+            s.cache.blocks.check_integrity()
+            assert s.cache.blocks.num_free == s.cache.blocks.num_blocks
+    assert sum(tight.gens[i].req.preemptions for i in pids) > 0
+    assert [tight.gens[i].output for i in pids] == unreconfigured(ps, 16, **kw)
     assert [eng.gens[i].output for i in ids] == unreconfigured(ps + late, 16, **kw)
     assert sorted(g.req.id for g in eng.finished) == sorted(ids)  # none lost, none twice
     assert all(eng.gens[i].req.preemptions == 0 for i in ids)
