@@ -4,8 +4,10 @@ accounting, and drives the workers over torch.distributed (gloo on CPU, `transfe
 
 So that a heterogeneous pipeline and its inflight refactoring (FlexPipe §6.3) can be exercised on
 a CPU with real process boundaries:
-- serving: `RemoteStage` is a stage the engine calls like a local one; the activations go to the
-  stage's worker and come back (a star through the coordinator, which keeps the engine unchanged),
+- serving: `RemoteStage` is a stage the engine calls like a local one; a stage's hidden states go
+  from its worker straight to the next stage's worker, and only the last stage's logits come back,
+  so the workers compute different micro-batches at once (the engine is unchanged: a non-last
+  stage returns a `Pending` handle, which the engine passes on as it would a tensor),
 - refactoring: `ProcFabric` loads new stages from the coordinator's host weight cache over the
   wire, and moves KV blocks worker to worker directly (send on one, recv on the other).
 
@@ -20,6 +22,7 @@ import itertools
 import os
 import tempfile
 from collections import defaultdict
+from dataclasses import dataclass
 from typing import Any
 
 import torch
@@ -51,13 +54,21 @@ def _worker_main(rank: int, world: int, init: str, threads: int) -> None:
     torch.set_num_threads(threads)  # the devices share the host's cores; no oversubscription
     ch = Channel.open(rank, world, init, backend="gloo")
     stages: dict[int, Stage] = {}
+    outs: dict[int, torch.Tensor] = {}  # hidden states waiting for the next stage, by handle
     while True:
         cmd = _recv_obj(COORD)
         op = cmd[0]
-        if op == "fwd":
-            _, sid, meta, shape, dtype = cmd
-            x = ch.recv(torch.empty(shape, dtype=dtype), COORD)
-            ch.send(stages[sid].run_local(x, meta), COORD)
+        if op == "fwd":  # input from the coordinator, another worker, or this one; output kept or returned
+            _, sid, meta, shape, dtype, src, hid = cmd
+            x = outs.pop(src[1]) if src[0] == "here" else ch.recv(torch.empty(shape, dtype=dtype), src[1])
+            out = stages[sid].run_local(x, meta)
+            if hid is None:  # the last stage: logits go back to the coordinator
+                ch.send(out, COORD)
+            else:
+                outs[hid] = out
+        elif op == "push":  # a kept output to the worker running the next stage
+            _, hid, dst = cmd
+            ch.send(outs.pop(hid), dst)
         elif op == "new":
             _, sid, args, first, end, kv_blocks, bs, dtype, label = cmd
             stages[sid] = Stage(args, first, end, "cpu", kv_blocks=kv_blocks, block_size=bs, dtype=dtype, label=label)
@@ -151,17 +162,45 @@ class RemoteStage:
     def is_last(self) -> bool:
         return self.end == self.args.n_layers
 
-    def __call__(self, x: torch.Tensor, meta: StepMeta) -> torch.Tensor:
+    def __call__(self, x: "torch.Tensor | Pending", meta: StepMeta) -> "torch.Tensor | Pending":
+        """Run this stage on x: token ids or hidden states from the coordinator, or a Pending output
+        of the previous stage, which its worker sends here directly. Returns the logits (last stage:
+        waits for them) or at once a Pending handle to the output, kept by this worker: so the
+        workers compute different micro-batches at the same time, like devices."""
+        cl = self.cluster
         m = local_meta(self.cache, meta)
-        _send_obj(("fwd", self.sid, m, tuple(x.shape), x.dtype), self.rank)
-        self.cluster.book(COORD_LABEL, self.label, self.cluster.ch.send(x, self.rank))
-        if self.is_last:
-            like = torch.empty(len(meta.req_ids), self.args.vocab_size)
+        hid = None if self.is_last else next(cl._hids)
+        if isinstance(x, Pending):
+            if x.rank == self.rank:
+                src = ("here", x.hid)
+            else:
+                _send_obj(("push", x.hid, self.rank), x.rank)
+                src = ("rank", x.rank)
+                cl.book(x.label, self.label, x.nbytes)
+            _send_obj(("fwd", self.sid, m, x.shape, x.dtype, src, hid), self.rank)
         else:
-            like = torch.empty(x.shape[0], self.args.dim, dtype=self.dtype)
-        out = self.cluster.ch.recv(like, self.rank)
-        self.cluster.book(self.label, COORD_LABEL, out.numel() * out.element_size())
+            _send_obj(("fwd", self.sid, m, tuple(x.shape), x.dtype, ("rank", COORD), hid), self.rank)
+            cl.book(COORD_LABEL, self.label, cl.ch.send(x, self.rank))
+        if hid is not None:
+            return Pending(self.rank, self.label, hid, (int(meta.positions.shape[0]), self.args.dim), self.dtype)
+        out = cl.ch.recv(torch.empty(len(meta.req_ids), self.args.vocab_size), self.rank)
+        cl.book(self.label, COORD_LABEL, out.numel() * out.element_size())
         return out
+
+
+@dataclass(frozen=True)
+class Pending:
+    """A stage's output still in its worker (handle `hid`), to be pushed to the next stage's."""
+
+    rank: int
+    label: str
+    hid: int
+    shape: tuple[int, int]
+    dtype: torch.dtype
+
+    @property
+    def nbytes(self) -> int:
+        return self.shape[0] * self.shape[1] * self.dtype.itemsize
 
 
 COORD_LABEL = "coord"
@@ -185,6 +224,7 @@ class Cluster:
         self.ch = Channel.open(COORD, world, init, backend="gloo")
         self.traffic: dict[str, int] = defaultdict(int)  # serving activations, "src->dst" -> bytes
         self._sids = itertools.count()
+        self._hids = itertools.count()
 
     def book(self, src: str, dst: str, n: int) -> None:
         self.traffic[f"{src}->{dst}"] += n
