@@ -215,8 +215,8 @@ def show(res: dict) -> None:
     tt, tp = res["mean_ttft_ms"], res["mean_tpot_ms"]
     con.print(f"  in-flight requests' mean TTFT / TPOT (ms): without the switch {tt['baseline']:.1f} / {tp['baseline']:.1f}, "
               f"with it {tt['switched']:.1f} / {tp['switched']:.1f}, on the new pipeline throughout "
-              f"{tt['landed']:.1f} / {tp['landed']:.1f} (a config's own speed, not the switch's cost: on one CPU "
-              f"stages run one after another, so a deeper pipeline is slower per token)")
+              f"{tt['landed']:.1f} / {tp['landed']:.1f} (the new pipeline's own speed, not the switch's cost: "
+              f"in-process stages run one after another, worker processes share this machine's cores)")
     links = Table(title=f"bytes moved ({res['rounds']} pre-copy rounds, {res['duration_ms']:.0f} ms, "
                         f"{res['steps_during']} steps served meanwhile)")
     for c in ("link", "weights (MB)", "KV (MB)"):
