@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import time
 from dataclasses import dataclass
+from datetime import timedelta
 from pathlib import Path
 
 import torch
@@ -194,11 +195,14 @@ class Channel:
 
     @classmethod
     def open(cls, rank: int, world: int, init_method: str, backend: str | None = None,
-             device: str | torch.device = "cpu") -> "Channel":
+             device: str | torch.device = "cpu", timeout_s: float | None = None) -> "Channel":
+        """`timeout_s` bounds every wait (torch's default is 30 minutes): a peer that died makes
+        the others fail after it instead of hanging."""
         device = torch.device(device)
         backend = backend or ("nccl" if device.type == "cuda" else "gloo")
         if not dist.is_initialized():
-            dist.init_process_group(backend, init_method=init_method, rank=rank, world_size=world)
+            kw = {} if timeout_s is None else {"timeout": timedelta(seconds=timeout_s)}
+            dist.init_process_group(backend, init_method=init_method, rank=rank, world_size=world, **kw)
         # Warm up: the first collective creates the communicators (seconds for NCCL), before any
         # transfer is on the critical path.
         dist.all_reduce(torch.zeros(1, device=device))

@@ -50,9 +50,9 @@ def _recv_obj(src: int) -> Any:
 
 
 # --- worker side ---------------------------------------------------------------------------------
-def _worker_main(rank: int, world: int, init: str, threads: int) -> None:
+def _worker_main(rank: int, world: int, init: str, threads: int, timeout_s: float) -> None:
     torch.set_num_threads(threads)  # the devices share the host's cores; no oversubscription
-    ch = Channel.open(rank, world, init, backend="gloo")
+    ch = Channel.open(rank, world, init, backend="gloo", timeout_s=timeout_s)
     stages: dict[int, Stage] = {}
     outs: dict[int, torch.Tensor] = {}  # hidden states waiting for the next stage, by handle
     while True:
@@ -210,18 +210,20 @@ class Cluster:
     """Worker processes, one per device label, and the process group joining them to this one.
     Use as a context manager; close() stops the workers."""
 
-    def __init__(self, labels: list[str], threads: int = 1) -> None:
+    def __init__(self, labels: list[str], threads: int = 1, timeout_s: float = 120.0) -> None:
+        """`timeout_s`: the longest any transfer may wait (a worker that died fails the coordinator
+        after this, rather than hanging it; 120 s is far above any wait of the tests or the bench)."""
         self.labels = list(labels)
         self.rank_of = {lab: i + 1 for i, lab in enumerate(self.labels)}
         self._dir = tempfile.TemporaryDirectory(prefix="flexpipe-workers-")
         init = f"file://{os.path.join(self._dir.name, 'rendezvous')}"
         world = len(self.labels) + 1
         ctx = mp.get_context("spawn")
-        self.procs = [ctx.Process(target=_worker_main, args=(r, world, init, threads), daemon=True)
+        self.procs = [ctx.Process(target=_worker_main, args=(r, world, init, threads, timeout_s), daemon=True)
                       for r in range(1, world)]
         for p in self.procs:
             p.start()
-        self.ch = Channel.open(COORD, world, init, backend="gloo")
+        self.ch = Channel.open(COORD, world, init, backend="gloo", timeout_s=timeout_s)
         self.traffic: dict[str, int] = defaultdict(int)  # serving activations, "src->dst" -> bytes
         self._sids = itertools.count()
         self._hids = itertools.count()
@@ -239,10 +241,17 @@ class Cluster:
         return _recv_obj(r)[1]
 
     def close(self) -> None:
+        """Stop the workers; one that does not stop (or died) is terminated."""
         for r in self.rank_of.values():
-            _send_obj(("stop",), r)
+            try:
+                _send_obj(("stop",), r)
+            except RuntimeError:  # that worker is gone
+                pass
         for p in self.procs:
-            p.join(timeout=30)
+            p.join(timeout=10)
+            if p.is_alive():
+                p.terminate()
+                p.join(timeout=5)
         self.ch.close()
         self._dir.cleanup()
 

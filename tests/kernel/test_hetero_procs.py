@@ -4,6 +4,10 @@ must equal an unreconfigured single-process run's (greedy), no request lost or d
 
 from __future__ import annotations
 
+import time
+
+import pytest
+
 from flexpipe_kernel import PipelineEngine
 from flexpipe_kernel.refactor import cuts_of, downtime, refactor
 from flexpipe_kernel.transfer import HostWeightCache
@@ -66,3 +70,18 @@ def test_online_reconfiguration_across_worker_processes():
     assert all(traffic.get(k, 0) > 0 for k in ("A->B", "C->B", "B->A", "B->C"))
     assert all(traffic.get(k, 0) > 0 for k in ("coord->A", "coord->C", "coord->B", "B->coord", "A->coord", "C->coord"))
     assert "A->C" not in traffic  # no stage on A ever fed one on C
+
+
+def test_a_dead_worker_fails_the_coordinator_instead_of_hanging():
+    cl = Cluster(["A", "B"], timeout_s=5)
+    try:
+        assert cl.ping("A") == []
+        cl.procs[0].kill()  # worker A (started by this test) dies
+        cl.procs[0].join(timeout=10)
+        t = time.perf_counter()
+        with pytest.raises(RuntimeError):
+            cl.ping("A")
+        assert time.perf_counter() - t < 30
+    finally:
+        cl.close()
+    assert not any(p.is_alive() for p in cl.procs)
