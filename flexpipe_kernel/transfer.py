@@ -6,6 +6,7 @@ across processes or nodes with torch.distributed.
 - `HostWeightCache`: pinned host copies of model weights, so a stage is (re)loaded over PCIe
   without touching storage (the paper's host-memory parameter cache, §7).
 - `move_kv`: copy a request's KV blocks between two stage caches (different block ids).
+- `LocalFabric`: stages on devices of this process, named by label (a refactor's `Fabric`).
 - `Channel`: point-to-point sends over a process group created ahead of time. NCCL communicator
   set-up takes seconds; the paper keeps it off the critical path, so `Channel.open` builds the group
   and warms it up once, before any transfer is timed.
@@ -15,6 +16,7 @@ from __future__ import annotations
 
 import time
 from dataclasses import dataclass
+from datetime import timedelta
 from pathlib import Path
 
 import torch
@@ -22,7 +24,7 @@ import torch.distributed as dist
 
 from .kvcache import PagedKVCache
 from .model import ModelArgs, Transformer
-from .stage import Stage
+from .stage import Stage, _full_name
 
 
 def copy_to(t: torch.Tensor, device: str | torch.device, via_host: bool = False) -> torch.Tensor:
@@ -100,6 +102,89 @@ def move_kv(src: PagedKVCache, dst: PagedKVCache, req_id: int, n_tokens: int, fi
     return dst.import_blocks(req_id, k, v, first_block)
 
 
+def weight_groups(args: ModelArgs, first: int, end: int) -> list[str]:
+    """A stage's weights in loading units: one per layer ("layers.3"), the embedding, the head."""
+    groups = [f"layers.{i}" for i in range(first, end)]
+    if first == 0:
+        groups.insert(0, "tok_embeddings")
+    if end == args.n_layers:
+        groups.append("head")
+    return groups
+
+
+def group_names(host: HostWeightCache, group: str) -> list[str]:
+    """Full-model weight names of a loading unit, in the host cache's order."""
+    prefixes = ("norm.", "output.") if group == "head" else (group + ".",)
+    return [n for n in host.tensors if n.startswith(prefixes)]
+
+
+def weight_names(host: HostWeightCache, args: ModelArgs, first: int, end: int) -> list[str]:
+    return [n for g in weight_groups(args, first, end) for n in group_names(host, g)]
+
+
+def holds(stage: Stage, group: str) -> bool:
+    """Does `stage` hold the weights of loading unit `group`?"""
+    if group == "tok_embeddings":
+        return stage.is_first
+    if group == "head":
+        return stage.is_last
+    return stage.first <= int(group.split(".")[1]) < stage.end
+
+
+class LocalFabric:
+    """Stages on devices of this process. `devices` maps a device label to its torch device; a label
+    not in it is a torch device itself. Several labels may share one torch device: logical CPU
+    devices, so that a heterogeneous pipeline can be exercised (and its links booked) on a CPU."""
+
+    def __init__(self, host_cache: HostWeightCache, devices: dict[str, str] | None = None) -> None:
+        self.host_cache = host_cache
+        self.devices = devices or {}
+
+    def new_stage(self, args: ModelArgs, first: int, end: int, label: str, *, kv_blocks: int, block_size: int,
+                  dtype: torch.dtype) -> Stage:
+        """A stage on `label` with its KV pool; its weights are not set yet (fill them)."""
+        return Stage(args, first, end, self.devices.get(label, label), kv_blocks=kv_blocks, block_size=block_size,
+                     dtype=dtype, label=label)
+
+    def fill(self, stage: Stage, names: list[str], src: Stage | None = None) -> int:
+        """Weights `names` (full-model names) into `stage`: from `src`, a stage on the same device
+        that holds them already, else from the host cache. Returns bytes copied."""
+        dst = {_full_name(n, stage.first): p for n, p in stage.named_parameters()}
+        have = {_full_name(n, src.first): p for n, p in src.named_parameters()} if src else self.host_cache.tensors
+        n = 0
+        with torch.no_grad():
+            for name in names:
+                dst[name].copy_(have[name], non_blocking=True)
+                n += dst[name].numel() * dst[name].element_size()
+        return n
+
+    def load(self, args: ModelArgs, first: int, end: int, label: str, *, kv_blocks: int, block_size: int,
+             dtype: torch.dtype) -> tuple[Stage, int, str]:
+        """A whole stage from the host cache: (stage, bytes, "host")."""
+        st = self.new_stage(args, first, end, label, kv_blocks=kv_blocks, block_size=block_size, dtype=dtype)
+        n = self.fill(st, weight_names(self.host_cache, args, first, end))
+        sync(st.device)
+        return st, n, "host"
+
+    def copy_kv(self, src: Stage, src_layers: slice, src_blocks: list[int], dst: Stage, dst_layers: slice,
+                dst_blocks: list[int]) -> int:
+        if not src_blocks:
+            return 0
+        s, d = src.cache, dst.cache
+        si = torch.tensor(src_blocks, dtype=torch.long, device=s.device)
+        di = torch.tensor(dst_blocks, dtype=torch.long, device=d.device)
+        k, v = s.k[src_layers].index_select(1, si), s.v[src_layers].index_select(1, si)
+        d.k[dst_layers].index_copy_(1, di, k.to(d.device, non_blocking=True))
+        d.v[dst_layers].index_copy_(1, di, v.to(d.device, non_blocking=True))
+        return 2 * k.numel() * k.element_size()
+
+    def release(self, stage: Stage) -> None:
+        stage.cache.k = stage.cache.v = None  # type: ignore[assignment]
+
+    def sync(self, stages: list[Stage]) -> None:
+        sync(*{s.device for s in stages})
+
+
 @dataclass
 class Channel:
     """Point-to-point transfers over a torch.distributed process group (gloo on CPU, NCCL on GPUs)."""
@@ -110,11 +195,14 @@ class Channel:
 
     @classmethod
     def open(cls, rank: int, world: int, init_method: str, backend: str | None = None,
-             device: str | torch.device = "cpu") -> "Channel":
+             device: str | torch.device = "cpu", timeout_s: float | None = None) -> "Channel":
+        """`timeout_s` bounds every wait (torch's default is 30 minutes): a peer that died makes
+        the others fail after it instead of hanging."""
         device = torch.device(device)
         backend = backend or ("nccl" if device.type == "cuda" else "gloo")
         if not dist.is_initialized():
-            dist.init_process_group(backend, init_method=init_method, rank=rank, world_size=world)
+            kw = {} if timeout_s is None else {"timeout": timedelta(seconds=timeout_s)}
+            dist.init_process_group(backend, init_method=init_method, rank=rank, world_size=world, **kw)
         # Warm up: the first collective creates the communicators (seconds for NCCL), before any
         # transfer is on the critical path.
         dist.all_reduce(torch.zeros(1, device=device))
