@@ -52,7 +52,7 @@ class PipelineEngine:
     def __init__(self, stages: list[Stage], *, token_budget: int = 512, max_seqs: int = 64,
                  micro_batches: int | None = None, temperature: float = 0.0, seed: int = 0,
                  clock: Callable[[], float] = time.perf_counter,
-                 on_token: Callable[[int, int], None] | None = None) -> None:
+                 on_token: Callable[[int, int], None] | None = None, epoch: float | None = None) -> None:
         self.stages = stages
         self.kv = KVSet([s.cache.blocks for s in stages], watermark_blocks=1)
         self.waiting: deque[Request] = deque()
@@ -65,7 +65,7 @@ class PipelineEngine:
         self.temperature = temperature
         self.seed = seed
         self._clock = clock
-        self._t0 = clock()
+        self._t0 = clock() if epoch is None else epoch  # epoch: a shared clock's zero (the live backend's run start)
         self._rr = 0
         self._next_id = 0
         self.on_token = on_token  # streaming: called with (request id, token id) as tokens appear
@@ -93,6 +93,14 @@ class PipelineEngine:
         self.gens[rid] = Generation(r, list(prompt), sampler=sampler)
         self.waiting.append(r)
         return rid
+
+    def submit(self, req: Request, prompt: list[int]) -> None:
+        """Serve an existing request record (the live backend's: its arrival time and the stamps this
+        engine sets stay on the caller's record). Greedy unless `temperature` > 0, as add_request."""
+        sampler = torch.Generator().manual_seed(self.seed * 1_000_003 + req.id) if self.temperature > 0 else None
+        self.gens[req.id] = Generation(req, list(prompt), sampler=sampler)
+        self._next_id = max(self._next_id, req.id + 1)
+        self.waiting.append(req)
 
     @property
     def has_work(self) -> bool:
