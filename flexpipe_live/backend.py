@@ -50,9 +50,26 @@ class _Now:
         return self._clock()
 
 
+class _TimedCache:
+    """The host weight cache as the kernel's refactor sees it, timing its stage loads: the refactor
+    record splits weight loads from the KV pre-copy and pause (validate's KV transfer time)."""
+
+    def __init__(self, cache: HostWeightCache) -> None:
+        self.cache, self.seconds = cache, 0.0
+
+    def load_stage(self, *args, **kwargs):
+        st, n, dt = self.cache.load_stage(*args, **kwargs)
+        self.seconds += dt
+        return st, n, dt
+
+
 class LiveBackend:
-    def __init__(self, sc: Scenario, devices: list[str], *, kv_tokens: int = 8192) -> None:
+    def __init__(self, sc: Scenario, devices: list[str], *, kv_tokens: int = 8192, threads: int | None = 1) -> None:
         self.sc, self.devices, self.kv_tokens = sc, devices, kv_tokens
+        if threads and devices[0] == "cpu":
+            # As `calibrate` measures CPU profiles (one intra-op thread: repeatable on a shared VM), so
+            # the simulator's profile and the live run time the same thing.
+            torch.set_num_threads(threads)
         # The simulator builds the workload, cost models and policy exactly as for `run` (same seed
         # streams), so a live run and a simulated one see identical arrivals, lengths and decisions code.
         self.sim = Simulation(sc)
@@ -173,14 +190,15 @@ class LiveBackend:
         cuts = [a.stages[0].first_layer] + [s.end_layer for s in a.stages]
         old = p.plan
         t0 = self.now()
-        rec = kernel_refactor(p.engine, cuts, [self.devices[s.gpu] for s in a.stages], self.caches[p.model],
+        cache = _TimedCache(self.caches[p.model])
+        rec = kernel_refactor(p.engine, cuts, [self.devices[s.gpu] for s in a.stages], cache,  # type: ignore[arg-type]
                               kv_blocks=self._kv_blocks(None))
         p.plan = a.stages
         p.refactors += 1
         self.host_ranges.update((p.model, s.first_layer, s.end_layer) for s in a.stages)
         self.refactors.append({
             "instance": p.id, "model": p.model, "requested_s": t0, "switched_s": self.now(),
-            "old_stages": len(old), "new_stages": len(a.stages), "weight_load_s": rec.duration_s - rec.pause_s,
+            "old_stages": len(old), "new_stages": len(a.stages), "weight_load_s": cache.seconds,
             "cold_stages": 0, "weight_bytes": rec.weight_bytes, "kv_bytes": rec.kv_bytes, "rounds": rec.rounds,
             "pause_s": rec.pause_s, "duration_s": rec.duration_s, "preempted": 0,
             "old_gpus": " ".join(str(s.gpu) for s in old), "new_gpus": " ".join(str(s.gpu) for s in a.stages),

@@ -33,17 +33,17 @@ def scaled_scenario(sc: Scenario, n_devices: int, time_scale: float = 1.0) -> Sc
 
 
 def run_live(sc: Scenario, devices: list[str], out: Path | None, *, force: bool = False, kv_tokens: int = 8192,
-             progress: ProgressFn | None = None, inputs: Iterable[Path] = ()) -> tuple[RunOutput, LiveBackend]:
+             threads: int | None = 1, progress: ProgressFn | None = None, inputs: Iterable[Path] = ()) -> tuple[RunOutput, LiveBackend]:
     """Run live and write the results folder (tables first, then plots); Ctrl-C writes what was
     measured, run_info status `interrupted`, then raises RunInterrupted."""
     if out is not None:
         check_out_dir(out, force=force, inputs=inputs)
-    backend = LiveBackend(sc, devices, kv_tokens=kv_tokens)
+    backend = LiveBackend(sc, devices, kv_tokens=kv_tokens, threads=threads)
     with sigint_at_progress() as flag:
         raw = backend.run(progress, stop=lambda: flag[0])
     df, ts = requests_frame(raw), timeseries_frame(raw)
     summary, info = summarize(raw, df, ts), run_info(raw)
-    info.update(backend="live", devices=devices, kv_tokens_cap=kv_tokens)
+    info.update(backend="live", devices=devices, kv_tokens_cap=kv_tokens, threads=threads)
     status = "interrupted" if raw.interrupted else "complete"
     plot_error = None
     if out is not None:
