@@ -1,0 +1,107 @@
+"""The live backend (flexpipe_live): conservation across a live refactor, token equality with an
+unrefactored run, results in `run`'s format, bad --devices."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+
+pytest.importorskip("torch")
+
+from flexpipe_core.policyapi import Refactor, StagePlan  # noqa: E402
+from flexpipe_live.backend import LiveBackend  # noqa: E402
+from flexpipe_live.devices import LiveError, parse_devices  # noqa: E402
+from flexpipe_live.runner import run_live, scaled_scenario  # noqa: E402
+from flexpipe_sim.scenario import load_scenario  # noqa: E402
+
+SCENARIO = "scenarios/live/cpu_small.yaml"
+# 5 s of arrivals at 4 req/s with long outputs (requests overlap), static one-stage pipeline: ~6 s wall
+SHORT = ["horizon_s=5", "drain_s=20", "workload.arrivals.rate=4", "workload.lengths.output_tokens=120",
+         "engine.control_interval_s=0.25", "policy.name=static",
+         "policy.params={stages: 1, replicas: 1}", "outputs.plots=false"]
+
+
+class _RefactorAt:
+    """The scenario's policy, plus one split of instance 0 into two stages on the first decision after
+    `at_s`: a refactor while requests are in flight, at a time the test chooses."""
+
+    def __init__(self, inner, at_s: float) -> None:
+        self.inner, self.at_s, self.done, self.name = inner, at_s, False, inner.name
+
+    def decide(self, view):
+        acts = self.inner.decide(view)
+        if not self.done and view.now >= self.at_s and any(i.running for i in view.instances):
+            self.done = True
+            acts.append(Refactor(view.instances[0].id, (StagePlan(0, 2, 0), StagePlan(2, 4, 1))))
+        return acts
+
+
+def _run(refactor_at: float | None):
+    sc = scaled_scenario(load_scenario(SCENARIO, SHORT), 2)
+    be = LiveBackend(sc, ["cpu", "cpu"])
+    if refactor_at is not None:
+        be.policy = _RefactorAt(be.policy, refactor_at)
+    raw = be.run()
+    return be, raw
+
+
+def test_live_refactor_conserves_requests_and_tokens():
+    be_ref, raw_ref = _run(refactor_at=2.0)
+    be_plain, raw_plain = _run(refactor_at=None)
+    assert len(raw_ref.refactors) == 1 and raw_plain.refactors == []
+    rec = raw_ref.refactors[0]
+    assert rec["old_stages"] == 1 and rec["new_stages"] == 2 and rec["pause_s"] > 0
+    for raw in (raw_ref, raw_plain):
+        ids = [r.id for r in raw.requests]
+        assert sorted(ids) == list(range(len(be_ref.workload)))  # none lost, none twice
+        for r in raw.requests:  # every request finished with all its tokens, or says why it did not
+            assert (r.generated == r.output_tokens and r.drop_reason == "") or r.drop_reason
+    assert all(r.drop_reason == "" for r in raw_ref.requests)
+    # the refactor happened with requests in flight: some were admitted before and finished after it
+    spans = [r for r in raw_ref.requests if r.admitted_s < rec["requested_s"] < r.finish_s]
+    assert spans, "no request was in flight across the refactor"
+    out_ref, out_plain = be_ref.outputs(), be_plain.outputs()
+    assert out_ref.keys() == out_plain.keys() == {r.id for r in raw_ref.requests}
+    assert out_ref == out_plain  # greedy decoding: the refactor changed no token
+    assert all(len(out_ref[r.id]) == r.output_tokens for r in raw_ref.requests)
+
+
+def test_live_writes_run_outputs(tmp_path):
+    sc = scaled_scenario(load_scenario(SCENARIO, [*SHORT, "horizon_s=2", "outputs.plots=true"]), 2)
+    res, _ = run_live(sc, ["cpu", "cpu"], tmp_path / "out")
+    out = tmp_path / "out"
+    for f in ("requests.csv", "timeseries.csv", "launches.csv", "summary.json", "run_info.json", "scenario.yaml"):
+        assert (out / f).exists(), f
+    info = json.loads((out / "run_info.json").read_text())
+    assert info["status"] == "complete" and info["backend"] == "live"
+    s = json.loads((out / "summary.json").read_text())
+    assert s["overall"]["finished"] == s["overall"]["requests"] > 0
+    import pandas as pd
+
+    from flexpipe_sim.runner import run_scenario
+
+    sim = run_scenario(sc, tmp_path / "sim", staged=True)
+    live_cols = list(pd.read_csv(out / "requests.csv").columns)
+    assert live_cols == list(pd.read_csv(tmp_path / "sim" / "requests.csv").columns)
+    assert sim.summary.keys() == s.keys()
+
+
+@pytest.mark.parametrize("text,expected", [("cpu:0", "count must be"), ("gpu:1", "expected cpu:N"),
+                                           ("cuda:0,cuda:0", "listed twice"), ("cuda:7", "not present")])
+def test_bad_devices(text, expected):
+    with pytest.raises(LiveError, match=expected):
+        parse_devices(text)
+
+
+def test_cpu_devices():
+    assert parse_devices("cpu:3") == ["cpu"] * 3
+
+
+def test_live_cli_bad_devices_exits_2():
+    from typer.testing import CliRunner
+
+    from flexpipe_sim.cli import app
+
+    r = CliRunner().invoke(app, ["live", SCENARIO, "--devices", "tpu:1"])
+    assert r.exit_code == 2 and "expected cpu:N" in r.output and "Traceback" not in r.output
