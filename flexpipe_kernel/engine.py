@@ -71,6 +71,10 @@ class PipelineEngine:
         self.on_token = on_token  # streaming: called with (request id, token id) as tokens appear
         self.steps = 0
         self.stage_runs = 0
+        self.last_runs: list[tuple[int, Batch]] = []
+        # Runs one tick's stage calls [(stage index, input, meta)] -> outputs; None: one after another.
+        # The live backend runs them on one worker per device, so stages on different devices overlap.
+        self.stage_runner: Callable[[list[tuple[int, torch.Tensor, StepMeta]]], list[torch.Tensor]] | None = None
 
     def now(self) -> float:
         return self._clock() - self._t0
@@ -116,8 +120,11 @@ class PipelineEngine:
         if start_new:
             self._start_micro_batch()
         self.stage_runs = len(self.inflight)  # stages working in this tick (one micro-batch each)
-        for mb in sorted(self.inflight, key=lambda m: -m.stage):
-            out = self.stages[mb.stage](mb.x, mb.meta)
+        self.last_runs = [(mb.stage, mb.batch) for mb in self.inflight]  # (stage index, batch): what this tick computes
+        order = sorted(self.inflight, key=lambda m: -m.stage)
+        calls = [(mb.stage, mb.x, mb.meta) for mb in order]
+        outs = self.stage_runner(calls) if self.stage_runner else [self.stages[k](x, m) for k, x, m in calls]
+        for mb, out in zip(order, outs):
             mb.stage += 1
             if mb.stage == len(self.stages):
                 self._complete(mb, out)

@@ -22,11 +22,13 @@ from flexpipe_kernel.engine import PipelineEngine
 from flexpipe_kernel.model import build_model
 from flexpipe_kernel.refactor import refactor as kernel_refactor
 from flexpipe_kernel.transfer import HostWeightCache
+from flexpipe_sim.costmodel import StageShape
 from flexpipe_sim.engine.simulator import RawResults, Simulation
 from flexpipe_sim.scenario import Scenario
 
 from .devices import LiveError
 from .pipeline import LivePipeline, build_stages, kernel_args, kv_blocks_for
+from .workers import DeviceWorkers
 
 ProgressFn = Callable[[float, dict], None]  # (wall seconds, counters)
 IDLE_SLEEP_S = 0.002  # longest nap when nothing is runnable: 2 ms keeps arrival release jitter small
@@ -94,6 +96,8 @@ class LiveBackend:
         self.finished = 0
         self.decide_wall_s: list[float] = []
         self.retired_gens: dict[int, list[int]] = {}
+        self.speed = {"measured_s": 0.0, "predicted_s": 0.0, "steps": 0}
+        self.workers = DeviceWorkers(len(devices))
         self.host_ranges: set[tuple[str, int, int]] = set()
         self._next_id = 0
         self._t0 = time.perf_counter()
@@ -173,6 +177,7 @@ class LiveBackend:
         e = self.sc.engine
         eng = PipelineEngine(stages, token_budget=e.token_budget, max_seqs=e.max_seqs, clock=self.now, epoch=0.0)
         p = LivePipeline(self._next_id, a.model, a.stages, eng, load_s=load_s)
+        eng.stage_runner = self.workers.runner(p)
         self._next_id += 1
         self.pipes[p.id] = p
         self.host_ranges.update((a.model, s.first_layer, s.end_layer) for s in a.stages)
@@ -203,6 +208,18 @@ class LiveBackend:
             "pause_s": rec.pause_s, "duration_s": rec.duration_s, "preempted": 0,
             "old_gpus": " ".join(str(s.gpu) for s in old), "new_gpus": " ".join(str(s.gpu) for s in a.stages),
         })
+
+    def _price(self, p: LivePipeline, measured_s: float) -> None:
+        """What the simulator's cost model says the step just run should have taken, beside what it
+        took: validate's in-run speed factor (how much slower this machine ran than when profiled)."""
+        cost, gpu = self.sim.costs[p.model], self.sim.cluster.gpus[0].spec
+        pred = 0.0
+        for k, batch in p.engine.last_runs:
+            st = p.engine.stages[k]
+            pred += cost.stage_time(StageShape(st.end - st.first, st.is_first, st.is_last, gpu), batch.work)
+        self.speed["measured_s"] += measured_s
+        self.speed["predicted_s"] += pred
+        self.speed["steps"] += 1
 
     # --- requests ----------------------------------------------------------------------------
     def _release(self, now: float, i: int) -> int:
@@ -238,7 +255,7 @@ class LiveBackend:
         s = self.samples
         s["time_s"].append(now)
         s["gpus_allocated"].append(len({g for p in self.pipes.values() for g in p.gpus}))
-        s["busy_gpu_s"].append(self.retired_busy_s + sum(p.busy_s for p in self.pipes.values()))
+        s["busy_gpu_s"].append(self.retired_busy_s + sum(p.stage_s for p in self.pipes.values()))
         s["interference_gpu_s"].append(0.0)
         s["gateway_queue"].append(sum(len(q) for q in self.queues.values()))
         s["instance_queue"].append(sum(len(p.engine.waiting) for p in self.pipes.values()))
@@ -299,11 +316,13 @@ class LiveBackend:
                 for p in list(self.pipes.values()):
                     if p.engine.has_work:
                         before = len(p.engine.finished)
+                        s0 = p.stage_s
                         p.step()
+                        self._price(p, p.stage_s - s0)
                         self.finished += len(p.engine.finished) - before
                         stepped = True
                     elif p.state == "draining":
-                        self.retired_busy_s += p.busy_s
+                        self.retired_busy_s += p.stage_s
                         self.retired_gens.update({rid: g.output for rid, g in p.engine.gens.items()})
                         del self.pipes[p.id]
                 now = self.now()
@@ -322,6 +341,7 @@ class LiveBackend:
         except KeyboardInterrupt:  # Ctrl-C at a clean point (between steps): keep what was measured
             interrupted = True
         end_s = self.now()
+        self.workers.close()
         self._sample(end_s)
         for r in self.requests:
             if not r.is_done:

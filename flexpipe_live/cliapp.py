@@ -90,7 +90,7 @@ def validate_main(path: Path, sc: Scenario, devices: str, out: Path, force: bool
     sc, devs = _prepare(sc, devices, 1.0)
     try:
         with live_progress(sc, quiet) as progress:
-            table, _ = validate(sc, devs, out, force=force, kv_tokens=kv_tokens, threads=threads or None,
+            table, doc = validate(sc, devs, out, force=force, kv_tokens=kv_tokens, threads=threads or None,
                                 progress=progress, inputs=[path], say=lambda s: err.print(s, highlight=False))
     except RunInterrupted:
         err.print(f"[bold yellow]interrupted:[/] the live run was stopped; its partial results are in {out}/live")
@@ -99,11 +99,18 @@ def validate_main(path: Path, sc: Scenario, devices: str, out: Path, force: bool
         _error(e)
         raise typer.Exit(2) from None
     t = Table(title=f"validate {sc.name}: simulator vs live kernel, error = (sim - live) / live")
-    for c in ("metric", "live", "sim", "error"):
+    for c in ("metric", "live", "sim", "error", "sim (in-run speed)", "error (in-run speed)"):
         t.add_column(c, justify="left" if c == "metric" else "right")
+
+    def fmt(v) -> str:
+        return "-" if v is None or v != v else f"{v:.4g}"
+
+    def pct(v) -> str:
+        return "-" if v is None or v != v else f"{v:+.1%}"
+
     for r in table.itertuples():
-        fmt = (lambda v: "-" if v is None or v != v else f"{v:.4g}")
-        t.add_row(r.metric, fmt(r.live), fmt(r.sim), "-" if r.rel_error is None or r.rel_error != r.rel_error
-                  else f"{r.rel_error:+.1%}")
+        t.add_row(r.metric, fmt(r.live), fmt(r.sim), pct(r.rel_error), fmt(r.sim_in_run_speed),
+                  pct(r.rel_error_in_run_speed))
     console.print(t)
+    console.print(f"in-run speed: the live steps took {doc['speed_factor']:.2f} x what the profile predicts for them")
     console.print(f"results: {out} (validate.csv, validate.json, cdf.png, live/, sim/)")

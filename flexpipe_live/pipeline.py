@@ -41,6 +41,7 @@ class LivePipeline:
     state: str = "ready"  # "ready" or "draining" (a refactor runs to completion inside one control step)
     busy_s: float = 0.0  # wall time of its stage steps (on CPU the stages of one step run one after another)
     load_s: float = 0.0
+    stage_s: float = 0.0  # sum of its stage calls' own times (workers.DeviceWorkers); overlapping ones both count
     refactors: int = 0
     meta: dict = field(default_factory=dict)
 

@@ -43,7 +43,10 @@ def run_live(sc: Scenario, devices: list[str], out: Path | None, *, force: bool 
         raw = backend.run(progress, stop=lambda: flag[0])
     df, ts = requests_frame(raw), timeseries_frame(raw)
     summary, info = summarize(raw, df, ts), run_info(raw)
-    info.update(backend="live", devices=devices, kv_tokens_cap=kv_tokens, threads=threads)
+    sp = backend.speed
+    info.update(backend="live", devices=devices, kv_tokens_cap=kv_tokens, threads=threads,
+                step_seconds={"measured": round(sp["measured_s"], 4), "cost_model": round(sp["predicted_s"], 4),
+                              "steps": sp["steps"]})
     status = "interrupted" if raw.interrupted else "complete"
     plot_error = None
     if out is not None:

@@ -56,6 +56,28 @@ def ensure_profiles(sc: Scenario, device: str, cache_dir: Path, say: Callable[[s
     return sc.model_copy(update={"cost": sc.cost.model_copy(update={"profiles": profiles})})
 
 
+SCALED_KEYS = (("prefill", "layer_s"), ("prefill", "p10"), ("prefill", "p90"), ("decode", "layer_s"),
+               ("decode", "p10"), ("decode", "p90"), ("head", "s"), ("overheads", "stage_step_s"))
+
+
+def scaled_profile(src: str | Path, factor: float, dest: Path) -> Path:
+    """A copy of a profile with every compute time x factor (links and refactor rates unchanged)."""
+    from flexpipe_sim.profiles import save_profile
+
+    raw = json.loads(Path(src).read_text())
+
+    def mul(x):
+        return [mul(v) for v in x] if isinstance(x, list) else (None if x is None else float(x) * factor)
+
+    for a, b in SCALED_KEYS:
+        if a in raw and b in raw[a]:
+            raw[a][b] = mul(raw[a][b])
+    raw["name"] = f"{raw['name']}-x{factor:.2f}"
+    raw["kind"] = "derived"
+    raw["derived_from"] = f"{raw.get('name')}: compute times x {factor:.3f}, the live run's measured / predicted step time"
+    return save_profile(raw, dest)
+
+
 def _rel(sim: float | None, live: float | None) -> float | None:
     if sim is None or live is None or live == 0:
         return None
@@ -86,7 +108,7 @@ def kv_transfer_s(refactors: list[dict]) -> float | None:
     return float(np.mean([r["duration_s"] - r["weight_load_s"] for r in refactors]))
 
 
-def cdf_plot(path: Path, live_df: pd.DataFrame, sim_df: pd.DataFrame, title: str) -> None:
+def cdf_plot(path: Path, live_df: pd.DataFrame, sims: dict[str, pd.DataFrame], title: str) -> None:
     import matplotlib
 
     matplotlib.use("Agg")
@@ -94,7 +116,7 @@ def cdf_plot(path: Path, live_df: pd.DataFrame, sim_df: pd.DataFrame, title: str
 
     fig, axes = plt.subplots(1, 3, figsize=(13, 3.8))
     for ax, col, label in zip(axes, LATENCIES, ("TTFT", "TPOT", "E2E")):
-        for df, name, style in ((live_df, "live (kernel)", "-"), (sim_df, "simulated", "--")):
+        for df, name, style in [(live_df, "live (kernel)", "-")] + [(d, n, st) for (n, d), st in zip(sims.items(), ("--", ":"))]:
             v = np.sort(df.loc[df.drop_reason == "", col].dropna().to_numpy() * 1e3)
             if len(v):
                 ax.plot(v, np.arange(1, len(v) + 1) / len(v), style, label=name)
@@ -123,18 +145,36 @@ def validate(sc: Scenario, devices: list[str], out: Path, *, force: bool = False
             rf.info.update(status="interrupted", partial=True)
             raise
         _save_live(rf.path / "live", sc, live)
-        say("simulating the same arrivals with the measured profile ...")
+        say("simulating the same arrivals with the profile ...")
         sim = run_scenario(sc, rf.path / "sim", staged=False)
+        # The machine's speed during the live run against the profile's: shared CPUs run slower or
+        # faster than when profiled. One factor for the whole run; the simulator's dynamics
+        # (batching, queueing, pipelining, refactor) are still its own.
+        step = live.info["step_seconds"]
+        factor = step["measured"] / step["cost_model"] if step["cost_model"] > 0 else 1.0
+        sc_fit = sc.model_copy(update={"cost": sc.cost.model_copy(update={"profiles": {
+            m: str(scaled_profile(p, factor, rf.path / f"profile-{m}.in-run.json")) for m, p in sc.cost.profiles.items()}})})
+        say(f"simulating again with the profile x {factor:.2f} (the live run's measured / predicted step time) ...")
+        fit = run_scenario(sc_fit, rf.path / "sim_in_run_speed", staged=False)
         table = error_table(live.summary, sim.summary)
-        kv_live, kv_sim = kv_transfer_s(live.raw.refactors), kv_transfer_s(sim.raw.refactors)
+        fitted = error_table(live.summary, fit.summary)
+        kv_live = kv_transfer_s(live.raw.refactors)
+        kv_sim, kv_fit = kv_transfer_s(sim.raw.refactors), kv_transfer_s(fit.raw.refactors)
         table.loc[len(table)] = ["refactor_kv_transfer_s_mean", kv_live, kv_sim, _rel(kv_sim, kv_live)]
+        fitted.loc[len(fitted)] = ["refactor_kv_transfer_s_mean", kv_live, kv_fit, _rel(kv_fit, kv_live)]
+        table["sim_in_run_speed"] = fitted.sim
+        table["rel_error_in_run_speed"] = fitted.rel_error
         table.to_csv(rf.path / "validate.csv", index=False)
         doc = {"scenario": sc.name, "devices": devices, "profiles": dict(sc.cost.profiles),
                "error_definition": "(sim - live) / live",
-               "metrics": {r.metric: {"live": r.live, "sim": r.sim, "rel_error": r.rel_error}
+               "speed_factor": factor, "step_seconds": step,
+               "metrics": {r.metric: {"live": r.live, "sim": r.sim, "rel_error": r.rel_error,
+                                      "sim_in_run_speed": r.sim_in_run_speed,
+                                      "rel_error_in_run_speed": r.rel_error_in_run_speed}
                            for r in table.itertuples()}}
         write_json(rf.path / "validate.json", doc)
-        cdf_plot(rf.path / "cdf.png", requests_frame(live.raw), requests_frame(sim.raw),
+        cdf_plot(rf.path / "cdf.png", requests_frame(live.raw), {"simulated (profile)": requests_frame(sim.raw),
+                 f"simulated (profile x {factor:.2f})": requests_frame(fit.raw)},
                  f"{sc.name}: live kernel vs simulator ({len(devices)} x {devices[0]})")
         rf.info.update(live_wall_s=live.info["wall_s"])
     return table, doc
