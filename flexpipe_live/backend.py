@@ -93,10 +93,11 @@ class LiveBackend:
         self.refactors: list[dict] = []
         self.rejected: list[dict] = []
         self.dropped = 0
-        self.finished = 0
+        self.retired_finished = 0
+        self._i = 0
         self.decide_wall_s: list[float] = []
         self.retired_gens: dict[int, list[int]] = {}
-        self.speed = {"measured_s": 0.0, "predicted_s": 0.0, "steps": 0}
+        self.speed = {"measured_s": 0.0, "predicted_s": 0.0, "steps": 0, "engine_s": 0.0, "engine_steps": 0}
         self.workers = DeviceWorkers(len(devices))
         self.host_ranges: set[tuple[str, int, int]] = set()
         self._next_id = 0
@@ -196,8 +197,12 @@ class LiveBackend:
         old = p.plan
         t0 = self.now()
         cache = _TimedCache(self.caches[p.model])
-        rec = kernel_refactor(p.engine, cuts, [self.devices[s.gpu] for s in a.stages], cache,  # type: ignore[arg-type]
-                              kv_blocks=self._kv_blocks(None))
+        p.engine.step = self._cooperative_step(p)  # type: ignore[method-assign]
+        try:
+            rec = kernel_refactor(p.engine, cuts, [self.devices[s.gpu] for s in a.stages], cache,  # type: ignore[arg-type]
+                                  kv_blocks=self._kv_blocks(None))
+        finally:
+            del p.engine.step  # the class's step again
         p.plan = a.stages
         p.refactors += 1
         self.host_ranges.update((p.model, s.first_layer, s.end_layer) for s in a.stages)
@@ -209,7 +214,7 @@ class LiveBackend:
             "old_gpus": " ".join(str(s.gpu) for s in old), "new_gpus": " ".join(str(s.gpu) for s in a.stages),
         })
 
-    def _price(self, p: LivePipeline, measured_s: float) -> None:
+    def _price(self, p: LivePipeline, measured_s: float, wall_s: float) -> None:
         """What the simulator's cost model says the step just run should have taken, beside what it
         took: validate's in-run speed factor (how much slower this machine ran than when profiled)."""
         cost, gpu = self.sim.costs[p.model], self.sim.cluster.gpus[0].spec
@@ -220,6 +225,9 @@ class LiveBackend:
         self.speed["measured_s"] += measured_s
         self.speed["predicted_s"] += pred
         self.speed["steps"] += 1
+        if len(p.engine.last_runs) == 1:  # the engine's own time around one stage call: scheduling, inputs, sampling
+            self.speed["engine_s"] += wall_s - measured_s
+            self.speed["engine_steps"] += 1
 
     # --- requests ----------------------------------------------------------------------------
     def _release(self, now: float, i: int) -> int:
@@ -285,6 +293,41 @@ class LiveBackend:
                     eng.add_request(prompt_ids(self.sc.seed, 0, n, args.vocab_size), 8)
             eng.run()
 
+    def _serve(self, skip: LivePipeline | None = None) -> bool:
+        """One wavefront step of every pipeline with work (but `skip`); drained retirees go away."""
+        stepped = False
+        for p in list(self.pipes.values()):
+            if p is skip:
+                continue
+            if p.engine.has_work:
+                s0, b0 = p.stage_s, p.busy_s
+                p.step()
+                self._price(p, p.stage_s - s0, p.busy_s - b0)
+                stepped = True
+            elif p.state == "draining":
+                self.retired_busy_s += p.stage_s
+                self.retired_finished += len(p.engine.finished)
+                self.retired_gens.update({rid: g.output for rid, g in p.engine.gens.items()})
+                del self.pipes[p.id]
+        return stepped
+
+    @property
+    def finished(self) -> int:
+        return self.retired_finished + sum(len(p.engine.finished) for p in self.pipes.values())
+
+    def _cooperative_step(self, p: LivePipeline):
+        """p.engine.step while p is refactored (the kernel's refactor steps it between its phases):
+        arrivals keep being released and routed and the other pipelines keep serving meanwhile."""
+        plain = p.engine.step
+
+        def step(start_new: bool = True) -> None:
+            self._i = self._release(self.now(), self._i)
+            self._route()
+            self._serve(skip=p)
+            plain(start_new)
+
+        return step
+
     # --- run -----------------------------------------------------------------------------------
     def run(self, progress: ProgressFn | None = None, stop: Callable[[], bool] = lambda: False) -> RawResults:
         sc, w = self.sc, self.workload
@@ -297,12 +340,13 @@ class LiveBackend:
             for x in self.launches:
                 x["requested_s"] = x["ready_s"] = 0.0
         limit = sc.horizon_s + sc.drain_s
-        i, next_control, next_sample = 0, sc.engine.control_interval_s if sc.engine.prewarm else 0.0, 0.0
+        self._i = i = 0
+        next_control, next_sample = sc.engine.control_interval_s if sc.engine.prewarm else 0.0, 0.0
         interrupted = False
         try:
             while True:
                 now = self.now()
-                i = self._release(now, i)
+                self._i = i = self._release(now, self._i)
                 if now >= next_control:
                     t = time.perf_counter()
                     actions = self.policy.decide(self.view())
@@ -312,19 +356,7 @@ class LiveBackend:
                     next_control += sc.engine.control_interval_s
                 self._expire(now)
                 self._route()
-                stepped = False
-                for p in list(self.pipes.values()):
-                    if p.engine.has_work:
-                        before = len(p.engine.finished)
-                        s0 = p.stage_s
-                        p.step()
-                        self._price(p, p.stage_s - s0)
-                        self.finished += len(p.engine.finished) - before
-                        stepped = True
-                    elif p.state == "draining":
-                        self.retired_busy_s += p.stage_s
-                        self.retired_gens.update({rid: g.output for rid, g in p.engine.gens.items()})
-                        del self.pipes[p.id]
+                stepped = self._serve()
                 now = self.now()
                 if now >= next_sample:
                     self._sample(now)

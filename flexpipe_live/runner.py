@@ -46,7 +46,8 @@ def run_live(sc: Scenario, devices: list[str], out: Path | None, *, force: bool 
     sp = backend.speed
     info.update(backend="live", devices=devices, kv_tokens_cap=kv_tokens, threads=threads,
                 step_seconds={"measured": round(sp["measured_s"], 4), "cost_model": round(sp["predicted_s"], 4),
-                              "steps": sp["steps"]})
+                              "steps": sp["steps"],
+                              "engine_overhead_per_step": sp["engine_s"] / sp["engine_steps"] if sp["engine_steps"] else 0.0})
     status = "interrupted" if raw.interrupted else "complete"
     plot_error = None
     if out is not None:

@@ -60,8 +60,9 @@ SCALED_KEYS = (("prefill", "layer_s"), ("prefill", "p10"), ("prefill", "p90"), (
                ("decode", "p10"), ("decode", "p90"), ("head", "s"), ("overheads", "stage_step_s"))
 
 
-def scaled_profile(src: str | Path, factor: float, dest: Path) -> Path:
-    """A copy of a profile with every compute time x factor (links and refactor rates unchanged)."""
+def scaled_profile(src: str | Path, factor: float, dest: Path, extra_step_s: float = 0.0) -> Path:
+    """A copy of a profile with every compute time x factor (links and refactor rates unchanged) and
+    `extra_step_s` more fixed time per stage step (the live engine's own work around a stage call)."""
     from flexpipe_sim.profiles import save_profile
 
     raw = json.loads(Path(src).read_text())
@@ -72,9 +73,11 @@ def scaled_profile(src: str | Path, factor: float, dest: Path) -> Path:
     for a, b in SCALED_KEYS:
         if a in raw and b in raw[a]:
             raw[a][b] = mul(raw[a][b])
+    raw.setdefault("overheads", {})["stage_step_s"] = raw["overheads"].get("stage_step_s", 0.0) + extra_step_s
     raw["name"] = f"{raw['name']}-x{factor:.2f}"
     raw["kind"] = "derived"
-    raw["derived_from"] = f"{raw.get('name')}: compute times x {factor:.3f}, the live run's measured / predicted step time"
+    raw["derived_from"] = (f"{raw.get('name')}: compute times x {factor:.3f} (the live run's measured / predicted "
+                           f"stage time), + {1e3 * extra_step_s:.3f} ms per stage step (its engine overhead)")
     return save_profile(raw, dest)
 
 
@@ -153,8 +156,10 @@ def validate(sc: Scenario, devices: list[str], out: Path, *, force: bool = False
         step = live.info["step_seconds"]
         factor = step["measured"] / step["cost_model"] if step["cost_model"] > 0 else 1.0
         sc_fit = sc.model_copy(update={"cost": sc.cost.model_copy(update={"profiles": {
-            m: str(scaled_profile(p, factor, rf.path / f"profile-{m}.in-run.json")) for m, p in sc.cost.profiles.items()}})})
-        say(f"simulating again with the profile x {factor:.2f} (the live run's measured / predicted step time) ...")
+            m: str(scaled_profile(p, factor, rf.path / f"profile-{m}.in-run.json", step["engine_overhead_per_step"]))
+            for m, p in sc.cost.profiles.items()}})})
+        say(f"simulating again with the profile x {factor:.2f} and {1e3 * step['engine_overhead_per_step']:.2f} ms engine "
+            "overhead per step (both measured in the live run) ...")
         fit = run_scenario(sc_fit, rf.path / "sim_in_run_speed", staged=False)
         table = error_table(live.summary, sim.summary)
         fitted = error_table(live.summary, fit.summary)
