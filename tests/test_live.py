@@ -105,3 +105,27 @@ def test_live_cli_bad_devices_exits_2():
 
     r = CliRunner().invoke(app, ["live", SCENARIO, "--devices", "tpu:1"])
     assert r.exit_code == 2 and "expected cpu:N" in r.output and "Traceback" not in r.output
+
+
+def test_ctrl_c_writes_partial_results(tmp_path, monkeypatch):
+    """Ctrl-C (the flag sigint_at_progress sets) stops the live run at a clean point; what was measured
+    is written, run_info says interrupted/partial, every request is accounted for."""
+    from contextlib import contextmanager
+
+    import flexpipe_live.runner as live_runner
+    from flexpipe_sim.runner import RunInterrupted
+
+    @contextmanager
+    def pressed_at_once():
+        yield [True]
+
+    monkeypatch.setattr(live_runner, "sigint_at_progress", pressed_at_once)
+    sc = scaled_scenario(load_scenario(SCENARIO, [*SHORT, "horizon_s=3"]), 2)
+    with pytest.raises(RunInterrupted) as e:
+        run_live(sc, ["cpu", "cpu"], tmp_path / "out")
+    info = json.loads((tmp_path / "out" / "run_info.json").read_text())
+    assert info["status"] == "interrupted" and info["partial"] is True
+    reqs = e.value.output.raw.requests
+    assert sorted(r.id for r in reqs) == list(range(len(reqs))) and len(reqs) > 0
+    assert all(r.is_finished or r.drop_reason for r in reqs)
+    assert any(r.drop_reason.startswith("never released") for r in reqs)
