@@ -94,6 +94,8 @@ class LiveBackend:
         self.rejected: list[dict] = []
         self.dropped = 0
         self.retired_finished = 0
+        self.failures: list[dict] = []  # pipelines whose step raised: when, which, why, requests re-queued
+        self._carry: dict[int, list[int]] = {}  # re-queued request id -> its tokens so far
         self._i = 0
         self.decide_wall_s: list[float] = []
         self.retired_gens: dict[int, list[int]] = {}
@@ -201,6 +203,9 @@ class LiveBackend:
         try:
             rec = kernel_refactor(p.engine, cuts, [self.devices[s.gpu] for s in a.stages], cache,  # type: ignore[arg-type]
                                   kv_blocks=self._kv_blocks(None))
+        except Exception as e:  # noqa: BLE001 - the refactor or a step inside it failed: as a failed worker
+            self._fail(p, e)
+            return
         finally:
             del p.engine.step  # the class's step again
         p.plan = a.stages
@@ -249,7 +254,9 @@ class LiveBackend:
                 p = min(ready, key=lambda p: (len(p.engine.waiting) + p.engine.running) / len(p.plan))
                 r = q.popleft()
                 r.instance_id = p.id
-                p.engine.submit(r, prompt_ids(self.sc.seed, r.id, r.prompt_tokens, self.args[m].vocab_size))
+                tokens = self._carry.pop(r.id, None) or prompt_ids(self.sc.seed, r.id, r.prompt_tokens,
+                                                                      self.args[m].vocab_size)
+                p.engine.submit(r, tokens)
 
     def _expire(self, now: float) -> None:
         limit = self.sc.engine.max_queue_wait_s
@@ -301,7 +308,11 @@ class LiveBackend:
                 continue
             if p.engine.has_work:
                 s0, b0 = p.stage_s, p.busy_s
-                p.step()
+                try:
+                    p.step()
+                except Exception as e:  # noqa: BLE001 - a failed worker/device: reported, its requests re-queued
+                    self._fail(p, e)
+                    continue
                 self._price(p, p.stage_s - s0, p.busy_s - b0)
                 stepped = True
             elif p.state == "draining":
@@ -310,6 +321,30 @@ class LiveBackend:
                 self.retired_gens.update({rid: g.output for rid, g in p.engine.gens.items()})
                 del self.pipes[p.id]
         return stepped
+
+    def _fail(self, p: LivePipeline, e: BaseException) -> None:
+        """A pipeline whose step raised (a device or worker failed) is dropped from the run. Its finished
+        requests stay finished; the others go back to the front of the gateway queue with the tokens
+        they have (recomputed elsewhere, as after a preemption), so no request is lost."""
+        self.pipes.pop(p.id, None)
+        self.retired_busy_s += p.stage_s
+        self.retired_finished += len(p.engine.finished)
+        done = {g.req.id for g in p.engine.finished}
+        back = []
+        for rid, g in p.engine.gens.items():
+            if rid in done:
+                self.retired_gens[rid] = g.output
+                continue
+            r = g.req
+            self._carry[rid] = g.tokens[:r.prompt_tokens + r.generated]
+            r.num_computed, r.kv_tokens, r.slot, r.instance_id = 0, 0, -1, -1
+            r.num_tokens = r.prompt_tokens + r.generated
+            r.preemptions += 1
+            back.append(r)
+        for r in sorted(back, key=lambda r: r.arrival_s, reverse=True):
+            self.queues[p.model].appendleft(r)
+        self.failures.append({"time_s": self.now(), "instance": p.id, "model": p.model, "gpus": list(p.gpus),
+                              "error": f"{type(e).__name__}: {e}", "requeued": len(back)})
 
     @property
     def finished(self) -> int:
@@ -385,6 +420,8 @@ class LiveBackend:
             progress(end_s, self.counters())
         notes = [f"live run on {len(self.devices)} device(s): {', '.join(sorted(set(self.devices)))}; "
                  f"KV per stage capped at {self.kv_tokens:,} tokens"] + list(getattr(self.policy, "notes", []))
+        notes += [f"instance {f['instance']} failed at t={f['time_s']:.2f} s ({f['error']}); {f['requeued']} request(s) "
+                  "re-queued" for f in self.failures]
         return RawResults(sc, self.requests, self.samples, self.launches, self.rejected, notes,
                           max(end_s, sc.horizon_s) if not interrupted else end_s, end_s, self.sim.cluster,
                           self.decide_wall_s, {n: f"live kernel ({self.devices[0]})" for n in self.args},

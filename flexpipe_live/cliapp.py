@@ -73,6 +73,8 @@ def live_main(path: Path, sc: Scenario, devices: str, time_scale: float, out: Pa
         _error(e)
         raise typer.Exit(2) from None
     console.print(summary_table(res.summary))
+    for note in res.summary["notes"]:
+        console.print(f"[yellow]note:[/] {note}", highlight=False)
     for w in res.info["warnings"]:
         _warn(w)
     console.print(f"results: {target}  ·  wall {res.info['wall_s']:.1f} s  ·  devices {', '.join(devs)}")

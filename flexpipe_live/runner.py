@@ -44,7 +44,7 @@ def run_live(sc: Scenario, devices: list[str], out: Path | None, *, force: bool 
     df, ts = requests_frame(raw), timeseries_frame(raw)
     summary, info = summarize(raw, df, ts), run_info(raw)
     sp = backend.speed
-    info.update(backend="live", devices=devices, kv_tokens_cap=kv_tokens, threads=threads,
+    info.update(backend="live", devices=devices, failures=backend.failures, kv_tokens_cap=kv_tokens, threads=threads,
                 step_seconds={"measured": round(sp["measured_s"], 4), "cost_model": round(sp["predicted_s"], 4),
                               "steps": sp["steps"],
                               "engine_overhead_per_step": sp["engine_s"] / sp["engine_steps"] if sp["engine_steps"] else 0.0})

@@ -129,3 +129,35 @@ def test_ctrl_c_writes_partial_results(tmp_path, monkeypatch):
     assert sorted(r.id for r in reqs) == list(range(len(reqs))) and len(reqs) > 0
     assert all(r.is_finished or r.drop_reason for r in reqs)
     assert any(r.drop_reason.startswith("never released") for r in reqs)
+
+
+def test_failed_worker_requeues_its_requests():
+    """A pipeline whose step raises (a dead device or worker) is reported; its unfinished requests go
+    back to the gateway with their tokens and finish on the other replica; none is lost."""
+    sc = scaled_scenario(load_scenario(SCENARIO, [*SHORT, "horizon_s=3", "policy.params={stages: 1, replicas: 2}"]), 2)
+    be = LiveBackend(sc, ["cpu", "cpu"])
+    launch = be._launch
+
+    def launch_with_a_failing_second(a):
+        launch(a)
+        p = be.pipes[max(be.pipes)]
+        if p.id == 1:
+            run = p.engine.stage_runner
+
+            def failing(calls):
+                if be.now() > 1.0 and p.engine.running:
+                    raise RuntimeError("injected worker failure")
+                return run(calls)
+
+            p.engine.stage_runner = failing
+
+    be._launch = launch_with_a_failing_second
+    raw = be.run()
+    assert len(be.failures) == 1 and be.failures[0]["instance"] == 1 and be.failures[0]["requeued"] >= 1
+    assert any("injected worker failure" in n for n in raw.notes)
+    assert sorted(r.id for r in raw.requests) == list(range(len(be.workload)))
+    assert all(r.drop_reason == "" and r.generated == r.output_tokens for r in raw.requests)
+    moved = [r for r in raw.requests if r.preemptions and r.instance_id == 0]
+    assert len(moved) >= be.failures[0]["requeued"]
+    outs = be.outputs()
+    assert all(len(outs[r.id]) == r.output_tokens for r in raw.requests)
