@@ -85,6 +85,14 @@ def test_live_writes_run_outputs(tmp_path):
     live_cols = list(pd.read_csv(out / "requests.csv").columns)
     assert live_cols == list(pd.read_csv(tmp_path / "sim" / "requests.csv").columns)
     assert sim.summary.keys() == s.keys()
+    from typer.testing import CliRunner
+
+    from flexpipe_sim.cli import app
+
+    r = CliRunner().invoke(app, ["report", str(out), str(tmp_path / "sim"), "-o", str(tmp_path / "report")])
+    assert r.exit_code == 0, r.output
+    runs = pd.read_csv(tmp_path / "report" / "runs.csv")
+    assert len(runs) == 2  # the live run is read as a run, beside the simulated one
 
 
 @pytest.mark.parametrize("text,expected", [("cpu:0", "count must be"), ("gpu:1", "expected cpu:N"),
