@@ -66,8 +66,11 @@ class _TimedCache:
 
 
 class LiveBackend:
-    def __init__(self, sc: Scenario, devices: list[str], *, kv_tokens: int = 8192, threads: int | None = 1) -> None:
+    def __init__(self, sc: Scenario, devices: list[str], *, kv_tokens: int = 8192, threads: int | None = 1,
+                 processes: bool = False) -> None:
         self.sc, self.devices, self.kv_tokens = sc, devices, kv_tokens
+        if processes and any(d != "cpu" for d in devices):
+            raise LiveError("--processes runs logical CPU devices as processes; use --devices cpu:N with it")
         if threads and devices[0] == "cpu":
             # As `calibrate` measures CPU profiles (one intra-op thread: repeatable on a shared VM), so
             # the simulator's profile and the live run time the same thing.
@@ -101,6 +104,11 @@ class LiveBackend:
         self.retired_gens: dict[int, list[int]] = {}
         self.speed = {"measured_s": 0.0, "predicted_s": 0.0, "steps": 0, "engine_s": 0.0, "engine_steps": 0}
         self.workers = DeviceWorkers(len(devices))
+        self.procs = None
+        if processes:
+            from .procs import DeviceProcesses
+
+            self.procs = DeviceProcesses(len(devices), threads or 1)
         self.host_ranges: set[tuple[str, int, int]] = set()
         self._next_id = 0
         self._t0 = time.perf_counter()
@@ -175,12 +183,24 @@ class LiveBackend:
             self._reject(a, why)
             return
         requested = self.now()
-        stages, _, load_s = build_stages(self.args[a.model], a.stages, self.devices, self.caches[a.model],
-                                         self._kv_blocks(a.kv_tokens), self.sc.engine.block_size)
         e = self.sc.engine
-        eng = PipelineEngine(stages, token_budget=e.token_budget, max_seqs=e.max_seqs, clock=self.now, epoch=0.0)
+        if self.procs is not None:
+            t = time.perf_counter()
+            dead = [g for g in self.procs.dead() if g in {s.gpu for s in a.stages}]
+            if dead:
+                self._reject(a, f"device process(es) {dead} died")
+                return
+            seed = self.sc.seed + list(self.args).index(a.model)
+            stages = [self.procs.build(s.gpu, self.args[a.model], seed, s.first_layer, s.end_layer,
+                                       self._kv_blocks(a.kv_tokens), e.block_size) for s in a.stages]
+            load_s = time.perf_counter() - t
+        else:
+            stages, _, load_s = build_stages(self.args[a.model], a.stages, self.devices, self.caches[a.model],
+                                             self._kv_blocks(a.kv_tokens), e.block_size)
+        eng = PipelineEngine(stages, token_budget=e.token_budget, max_seqs=e.max_seqs, clock=self.now,  # type: ignore[arg-type]
+                             epoch=0.0)
         p = LivePipeline(self._next_id, a.model, a.stages, eng, load_s=load_s)
-        eng.stage_runner = self.workers.runner(p)
+        eng.stage_runner = self._process_runner(p) if self.procs is not None else self.workers.runner(p)
         self._next_id += 1
         self.pipes[p.id] = p
         self.host_ranges.update((a.model, s.first_layer, s.end_layer) for s in a.stages)
@@ -188,7 +208,20 @@ class LiveBackend:
                               "ready_s": self.now(), "load_s": load_s, "cold_stages": 0,
                               "gpus": " ".join(str(g) for g in p.gpus), "kv_tokens": eng.kv.capacity_tokens})
 
+    def _process_runner(self, p: LivePipeline):
+        def run(calls):
+            res = self.procs.run([(p.plan[k].gpu, p.engine.stages[k], x, m) for k, x, m in calls])
+            p.stage_s += sum(dt for _, dt in res)
+            return [out for out, _ in res]
+
+        return run
+
     def _refactor(self, a: Refactor) -> None:
+        if self.procs is not None:
+            from .procs import REFACTOR_UNSUPPORTED
+
+            self._reject(a, REFACTOR_UNSUPPORTED)
+            return
         p = self.pipes.get(a.instance_id)
         why = "no such instance" if p is None else (None if p.state == "ready" else f"instance is {p.state}")
         why = why or self._bad_plan(a.stages)
@@ -409,6 +442,8 @@ class LiveBackend:
             interrupted = True
         end_s = self.now()
         self.workers.close()
+        if self.procs is not None:
+            self.procs.close()
         self._sample(end_s)
         for r in self.requests:
             if not r.is_done:

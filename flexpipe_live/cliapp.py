@@ -51,7 +51,7 @@ def _prepare(sc: Scenario, devices: str, time_scale: float) -> tuple[Scenario, l
 
 
 def live_main(path: Path, sc: Scenario, devices: str, time_scale: float, out: Path | None, force: bool,
-              kv_tokens: int, threads: int, quiet: bool) -> None:
+              kv_tokens: int, threads: int, quiet: bool, processes: bool = False) -> None:
     from flexpipe_sim.report import summary_table
     from flexpipe_sim.runner import resolve_out_dir
 
@@ -62,7 +62,7 @@ def live_main(path: Path, sc: Scenario, devices: str, time_scale: float, out: Pa
     try:
         with live_progress(sc, quiet) as progress:
             res, _ = run_live(sc, devs, target, force=force, kv_tokens=kv_tokens, threads=threads or None,
-                              progress=progress, inputs=[path])
+                              processes=processes, progress=progress, inputs=[path])
     except RunInterrupted as e:
         o = e.output.summary["overall"]
         err.print(f"[bold yellow]interrupted:[/] stopped at t={e.output.raw.end_s:,.1f} s ({o['finished']:,} of "

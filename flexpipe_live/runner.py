@@ -33,18 +33,18 @@ def scaled_scenario(sc: Scenario, n_devices: int, time_scale: float = 1.0) -> Sc
 
 
 def run_live(sc: Scenario, devices: list[str], out: Path | None, *, force: bool = False, kv_tokens: int = 8192,
-             threads: int | None = 1, progress: ProgressFn | None = None, inputs: Iterable[Path] = ()) -> tuple[RunOutput, LiveBackend]:
+             threads: int | None = 1, processes: bool = False, progress: ProgressFn | None = None, inputs: Iterable[Path] = ()) -> tuple[RunOutput, LiveBackend]:
     """Run live and write the results folder (tables first, then plots); Ctrl-C writes what was
     measured, run_info status `interrupted`, then raises RunInterrupted."""
     if out is not None:
         check_out_dir(out, force=force, inputs=inputs)
-    backend = LiveBackend(sc, devices, kv_tokens=kv_tokens, threads=threads)
+    backend = LiveBackend(sc, devices, kv_tokens=kv_tokens, threads=threads, processes=processes)
     with sigint_at_progress() as flag:
         raw = backend.run(progress, stop=lambda: flag[0])
     df, ts = requests_frame(raw), timeseries_frame(raw)
     summary, info = summarize(raw, df, ts), run_info(raw)
     sp = backend.speed
-    info.update(backend="live", devices=devices, failures=backend.failures, kv_tokens_cap=kv_tokens, threads=threads,
+    info.update(backend="live", devices=devices, processes=processes, failures=backend.failures, kv_tokens_cap=kv_tokens, threads=threads,
                 step_seconds={"measured": round(sp["measured_s"], 4), "cost_model": round(sp["predicted_s"], 4),
                               "steps": sp["steps"],
                               "engine_overhead_per_step": sp["engine_s"] / sp["engine_steps"] if sp["engine_steps"] else 0.0})

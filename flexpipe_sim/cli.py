@@ -396,6 +396,8 @@ def live(
     set_: list[str] = typer.Option([], "--set", help=SET_HELP),
     kv_tokens: int = typer.Option(8192, "--kv-tokens", min=16, help=KV_HELP),
     threads: int = typer.Option(1, "--threads", min=0, help=THREADS_HELP),
+    processes: bool = typer.Option(False, "--processes", help="Run each CPU device as a worker process (stages hand "
+                                   "activations over torch.distributed gloo); inflight refactors are refused then."),
     quiet: bool = typer.Option(False, "--quiet", "-q", help="No progress display."),
     force: bool = typer.Option(False, "--force", help=FORCE_HELP),
 ) -> None:
@@ -403,7 +405,7 @@ def live(
     the scenario's policy deciding launches, retirements and inflight refactors; write results as `run` does."""
     from flexpipe_live.cliapp import live_main
 
-    live_main(scenario, _load(scenario, set_), devices, time_scale, out, force, kv_tokens, threads, quiet)
+    live_main(scenario, _load(scenario, set_), devices, time_scale, out, force, kv_tokens, threads, quiet, processes)
 
 
 @app.command()

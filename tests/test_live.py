@@ -169,3 +169,25 @@ def test_failed_worker_requeues_its_requests():
     assert len(moved) >= be.failures[0]["requeued"]
     outs = be.outputs()
     assert all(len(outs[r.id]) == r.output_tokens for r in raw.requests)
+
+
+@pytest.mark.slow  # ~17 s: spawning worker processes imports torch in each
+def test_device_processes_give_the_same_tokens():
+    """--processes: stages in worker processes, activations over gloo; the same tokens as in-process
+    (greedy, same weights from the same seed), every request finished; a refactor is refused there."""
+    from flexpipe_live.procs import REFACTOR_UNSUPPORTED
+
+    sc = scaled_scenario(load_scenario(SCENARIO, [*SHORT, "horizon_s=2", "workload.lengths.output_tokens=16",
+                                                  "policy.params={stages: 2, replicas: 1}"]), 2)
+    outs = []
+    for processes in (True, False):
+        be = LiveBackend(sc, ["cpu", "cpu"], processes=processes)
+        if processes:
+            be.policy = _RefactorAt(be.policy, 0.0)  # asks to refactor: refused with the reason
+        raw = be.run()
+        assert all(r.drop_reason == "" and r.generated == r.output_tokens for r in raw.requests)
+        if processes:
+            assert [x["reason"] for x in raw.rejected] == [REFACTOR_UNSUPPORTED]
+            assert be.procs.dead() == [0, 1]  # workers stopped at the end of the run
+        outs.append(be.outputs())
+    assert outs[0] == outs[1] and len(outs[0]) > 0
