@@ -191,8 +191,12 @@ class LiveBackend:
                 self._reject(a, f"device process(es) {dead} died")
                 return
             seed = self.sc.seed + list(self.args).index(a.model)
-            stages = [self.procs.build(s.gpu, self.args[a.model], seed, s.first_layer, s.end_layer,
-                                       self._kv_blocks(a.kv_tokens), e.block_size) for s in a.stages]
+            try:
+                stages = [self.procs.build(s.gpu, self.args[a.model], seed, s.first_layer, s.end_layer,
+                                           self._kv_blocks(a.kv_tokens), e.block_size) for s in a.stages]
+            except (EOFError, OSError, RuntimeError) as err:  # a worker died while building
+                self._reject(a, f"device process failed while loading: {type(err).__name__}: {err}")
+                return
             load_s = time.perf_counter() - t
         else:
             stages, _, load_s = build_stages(self.args[a.model], a.stages, self.devices, self.caches[a.model],

@@ -29,6 +29,10 @@ REFACTOR_UNSUPPORTED = "inflight refactor across device processes is not support
 SETUP_TIMEOUT_S = 60.0  # a worker that has not joined the process group by then is reported dead
 
 
+class DeviceDied(RuntimeError):
+    """A device's worker process is gone: the live backend fails its pipelines and re-queues their requests."""
+
+
 class ShadowCache:
     """A stage's block accounting without its tensors (they live in the worker)."""
 
@@ -132,6 +136,16 @@ class DeviceProcesses:
     def run(self, calls: list[tuple[int, ShadowStage, torch.Tensor, StepMeta]]) -> list[tuple[torch.Tensor, float]]:
         """Run stage calls [(device, shadow stage, input, meta)]: every worker starts before any result
         is collected, so calls on different devices overlap."""
+        try:
+            return self._run(calls)
+        except (EOFError, OSError, RuntimeError) as e:
+            dead = self.dead()
+            if not dead:
+                raise
+            codes = ", ".join(f"{i} (exit code {self.procs[i].exitcode})" for i in dead)
+            raise DeviceDied(f"device process {codes} died ({type(e).__name__})") from None
+
+    def _run(self, calls):
         reqs = []
         for dev, st, x, meta in calls:
             self.conns[dev].send(("forward", st.key, st.local_meta(meta), tuple(x.shape), x.dtype))

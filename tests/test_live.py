@@ -191,3 +191,24 @@ def test_device_processes_give_the_same_tokens():
             assert be.procs.dead() == [0, 1]  # workers stopped at the end of the run
         outs.append(be.outputs())
     assert outs[0] == outs[1] and len(outs[0]) > 0
+
+
+@pytest.mark.slow  # ~15 s: worker processes
+def test_dead_device_process_is_reported_and_its_requests_requeued():
+    import threading
+    import time
+
+    sc = scaled_scenario(load_scenario(SCENARIO, [*SHORT, "horizon_s=3", "policy.params={stages: 1, replicas: 2}"]), 2)
+    be = LiveBackend(sc, ["cpu", "cpu"], processes=True)
+
+    def kill_device_1_while_busy():
+        while len(be.pipes) < 2 or not be.pipes[1].engine.running:
+            time.sleep(0.005)
+        be.procs.procs[1].kill()
+
+    threading.Thread(target=kill_device_1_while_busy, daemon=True).start()
+    raw = be.run()
+    assert len(be.failures) == 1 and "device process 1" in be.failures[0]["error"], be.failures
+    assert be.failures[0]["requeued"] >= 1
+    assert sorted(r.id for r in raw.requests) == list(range(len(be.workload)))
+    assert all(r.drop_reason == "" and r.generated == r.output_tokens for r in raw.requests)
