@@ -26,6 +26,7 @@ from flexpipe_kernel.stage import Stage
 from flexpipe_kernel.transfer import HostWeightCache
 
 REFACTOR_UNSUPPORTED = "inflight refactor across device processes is not supported (KV must be in one process)"
+REAP_WAIT_S = 1.0  # how long a failed call waits to see whether its device's process exited
 SETUP_TIMEOUT_S = 60.0  # a worker that has not joined the process group by then is reported dead
 
 
@@ -139,6 +140,8 @@ class DeviceProcesses:
         try:
             return self._run(calls)
         except (EOFError, OSError, RuntimeError) as e:
+            for dev in {c[0] for c in calls}:  # the peer's socket closes before its process is reaped
+                self.procs[dev].join(timeout=REAP_WAIT_S)
             dead = self.dead()
             if not dead:
                 raise

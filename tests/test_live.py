@@ -153,7 +153,7 @@ def test_failed_worker_requeues_its_requests():
             run = p.engine.stage_runner
 
             def failing(calls):
-                if be.now() > 1.0 and p.engine.running:
+                if any(r.generated >= 2 for slot in p.engine.slots for r in slot.running):  # mid-generation
                     raise RuntimeError("injected worker failure")
                 return run(calls)
 
@@ -182,11 +182,10 @@ def test_device_processes_give_the_same_tokens():
     outs = []
     for processes in (True, False):
         be = LiveBackend(sc, ["cpu", "cpu"], processes=processes)
-        if processes:
-            be.policy = _RefactorAt(be.policy, 0.0)  # asks to refactor: refused with the reason
         raw = be.run()
         assert all(r.drop_reason == "" and r.generated == r.output_tokens for r in raw.requests)
         if processes:
+            be.apply(Refactor(0, (StagePlan(0, 4, 0),)))  # a refactor is refused, with the reason
             assert [x["reason"] for x in raw.rejected] == [REFACTOR_UNSUPPORTED]
             assert be.procs.dead() == [0, 1]  # workers stopped at the end of the run
         outs.append(be.outputs())
