@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import math
 import time
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 
 import torch
 
@@ -43,7 +43,6 @@ class LivePipeline:
     load_s: float = 0.0
     stage_s: float = 0.0  # sum of its stage calls' own times (workers.DeviceWorkers); overlapping ones both count
     refactors: int = 0
-    meta: dict = field(default_factory=dict)
 
     @property
     def gpus(self) -> tuple[int, ...]:
