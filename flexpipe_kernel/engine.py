@@ -52,7 +52,7 @@ class PipelineEngine:
     def __init__(self, stages: list[Stage], *, token_budget: int = 512, max_seqs: int = 64,
                  micro_batches: int | None = None, temperature: float = 0.0, seed: int = 0,
                  clock: Callable[[], float] = time.perf_counter,
-                 on_token: Callable[[int, int], None] | None = None) -> None:
+                 on_token: Callable[[int, int], None] | None = None, epoch: float | None = None) -> None:
         self.stages = stages
         self.kv = KVSet([s.cache.blocks for s in stages], watermark_blocks=1)
         self.waiting: deque[Request] = deque()
@@ -65,12 +65,16 @@ class PipelineEngine:
         self.temperature = temperature
         self.seed = seed
         self._clock = clock
-        self._t0 = clock()
+        self._t0 = clock() if epoch is None else epoch  # epoch: a shared clock's zero (the live backend's run start)
         self._rr = 0
         self._next_id = 0
         self.on_token = on_token  # streaming: called with (request id, token id) as tokens appear
         self.steps = 0
         self.stage_runs = 0
+        self.last_runs: list[tuple[int, Batch]] = []
+        # Runs one tick's stage calls [(stage index, input, meta)] -> outputs; None: one after another.
+        # The live backend runs them on one worker per device, so stages on different devices overlap.
+        self.stage_runner: Callable[[list[tuple[int, torch.Tensor, StepMeta]]], list[torch.Tensor]] | None = None
 
     def now(self) -> float:
         return self._clock() - self._t0
@@ -94,6 +98,14 @@ class PipelineEngine:
         self.waiting.append(r)
         return rid
 
+    def submit(self, req: Request, prompt: list[int]) -> None:
+        """Serve an existing request record (the live backend's: its arrival time and the stamps this
+        engine sets stay on the caller's record). Greedy unless `temperature` > 0, as add_request."""
+        sampler = torch.Generator().manual_seed(self.seed * 1_000_003 + req.id) if self.temperature > 0 else None
+        self.gens[req.id] = Generation(req, list(prompt), sampler=sampler)
+        self._next_id = max(self._next_id, req.id + 1)
+        self.waiting.append(req)
+
     @property
     def has_work(self) -> bool:
         return bool(self.waiting or self.inflight or any(s.running for s in self.slots))
@@ -108,8 +120,11 @@ class PipelineEngine:
         if start_new:
             self._start_micro_batch()
         self.stage_runs = len(self.inflight)  # stages working in this tick (one micro-batch each)
-        for mb in sorted(self.inflight, key=lambda m: -m.stage):
-            out = self.stages[mb.stage](mb.x, mb.meta)
+        self.last_runs = [(mb.stage, mb.batch) for mb in self.inflight]  # (stage index, batch): what this tick computes
+        order = sorted(self.inflight, key=lambda m: -m.stage)
+        calls = [(mb.stage, mb.x, mb.meta) for mb in order]
+        outs = self.stage_runner(calls) if self.stage_runner else [self.stages[k](x, m) for k, x, m in calls]
+        for mb, out in zip(order, outs):
             mb.stage += 1
             if mb.stage == len(self.stages):
                 self._complete(mb, out)

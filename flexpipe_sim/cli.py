@@ -466,6 +466,54 @@ def sweep(
 # `calibrate` lives in calibratecli.py
 app.command()(calibrate)
 
+# --- live backend (flexpipe_live): `live` and `validate`; their bodies are in flexpipe_live/cliapp.py ---
+DEVICES_HELP = "Devices for the stages: cpu:N (N logical CPU devices in this process) or cuda:0,cuda:1."
+KV_HELP = "Most KV tokens a live stage reserves (bounds host memory on CPU; a policy's smaller kv_tokens wins)."
+THREADS_HELP = "CPU devices: torch intra-op threads (1, as calibrate measures CPU profiles; 0: torch's default)."
+
+
+@app.command()
+def live(
+    scenario: Path = typer.Argument(..., help="Scenario YAML file (e.g. scenarios/live/cpu_small.yaml)."),
+    devices: str = typer.Option("cpu:2", "--devices", "-d", help=DEVICES_HELP),
+    time_scale: float = typer.Option(1.0, "--time-scale", help="Replay arrivals this many times faster (rate x X, "
+                                     "horizon / X); results stay in wall seconds."),
+    out: Optional[Path] = typer.Option(None, "--out", "-o", help="Results folder (default: outputs.dir of the "
+                                       "scenario, results/<name>)." + OUT_HELP),
+    set_: list[str] = typer.Option([], "--set", help=SET_HELP),
+    kv_tokens: int = typer.Option(8192, "--kv-tokens", min=16, help=KV_HELP),
+    threads: int = typer.Option(1, "--threads", min=0, help=THREADS_HELP),
+    processes: bool = typer.Option(False, "--processes", help="Run each CPU device as a worker process (stages hand "
+                                   "activations over torch.distributed gloo); inflight refactors are refused then."),
+    quiet: bool = typer.Option(False, "--quiet", "-q", help="No progress display."),
+    force: bool = typer.Option(False, "--force", help=FORCE_HELP),
+) -> None:
+    """Replay a scenario's arrivals by wall clock against real flexpipe_kernel pipelines on local devices,
+    the scenario's policy deciding launches, retirements and inflight refactors; write results as `run` does."""
+    from flexpipe_live.cliapp import live_main
+
+    live_main(scenario, _load(scenario, set_), devices, time_scale, out, force, kv_tokens, threads, quiet, processes)
+
+
+@app.command()
+def validate(
+    scenario: Path = typer.Argument(..., help="Scenario YAML file (e.g. scenarios/live/cpu_small.yaml)."),
+    devices: str = typer.Option("cpu:2", "--devices", "-d", help=DEVICES_HELP),
+    out: Path = typer.Option(Path("results/validate"), "--out", "-o", help="Folder for live/, sim/, validate.csv/.json "
+                             "and cdf.png; a profile measured here is cached in it." + OUT_HELP),
+    set_: list[str] = typer.Option([], "--set", help=SET_HELP),
+    kv_tokens: int = typer.Option(8192, "--kv-tokens", min=16, help=KV_HELP),
+    threads: int = typer.Option(1, "--threads", min=0, help=THREADS_HELP),
+    quiet: bool = typer.Option(False, "--quiet", "-q", help="No progress display."),
+    force: bool = typer.Option(False, "--force", help=FORCE_HELP),
+) -> None:
+    """Run the scenario live and simulated (with a cost profile of these devices) on identical arrivals and
+    lengths; print and save the simulator's error per metric (TTFT, TPOT, E2E mean/p50/p90/p99, throughput,
+    refactor pause, KV transfer time) and side-by-side CDF plots."""
+    from flexpipe_live.cliapp import validate_main
+
+    validate_main(scenario, _load(scenario, set_), devices, out, force, kv_tokens, threads, quiet)
+
 
 @app.command()
 def serve(
