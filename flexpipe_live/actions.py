@@ -9,22 +9,26 @@ import time
 from flexpipe_core.policyapi import Action, Launch, Refactor, Retire
 from flexpipe_kernel.engine import PipelineEngine
 from flexpipe_kernel.refactor import refactor as kernel_refactor
-from flexpipe_kernel.transfer import HostWeightCache
+from flexpipe_kernel.transfer import HostWeightCache, LocalFabric, sync
 
 from .pipeline import LivePipeline, build_stages, kv_blocks_for
 
 
-class _TimedCache:
-    """The host weight cache as the kernel's refactor sees it, timing its stage loads: the refactor
-    record splits weight loads from the KV pre-copy and pause (validate's KV transfer time)."""
+class _TimedFabric(LocalFabric):
+    """The kernel refactor's fabric in this process (weights from the host cache, or from a stage on
+    the same device, a layer at a time), timing the weight copies: the refactor record splits weight
+    loads from the KV pre-copy and pause (validate's KV transfer time)."""
 
     def __init__(self, cache: HostWeightCache) -> None:
-        self.cache, self.seconds = cache, 0.0
+        super().__init__(cache)
+        self.seconds = 0.0
 
-    def load_stage(self, *args, **kwargs):
-        st, n, dt = self.cache.load_stage(*args, **kwargs)
-        self.seconds += dt
-        return st, n, dt
+    def fill(self, stage, names, src=None) -> int:
+        t = time.perf_counter()
+        n = super().fill(stage, names, src)
+        sync(stage.device)
+        self.seconds += time.perf_counter() - t
+        return n
 
 
 class PipelineActions:
@@ -116,7 +120,7 @@ class PipelineActions:
         cuts = [a.stages[0].first_layer] + [s.end_layer for s in a.stages]
         old = p.plan
         t0 = self.now()
-        cache = _TimedCache(self.caches[p.model])
+        cache = _TimedFabric(self.caches[p.model])
         p.engine.step = self._cooperative_step(p)  # type: ignore[method-assign]
         try:
             rec = kernel_refactor(p.engine, cuts, [self.devices[s.gpu] for s in a.stages], cache,  # type: ignore[arg-type]

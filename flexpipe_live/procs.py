@@ -22,7 +22,7 @@ import torch.distributed as dist
 from flexpipe_core.blocks import BlockManager
 from flexpipe_kernel.kvcache import PagedKVCache
 from flexpipe_kernel.model import ModelArgs, StepMeta, build_model
-from flexpipe_kernel.stage import Stage
+from flexpipe_kernel.stage import Stage, local_meta
 from flexpipe_kernel.transfer import HostWeightCache
 
 REFACTOR_UNSUPPORTED = "inflight refactor across device processes is not supported (KV must be in one process)"
@@ -68,7 +68,7 @@ class ShadowStage:
         return self.end == self.args.n_layers
 
     def local_meta(self, meta: StepMeta) -> StepMeta:
-        return Stage._local_meta(self, meta)  # type: ignore[arg-type]  # same slots and tables as a real stage's
+        return local_meta(self.cache, meta, self.device)  # the same slots and tables as a real stage's
 
 
 def _worker(rank: int, world: int, addr: str, conn, threads: int) -> None:
@@ -85,7 +85,6 @@ def _worker(rank: int, world: int, addr: str, conn, threads: int) -> None:
                 caches[(args, seed)] = HostWeightCache().put_model(build_model(args, seed=seed))
             st, _, _ = caches[(args, seed)].load_stage(args, first, end, "cpu", kv_blocks=kv_blocks,
                                                        block_size=block_size, dtype=torch.float32)
-            st._local_meta = lambda m: m  # the driver sends this stage's own slots and tables
             stages[key] = st
             conn.send(("ok", st.weight_bytes + 2 * st.cache.k.numel() * st.cache.k.element_size()))
         elif op == "forward":
@@ -93,7 +92,7 @@ def _worker(rank: int, world: int, addr: str, conn, threads: int) -> None:
             x = torch.empty(shape, dtype=dtype)
             dist.recv(x, 0)
             t = time.perf_counter()
-            out = stages[key](x, meta)
+            out = stages[key].run_local(x, meta)  # the driver sent this stage's own slots and tables
             dt = time.perf_counter() - t
             conn.send((tuple(out.shape), out.dtype, dt))
             dist.send(out.contiguous(), 0)
