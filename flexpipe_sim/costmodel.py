@@ -183,10 +183,21 @@ class PipelineCost:
         self.hops = hops  # hops[k]: stage k -> k+1
         self.back = back  # last stage -> first stage (sampled tokens)
         self._hop_memo: dict[int, list[float]] = {}
+        # The common case, priced with the per-stage constants taken out of the loop: every stage on
+        # one GPU kind and the default stage_time (see stage_times).
+        kinds = {s.gpu.name for s in stages}
+        self._uniform = (type(cost).stage_time is CostModel.stage_time and len(kinds) == 1)
+        self._shape = [(s.num_layers, s.has_head, s.slowdown) for s in stages]
+        self._any_head = any(s.has_head for s in stages)
 
     def stage_times(self, w: BatchWork) -> list[float]:
         # Same result as [cost.stage_time(s, w) for s in stages], pricing a layer once per GPU kind
         # (a profile lookup or a roofline: both depend on the stage only through its GPU kind).
+        if self._uniform:
+            cost, gpu = self.cost, self.stages[0].gpu
+            lt, oh = cost.layer_time(gpu, w), cost.step_overhead_s
+            head = cost.head_time(gpu, w.n_seqs) if self._any_head else 0.0
+            return [(nl * lt + head + oh) * sd if hh else (nl * lt + oh) * sd for nl, hh, sd in self._shape]
         if type(self.cost).stage_time is not CostModel.stage_time:
             return [self.cost.stage_time(s, w) for s in self.stages]
         layer: dict[str, float] = {}

@@ -35,6 +35,15 @@ class GpuTimeline:
         if ends and ends[0] <= now:  # bookings over by now can no longer matter
             gone = bisect_right(ends, now)
             del starts[:gone], ends[:gone]
+        if self.log is None and (not ends or earliest >= ends[-1]):
+            # the common case (a GPU's only stage, FIFO): after every booking; merge or append
+            end = earliest + dt
+            if ends and ends[-1] == earliest:
+                ends[-1] = end
+            else:
+                starts.append(earliest)
+                ends.append(end)
+            return earliest
         if not ends or earliest >= ends[-1]:
             begin, i = earliest, len(ends)
         elif not self.work_conserving:

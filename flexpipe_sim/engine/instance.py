@@ -268,14 +268,14 @@ class Instance:
         t = start
         last = len(st) - 1
         book, now = self.gpu_time.book, self.env.now
-        free, sd = self._stage_free, self._slowdowns
+        free, sd, busy, inter, stages = self._stage_free, self._slowdowns, self.busy_s, self.interference_s, self.stages
         for k, dt in enumerate(st):
             f = free[k]
-            end = book(self.stages[k].gpu, t if t > f else f, dt, now) + dt
+            end = book(stages[k].gpu, t if t > f else f, dt, now) + dt
             free[k] = end
             own = dt / sd[k]
-            self.busy_s[k] += own
-            self.interference_s[k] += dt - own
+            busy[k] += own
+            inter[k] += dt - own
             t = end + hops[k] if k < last else end
         return t, sum(st), sum(hops)
 
