@@ -328,6 +328,36 @@ How to read the comparison (docs/paper-evaluation.md has the full list of our ch
 """
 
 
+def switch_table(runs: list[Run]) -> pd.DataFrame:
+    """Every pipeline switch of the runs that recorded them (mixed clusters: switches.csv, issue 15),
+    as the report shows it: downtime and in-flight overheads against their targets, bytes per link,
+    and where a target failed, why."""
+    rows = []
+    for r in runs:
+        f = r.path / "switches.csv"
+        if not f.exists():
+            continue
+        sw = pd.read_csv(f, keep_default_na=False)
+        for _, s in sw.iterrows():
+            rows.append({
+                "scenario": r.scenario, "policy": r.policy, "switch": int(s["switch"]),
+                "at_s": round(float(s["switched_s"]), 1), "old": s["old"], "new": s["new"],
+                "downtime_ms": round(1e3 * float(s["downtime_s"]), 1),
+                "ttft_overhead_%": round(100 * float(s["ttft_overhead"]), 1) if s["ttft_overhead"] != "" else None,
+                "tpot_overhead_%": round(100 * float(s["tpot_overhead"]), 1) if s["tpot_overhead"] != "" else None,
+                "kv_moved": s["kv_links"], "weights_gb": round(float(s["weight_gb"]), 2),
+                "targets_met": bool(str(s["downtime_target_met"]) == "True" and str(s["overhead_target_met"]) == "True"),
+                "why": s["why"],
+            })
+    return pd.DataFrame(rows)
+
+
+SWITCH_NOTE = ("Targets: downtime under 50 ms (no token for the requests in flight), TTFT/TPOT of those "
+               "requests within 10% of the same requests in the run without switching; `why` says what "
+               "made a switch miss them (draining in-flight steps, the final KV copy over its link, the new "
+               "pipeline's first pass).")
+
+
 def write_report(roots: list[Path], out: Path, shown: list[str] | None = None) -> tuple[pd.DataFrame, list[str]]:
     """Write the report from the runs under `roots` into `out`; returns (runs table, warnings about an
     incomplete set of runs, also in evaluation.md). `shown`: how to name the roots in the report
@@ -355,12 +385,16 @@ def write_report(roots: list[Path], out: Path, shown: list[str] | None = None) -
     runs_shown, models_shown, pv_shown = display(t[cols], RUN_COLUMNS), display(per_model, RUN_COLUMNS), \
         display(pv, CLAIM_COLUMNS)
     left_out = [f"- {s}" for s in figs_left_out]
+    sw = switch_table(runs)
+    if len(sw):
+        sw.to_csv(out / "switches.csv", index=False)
+    switch_md = (["## Pipeline switches", "", SWITCH_NOTE, "", sw.to_markdown(index=False), ""] if len(sw) else [])
     intro = f"{len(runs)} runs from {', '.join(names)}. {TIMING_NOTE}"
     md = ["# FlexPipe evaluation: our simulator beside the paper", "",
           intro, "", *warn_md, "## Runs", "",
           to_markdown(runs_shown), "", "## SLO attainment per model", "",
           to_markdown(models_shown), "", flags, "", "## The paper's claims beside ours", "",
-          to_markdown(pv_shown), "", DISCUSSION, "## Figures", "", *left_out, *([""] if left_out else [])]
+          to_markdown(pv_shown), "", DISCUSSION, *switch_md, "## Figures", "", *left_out, *([""] if left_out else [])]
     md += [f"![{f}]({f})" for f in figs]
     (out / "evaluation.md").write_text("\n".join(md) + "\n")
 
@@ -373,7 +407,9 @@ def write_report(roots: list[Path], out: Path, shown: list[str] | None = None) -
             "<h2>Runs</h2>", table(runs_shown, "runs"),
             "<h2>SLO attainment per model</h2>", table(models_shown, "runs"), f"<p>{html.escape(flags)}</p>",
             "<h2>The paper's claims beside ours</h2>", table(pv_shown, "claims"),
-            f"<pre>{html.escape(DISCUSSION)}</pre>", "<h2>Figures</h2>"]
+            f"<pre>{html.escape(DISCUSSION)}</pre>",
+            *(["<h2>Pipeline switches</h2>", f"<p>{html.escape(SWITCH_NOTE)}</p>", table(sw, "runs")] if len(sw) else []),
+            "<h2>Figures</h2>"]
     if figs_left_out:
         body.append("<ul>" + "".join(f"<li>{html.escape(s)}</li>" for s in figs_left_out) + "</ul>")
     body += [f'<p><img src="{f}" style="max-width:100%"></p>' for f in figs]

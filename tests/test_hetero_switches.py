@@ -137,6 +137,16 @@ def test_switches_written(tmp_path):
     assert len(sw) == res.summary["switches"]["count"] == len(res.raw.refactors)
     assert {"downtime_s", "ttft_overhead", "tpot_overhead", "kv_links", "weight_source", "why"} <= set(sw.columns)
     assert len(pd.read_csv(tmp_path / "out" / "plans.csv")) >= 1
+    # the evaluation report (`flexpipe-sim report`) shows every switch with its targets and why
+    from flexpipe_sim.evaluation import write_report
+
+    write_report([tmp_path / "out"], tmp_path / "report")
+    md = (tmp_path / "report" / "evaluation.md").read_text()
+    assert "## Pipeline switches" in md and "Pipeline switches" in (tmp_path / "report" / "evaluation.html").read_text()
+    rep = pd.read_csv(tmp_path / "report" / "switches.csv")
+    assert len(rep) == len(sw)
+    assert np.allclose(rep.downtime_ms, (1e3 * sw.downtime_s).round(1))
+    assert (rep.why.fillna("") == sw.why.fillna("")).all()
 
 
 def _raw(**mix_changes):
