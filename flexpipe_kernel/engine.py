@@ -1,6 +1,6 @@
 """Continuous batching over a pipeline of stages, with micro-batches in flight.
 
-The scheduler is the simulator's own (flexpipe_sim.engine.batcher): one `SlotBatcher` per
+The scheduler is the simulator's own (flexpipe_core.batcher): one `SlotBatcher` per
 micro-batch slot and one `KVSet` over every stage's block manager, so a batch here is formed
 exactly as the simulator forms it. Execution is a wavefront: each `step()` first starts a new
 micro-batch in stage 0 for an idle slot, then advances every in-flight micro-batch by one stage,

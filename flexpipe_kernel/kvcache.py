@@ -1,5 +1,5 @@
 """Paged KV cache of one pipeline stage: a block pool per layer plus the shared torch-free
-block accounting (flexpipe_sim.memory.BlockManager), so the simulator and the kernel count KV the
+block accounting (flexpipe_core.blocks.BlockManager), so the simulator and the kernel count KV the
 same way.
 
 Pool layout: k, v of shape [n_layers, num_blocks, block_size, n_kv_heads, head_dim] for the
