@@ -288,8 +288,7 @@ class Instance:
                 yield self._resume
                 continue
             slot = self.slots[k]
-            # the reserve only matters when admitting (an O(slots) sum, so not on every step)
-            batch = slot.schedule(env.now, admit=True, growth_reserve=self.running if self.waiting else 0)
+            batch = slot.schedule(env.now, admit=True, growth_reserve=self.running)
             if (slot.preempted_last or (slot.admitted_last and self.waiting)) and any(self._wake):
                 # preemptions refilled the queue, or this slot stopped admitting because it is no
                 # longer the least loaded: let idle slots try (a chain of wakes needs admissions, so ends)
