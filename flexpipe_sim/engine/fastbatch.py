@@ -22,7 +22,8 @@ summed step times are added in another order) on several scenarios.
 
 from __future__ import annotations
 
-from heapq import heapify, heappop, heappush
+from heapq import heappop, heappush
+from typing import Callable
 
 from flexpipe_core.batcher import Batch, SlotBatcher
 from flexpipe_core.blocks import BlockCounter
@@ -112,7 +113,10 @@ class FastSlotBatcher(SlotBatcher):
                 self.explicit.append(r)
 
     # --- the batcher's interface -------------------------------------------------------------
-    def schedule(self, now: float, admit: bool, growth_reserve: int = 0) -> Batch | None:
+    def schedule(self, now: float, admit: bool, growth_reserve: int | Callable[[], int] = 0) -> Batch | None:
+        """`growth_reserve` may be a callable (the instance's running count): it is called only where
+        the ordinary path would use it, and before anything that could change it, so its value is
+        the one at the call (the fast path never preempts; a fallback has changed nothing yet)."""
         if not self.fast:
             self._enter()
         batch = self._fast_schedule(now, admit, growth_reserve)
@@ -123,7 +127,7 @@ class FastSlotBatcher(SlotBatcher):
         self.materialize()
         self._last_fast = False
         self.slow_steps += 1
-        return super().schedule(now, admit, growth_reserve)
+        return super().schedule(now, admit, growth_reserve() if callable(growth_reserve) else growth_reserve)
 
     def _fast_schedule(self, now: float, admit: bool, growth_reserve: int):
         budget = self.token_budget
@@ -179,9 +183,9 @@ class FastSlotBatcher(SlotBatcher):
         budget -= need
         self.preempted_last = 0
         self.admitted_last = 0
-        if admit:  # the ordinary path's admission loop, unchanged
-            reserve = kv.watermark + growth_reserve
-            waiting, running = self.waiting, self.running
+        waiting, running = self.waiting, self.running
+        if admit and waiting:  # the ordinary path's admission loop, unchanged
+            reserve = kv.watermark + (growth_reserve() if callable(growth_reserve) else growth_reserve)
             while waiting and budget > 0 and len(running) < self.max_seqs and self._least_loaded():
                 r = waiting[0]
                 c = r.num_computed

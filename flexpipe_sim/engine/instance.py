@@ -72,6 +72,7 @@ class Instance:
         self.cost = cost
         self.state = "loading"
         self.waiting: deque[Request] = deque()
+        self._fast = fast_forward
         self._batcher = FastSlotBatcher if fast_forward else SlotBatcher
         managers = [BlockCounter(s.kv_blocks, block_size) for s in stages]
         self.kv = KVSet(managers, watermark_blocks=max(1, min(s.kv_blocks for s in stages) // 100))
@@ -195,6 +196,9 @@ class Instance:
         return preempted
 
     # --- gateway side -------------------------------------------------------------------------
+    def _running_now(self) -> int:
+        return sum(len(s.running) for s in self.slots[: self.n_active])
+
     @property
     def running(self) -> int:
         return sum(len(s.running) for s in self.slots[: self.n_active])
@@ -288,7 +292,9 @@ class Instance:
                 yield self._resume
                 continue
             slot = self.slots[k]
-            batch = slot.schedule(env.now, admit=True, growth_reserve=self.running)
+            # FastSlotBatcher takes the reserve as a callable and sums it only when it admits
+            batch = slot.schedule(env.now, admit=True,
+                                  growth_reserve=self._running_now if self._fast else self.running)
             if (slot.preempted_last or (slot.admitted_last and self.waiting)) and any(self._wake):
                 # preemptions refilled the queue, or this slot stopped admitting because it is no
                 # longer the least loaded: let idle slots try (a chain of wakes needs admissions, so ends)
