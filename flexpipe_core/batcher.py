@@ -145,45 +145,60 @@ class SlotBatcher:
                 attn += n * c + n * (n + 1) // 2
             i += 1
         if admit:
-            reserve = kv.watermark + growth_reserve
-            waiting = self.waiting
-            while waiting and budget > 0 and len(running) < self.max_seqs and self._least_loaded():
-                r = waiting[0]
-                c = r.num_computed
-                n = min(r.num_tokens - c, budget)
-                if not kv.try_grow(r, c + n, reserve=reserve):
-                    break
-                waiting.popleft()
-                if r.admitted_s != r.admitted_s:  # NaN: first admission
-                    r.admitted_s = now
-                running.append(r)
-                self.load += self.work(r)
-                self.admitted_last += 1
-                items.append((r, n))
-                budget -= n
-                n_tokens += n
-                attn += n * c + n * (n + 1) // 2
+            budget, n, a = self.admit(now, budget, kv.watermark + growth_reserve, items)
+            n_tokens += n
+            attn += a
         if not items:
             return None
         return Batch(items, BatchWork(n_tokens, len(items), attn, kv_read, n_decode), has_decode)
+
+    def admit(self, now: float, budget: int, reserve: int, items: list[tuple[Request, int]]) -> tuple[int, int, int]:
+        """Admit from the head of the queue while the budget, the sequence cap, the slot balance and
+        KV (leaving `reserve` blocks free) allow; appends to `items`. Returns (budget left, tokens
+        added, attention pairs added)."""
+        waiting, running, kv = self.waiting, self.running, self.kv
+        n_tokens = attn = 0
+        while waiting and budget > 0 and len(running) < self.max_seqs and self._least_loaded():
+            r = waiting[0]
+            c = r.num_computed
+            n = min(r.num_tokens - c, budget)
+            if not kv.try_grow(r, c + n, reserve=reserve):
+                break
+            waiting.popleft()
+            if r.admitted_s != r.admitted_s:  # NaN: first admission
+                r.admitted_s = now
+            running.append(r)
+            self.load += self.work(r)
+            self.admitted_last += 1
+            items.append((r, n))
+            budget -= n
+            n_tokens += n
+            attn += n * c + n * (n + 1) // 2
+        return budget, n_tokens, attn
+
+    def advance(self, r: Request, n: int, now: float, compute_s: float, comm_s: float) -> bool:
+        """r computed n tokens in a step: count them; True if that sampled a token (a first one
+        sets first_token_s). Whether r is then finished is the caller's to act on."""
+        r.num_computed += n
+        r.compute_s += compute_s
+        r.comm_s += comm_s
+        if r.num_computed != r.num_tokens:
+            return False
+        r.generated += 1
+        r.num_tokens += 1
+        self.sampled += 1
+        if r.generated == 1:
+            r.first_token_s = now
+        return True
 
     def postprocess(self, batch: Batch, now: float, compute_s: float, comm_s: float) -> list[Request]:
         """Advance token counts; returns the requests that finished (their KV is already freed)."""
         finished: list[Request] = []
         for r, n in batch.items:
-            r.num_computed += n
-            r.compute_s += compute_s
-            r.comm_s += comm_s
-            if r.num_computed == r.num_tokens:
-                r.generated += 1
-                r.num_tokens += 1
-                self.sampled += 1
-                if r.generated == 1:
-                    r.first_token_s = now
-                if r.generated >= r.output_tokens:
-                    r.finish_s = now
-                    self.kv.free(r)
-                    finished.append(r)
+            if self.advance(r, n, now, compute_s, comm_s) and r.generated >= r.output_tokens:
+                r.finish_s = now
+                self.kv.free(r)
+                finished.append(r)
         if finished:
             self.running = [r for r in self.running if r.generated < r.output_tokens]
             for r in finished:

@@ -18,22 +18,15 @@ class KVCacheFull(RuntimeError):
     """The stage's block pool cannot hold what was asked; the caller waits or preempts."""
 
 
-class PagedKVCache:
-    def __init__(self, n_layers: int, num_blocks: int, block_size: int, n_kv_heads: int, head_dim: int,
-                 dtype: torch.dtype = torch.float32, device: str | torch.device = "cpu") -> None:
-        shape = (n_layers, num_blocks, block_size, n_kv_heads, head_dim)
-        self.k = torch.zeros(shape, dtype=dtype, device=device)
-        self.v = torch.zeros(shape, dtype=dtype, device=device)
+class BlockTables:
+    """A stage's KV block accounting: which blocks hold each request's tokens (flexpipe_core's
+    BlockManager). PagedKVCache adds the tensors; a stage whose tensors live in another process
+    (a worker, `workers.BlockView`; live's device processes) keeps only this half."""
+
+    def __init__(self, num_blocks: int, block_size: int, device: str | torch.device = "cpu") -> None:
         self.blocks = BlockManager(num_blocks, block_size)
         self.block_size = block_size
-
-    @property
-    def device(self) -> torch.device:
-        return self.k.device
-
-    @property
-    def bytes_per_block(self) -> int:
-        return 2 * self.k[:, 0].numel() * self.k.element_size()
+        self.device = torch.device(device)
 
     def allocate(self, req_id: int, n_tokens: int) -> None:
         """Make req_id's table cover n_tokens tokens in total."""
@@ -52,6 +45,25 @@ class PagedKVCache:
         """Flat slots of positions start .. start + n - 1."""
         table, bs = self.table(req_id), self.block_size
         return [table[p // bs] * bs + p % bs for p in range(start, start + n)]
+
+
+class PagedKVCache(BlockTables):
+    # BlockTables' methods, over its own pools; `device` is the tensors' (a property below)
+    def __init__(self, n_layers: int, num_blocks: int, block_size: int, n_kv_heads: int, head_dim: int,
+                 dtype: torch.dtype = torch.float32, device: str | torch.device = "cpu") -> None:
+        shape = (n_layers, num_blocks, block_size, n_kv_heads, head_dim)
+        self.k = torch.zeros(shape, dtype=dtype, device=device)
+        self.v = torch.zeros(shape, dtype=dtype, device=device)
+        self.blocks = BlockManager(num_blocks, block_size)
+        self.block_size = block_size
+
+    @property
+    def device(self) -> torch.device:
+        return self.k.device
+
+    @property
+    def bytes_per_block(self) -> int:
+        return 2 * self.k[:, 0].numel() * self.k.element_size()
 
     # --- moving KV (migration, refactoring) -----------------------------------------------------
     def export_blocks(self, req_id: int, first_block: int = 0, layers: slice = slice(None)) -> tuple[torch.Tensor, torch.Tensor]:

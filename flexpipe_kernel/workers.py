@@ -29,9 +29,8 @@ import torch
 import torch.distributed as dist
 import torch.multiprocessing as mp
 
-from flexpipe_core.blocks import BlockManager, OutOfBlocks
 
-from .kvcache import KVCacheFull
+from .kvcache import BlockTables
 from .model import ModelArgs, StepMeta
 from .stage import Stage, _full_name, local_meta
 from .transfer import Channel, HostWeightCache, weight_names
@@ -115,31 +114,13 @@ def _worker_main(rank: int, world: int, init: str, threads: int, timeout_s: floa
 
 
 # --- coordinator side ----------------------------------------------------------------------------
-class BlockView:
+class BlockView(BlockTables):
     """The coordinator's view of a remote stage's paged KV cache: the block accounting only (the
-    tensors are in the worker). Same interface as PagedKVCache's accounting half."""
+    tensors are in the worker), and the bytes a block holds there."""
 
     def __init__(self, num_blocks: int, block_size: int, bytes_per_block: int) -> None:
-        self.blocks = BlockManager(num_blocks, block_size)
-        self.block_size = block_size
+        super().__init__(num_blocks, block_size)
         self.bytes_per_block = bytes_per_block
-        self.device = torch.device("cpu")
-
-    def allocate(self, req_id: int, n_tokens: int) -> None:
-        try:
-            self.blocks.grow(req_id, n_tokens)
-        except OutOfBlocks as e:
-            raise KVCacheFull(f"KV cache full on a worker: request {req_id} needs {n_tokens} tokens ({e})") from None
-
-    def free(self, req_id: int) -> None:
-        self.blocks.free(req_id)
-
-    def table(self, req_id: int) -> list[int]:
-        return self.blocks.tables.get(req_id, [])
-
-    def slots(self, req_id: int, start: int, n: int) -> list[int]:
-        table, bs = self.table(req_id), self.block_size
-        return [table[p // bs] * bs + p % bs for p in range(start, start + n)]
 
 
 class RemoteStage:

@@ -19,8 +19,7 @@ from dataclasses import dataclass
 import torch
 import torch.distributed as dist
 
-from flexpipe_core.blocks import BlockManager
-from flexpipe_kernel.kvcache import PagedKVCache
+from flexpipe_kernel.kvcache import BlockTables
 from flexpipe_kernel.model import ModelArgs, StepMeta, build_model
 from flexpipe_kernel.stage import Stage, local_meta
 from flexpipe_kernel.transfer import HostWeightCache
@@ -34,18 +33,11 @@ class DeviceDied(RuntimeError):
     """A device's worker process is gone: the live backend fails its pipelines and re-queues their requests."""
 
 
-class ShadowCache:
+class ShadowCache(BlockTables):
     """A stage's block accounting without its tensors (they live in the worker)."""
 
-    table = PagedKVCache.table
-    slots = PagedKVCache.slots
-    allocate = PagedKVCache.allocate
-    free = PagedKVCache.free
-
     def __init__(self, num_blocks: int, block_size: int, device: str) -> None:
-        self.blocks = BlockManager(num_blocks, block_size)
-        self.block_size = block_size
-        self.device = torch.device(device)
+        super().__init__(num_blocks, block_size, device)
         self.k = self.v = None
 
 
@@ -174,7 +166,7 @@ class DeviceProcesses:
                 if p.is_alive():
                     c.send(("stop",))
             except (BrokenPipeError, OSError):
-                pass
+                pass  # the worker is already gone: nothing to stop
         for p in self.procs:
             p.join(timeout=5)
             if p.is_alive():

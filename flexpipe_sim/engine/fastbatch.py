@@ -183,27 +183,15 @@ class FastSlotBatcher(SlotBatcher):
         budget -= need
         self.preempted_last = 0
         self.admitted_last = 0
-        waiting, running = self.waiting, self.running
-        if admit and waiting:  # the ordinary path's admission loop, unchanged
+        if admit and self.waiting:  # the ordinary path's admission loop
+            first = len(items)
             reserve = kv.watermark + (growth_reserve() if callable(growth_reserve) else growth_reserve)
-            while waiting and budget > 0 and len(running) < self.max_seqs and self._least_loaded():
-                r = waiting[0]
-                c = r.num_computed
-                n = min(r.num_tokens - c, budget)
-                if not kv.try_grow(r, c + n, reserve=reserve):
-                    break
-                waiting.popleft()
-                if r.admitted_s != r.admitted_s:  # NaN: first admission
-                    r.admitted_s = now
-                running.append(r)
+            budget, n, a = self.admit(now, budget, reserve, items)
+            n_tokens += n
+            attn += a
+            for r, _ in items[first:]:
                 r.ff_tick = -1
                 explicit.append(r)
-                self.load += self.work(r)
-                self.admitted_last += 1
-                items.append((r, n))
-                budget -= n
-                n_tokens += n
-                attn += n * c + n * (n + 1) // 2
         if not items and not n_lazy:
             return None
         self._step_lazy = n_lazy
@@ -239,15 +227,7 @@ class FastSlotBatcher(SlotBatcher):
         if batch.items:
             changed = False
             for r, k in batch.items:  # the ordinary postprocess, for the explicit requests
-                r.num_computed += k
-                r.compute_s += compute_s
-                r.comm_s += comm_s
-                if r.num_computed == r.num_tokens:
-                    r.generated += 1
-                    r.num_tokens += 1
-                    self.sampled += 1
-                    if r.generated == 1:
-                        r.first_token_s = now
+                if self.advance(r, k, now, compute_s, comm_s):
                     changed = True
                     if r.generated >= r.output_tokens:
                         r.finish_s = now
