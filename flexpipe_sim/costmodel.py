@@ -189,6 +189,25 @@ class PipelineCost:
         self._uniform = (type(cost).stage_time is CostModel.stage_time and len(kinds) == 1)
         self._shape = [(s.num_layers, s.has_head, s.slowdown) for s in stages]
         self._any_head = any(s.has_head for s in stages)
+        self._head_memo: dict[int, float] = {}
+        self._overhead = cost.step_overhead_s  # fixed once the cost model is built
+
+    @property
+    def uniform(self) -> bool:
+        """Every stage on one GPU kind, default stage_time: a step's stage k takes
+        (num_layers_k x layer + head [last stage] + overhead) x slowdown_k (see `layer_head`)."""
+        return self._uniform
+
+    def layer_head(self, w: BatchWork) -> tuple[float, float, float]:
+        """(layer time, LM-head time, per-stage overhead) of a step, for a uniform pipeline: the
+        instance prices its stages inline from these (engine/instance.py `_submit`)."""
+        cost, gpu = self.cost, self.stages[0].gpu
+        head = 0.0
+        if self._any_head:
+            head = self._head_memo.get(w.n_seqs)  # a run sees a few hundred batch sizes
+            if head is None:
+                head = self._head_memo[w.n_seqs] = cost.head_time(gpu, w.n_seqs)
+        return cost.layer_time(gpu, w), head, self._overhead
 
     def stage_times(self, w: BatchWork) -> list[float]:
         # Same result as [cost.stage_time(s, w) for s in stages], pricing a layer once per GPU kind

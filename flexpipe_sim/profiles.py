@@ -114,17 +114,35 @@ class Profile:
         return max(a + b * tokens, t_min)
 
     def decode_layer_s(self, batch: float, context: float) -> float:
-        _, _, lbs, lcs, lz, _, b_max, c_max, _, t_min = self._grids()
-        if batch <= b_max and context <= c_max:
-            # Bilinear in (log batch, log context), interpolated along batch first: the row for a
-            # batch size is cached (a simulation asks for a few hundred sizes, millions of times).
-            rows = self.__dict__.setdefault("_row_cache", {})
-            row = rows.get(batch)
-            if row is None:
+        # Bilinear in (log batch, log context), interpolated along batch first: the row for a batch
+        # size is cached (a simulation asks for a few hundred sizes, millions of times), and the
+        # interpolation along context is _interp's, inline (this runs on every simulated step).
+        rows = self.__dict__.get("_row_cache")
+        if rows is None:
+            rows = self.__dict__["_row_cache"] = {}
+        ent = rows.get(batch)
+        if ent is None:
+            _, _, lbs, lcs, lz, _, b_max, c_max, _, _ = self._grids()
+            if batch <= b_max:
                 lb = max(math.log(batch), lbs[0]) if batch > 0 else lbs[0]
-                row = rows[batch] = _row(lbs, lz, lb)
-            lc = max(math.log(context), lcs[0]) if context > 0 else lcs[0]
-            return math.exp(_interp(lc, lcs, row))
+                ent = rows[batch] = (lcs, _row(lbs, lz, lb), c_max)
+            else:
+                ent = (lcs, None, c_max)
+        lcs, row, c_max = ent
+        if row is not None and context <= c_max:
+            lc = math.log(context) if context > 0 else lcs[0]
+            if lc < lcs[0]:
+                lc = lcs[0]
+            n = len(lcs)
+            if n == 1:
+                return math.exp(row[0])
+            i = bisect.bisect_left(lcs, lc) - 1
+            i = 0 if i < 0 else (n - 2 if i > n - 2 else i)
+            x0 = lcs[i]
+            t = (lc - x0) / (lcs[i + 1] - x0)
+            y0 = row[i]
+            return math.exp(y0 + t * (row[i + 1] - y0))
+        t_min = self._grids()[9]
         self._warn("decode", f"decode batch {batch:.0f} at context {context:.0f}")
         a, b, c = self._fit("decode")
         return max(a + b * batch + c * batch * context, t_min)

@@ -82,9 +82,7 @@ class Instance:
         self._wake: list[simpy.Event | None] = [None] * n_slots
         self.gpu_time = gpu_time if gpu_time is not None else GpuTimeline()
         self._stage_free = [0.0] * len(stages)  # end of this instance's last step on each stage (FIFO)
-        self.busy_s = [0.0] * len(stages)  # GPU-seconds of stage work committed so far (no interference)
-        self.interference_s = [0.0] * len(stages)  # GPU-seconds added by tenant interference
-        self._slowdowns = self._stage_slowdowns(cost, len(stages))
+        self._set_stages(stages, cost)
         self.outstanding_work = 0.0  # tokens promised to unfinished requests (routing signal)
         self.steps = 0
         self._on_finish = on_finish
@@ -121,10 +119,52 @@ class Instance:
         """Tokens sampled so far (a refactor's dirty set between KV copy rounds)."""
         return sum(s.sampled for s in self.slots)
 
-    @staticmethod
-    def _stage_slowdowns(cost: PipelineCost, n: int) -> list[float]:
+    def _set_stages(self, stages: list[StageInfo], cost: PipelineCost) -> None:
+        """Pricing plan and fresh busy counters for these stages (at creation and at a switch)."""
+        n = len(stages)
         shapes = getattr(cost, "stages", None)  # test fakes have fixed times, no shapes
-        return [s.slowdown for s in shapes] if shapes else [1.0] * n
+        self._slowdowns = [sh.slowdown for sh in shapes] if shapes else [1.0] * n
+        # A uniform pipeline is priced inline in _submit, stage k from (gpu, layers, has head, slowdown)
+        self._plan = ([(st.gpu, sh.num_layers, sh.has_head, sh.slowdown) for st, sh in zip(stages, shapes)]
+                      if getattr(cost, "uniform", False) else None)
+        self._busy = [0.0] * n  # GPU-seconds of stage work committed so far (no interference)
+        self._inter = [0.0] * n  # GPU-seconds added by tenant interference
+        self._sums = [0.0, 0.0, 0]  # uniform plan: layer times, head times and steps summed (busy_s)
+        self._sole = [False] * n  # stage k is its GPU's only stage: no booking on the timeline
+        self._recent: list[deque[tuple[float, float]]] = [deque(maxlen=n) for _ in range(n)]  # sole stages' last steps
+
+    def set_sole(self, k: int, sole: bool) -> list[tuple[float, float]]:
+        """GpuTimeline.join/leave: stage k is (not) its GPU's only stage. Returns the steps it kept
+        while it was (its last n steps: at most one per slot can still be running)."""
+        kept = list(self._recent[k])
+        self._recent[k].clear()
+        self._sole[k] = sole
+        return kept
+
+    def _join_gpus(self) -> None:
+        for k, st in enumerate(self.stages):
+            self.gpu_time.join(st.gpu, self, k, self.env.now)
+
+    def release_gpus(self) -> None:
+        """Stop booking these stages' GPUs (switched away or drained: nothing in flight)."""
+        for k, st in enumerate(self.stages):
+            self.gpu_time.leave(st.gpu, self, k)
+
+    @property
+    def busy_s(self) -> list[float]:
+        """Per stage, GPU-seconds of stage work committed so far (without tenant interference)."""
+        if self._plan is None:
+            return list(self._busy)
+        lt, head, n = self._sums
+        oh = self.cost.cost.step_overhead_s if n else 0.0
+        return [b + nl * lt + (head if hh else 0.0) + n * oh for b, (_, nl, hh, _) in zip(self._busy, self._plan)]
+
+    @property
+    def interference_s(self) -> list[float]:
+        """Per stage, the extra GPU-seconds tenants' time-slicing added (costmodel.slowdown)."""
+        if self._plan is None:
+            return list(self._inter)
+        return [i + (sd - 1.0) * b for i, b, (_, _, _, sd) in zip(self._inter, self.busy_s, self._plan)]
 
     @property
     def busy_total_s(self) -> float:
@@ -153,8 +193,10 @@ class Instance:
         old = self.kv
         self.retired_busy_s += sum(self.busy_s)
         self.retired_interference_s += sum(self.interference_s)
+        self.release_gpus()
         self.stages, self.cost = stages, cost
-        self._slowdowns = self._stage_slowdowns(cost, len(stages))
+        self._set_stages(stages, cost)
+        self._join_gpus()
         self.kv = KVSet([BlockCounter(s.kv_blocks, block_size) for s in stages],
                         watermark_blocks=max(1, min(s.kv_blocks for s in stages) // 100))
         n_new = len(stages)
@@ -186,9 +228,7 @@ class Instance:
             slot.recount()
         for slot in self.slots[n_new:]:
             slot.recount()
-        self.busy_s = [0.0] * n_new
         self._capacity = None  # new stages, new KV: the routing capacity is recomputed
-        self.interference_s = [0.0] * n_new
         self._stage_free = [0.0] * n_new  # nothing in flight: every earlier step is over
         self.paused = False
         self._resume.succeed()
@@ -241,6 +281,7 @@ class Instance:
 
     def start(self) -> None:
         self.state = "ready"
+        self._join_gpus()
         for k in range(len(self.slots)):
             self.env.process(self._slot_loop(k))
 
@@ -266,13 +307,44 @@ class Instance:
                 ev.succeed()
 
     def _submit(self, start: float, batch: Batch) -> tuple[float, float, float]:
-        """Push a micro-batch through the stages from `start`; returns (done, compute, comm)."""
-        st = self.cost.stage_times(batch.work)
-        hops = self.cost.hop_times(batch.work.n_tokens)
+        """Push a micro-batch through the stages from `start`; returns (done, compute, comm).
+        Each stage starts at max(ready, its previous step's end), its GPU booked (gputime.py)."""
+        w = batch.work
+        hops = self.cost.hop_times(w.n_tokens)
+        plan = self._plan
+        if plan is None:
+            return self._submit_priced(start, self.cost.stage_times(w), hops)
+        # uniform pipeline: PipelineCost.stage_times's prices, inline; busy time summed per step
+        lt, head, oh = self.cost.layer_head(w)
+        sums = self._sums
+        sums[0] += lt
+        sums[1] += head
+        sums[2] += 1
+        t = start
+        last = len(plan) - 1
+        book, now = self.gpu_time.book, self.env.now
+        free, sole, recent = self._stage_free, self._sole, self._recent
+        compute = 0.0
+        for k in range(last + 1):
+            gpu, nl, hh, sd = plan[k]
+            dt = (nl * lt + head + oh) * sd if hh else (nl * lt + oh) * sd
+            f = free[k]
+            b = t if t > f else f
+            if sole[k]:  # its GPU's only stage: FIFO is what the timeline would give
+                end = b + dt
+                recent[k].append((b, end))
+            else:
+                end = book(gpu, b, dt, now) + dt
+            free[k] = end
+            compute += dt
+            t = end + hops[k] if k < last else end
+        return t, compute, sum(hops)
+
+    def _submit_priced(self, start: float, st: list[float], hops: list[float]) -> tuple[float, float, float]:
         t = start
         last = len(st) - 1
         book, now = self.gpu_time.book, self.env.now
-        free, sd, busy, inter, stages = self._stage_free, self._slowdowns, self.busy_s, self.interference_s, self.stages
+        free, sd, busy, inter, stages = self._stage_free, self._slowdowns, self._busy, self._inter, self.stages
         for k, dt in enumerate(st):
             f = free[k]
             end = book(stages[k].gpu, t if t > f else f, dt, now) + dt

@@ -294,6 +294,7 @@ class Transitions:
     def _release_when_drained(self, inst: Instance):
         if inst.running or inst.waiting:
             yield inst.drained
+        inst.release_gpus()
         for s in inst.stages:
             self.free_stage(inst.model, inst.id, s)
         self.retired_busy_s += inst.busy_total_s
