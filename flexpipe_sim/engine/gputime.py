@@ -25,8 +25,9 @@ from bisect import bisect_right
 
 
 class GpuTimeline:
-    def __init__(self, work_conserving: bool = True, log: bool = False) -> None:
+    def __init__(self, work_conserving: bool = True, log: bool = False, sole_stages: bool = True) -> None:
         self.work_conserving = work_conserving
+        self.sole_stages = sole_stages and not log  # off: every step is booked here (tests compare)
         self._starts: dict[int, list[float]] = {}
         self._ends: dict[int, list[float]] = {}  # sorted, as the intervals never overlap
         self.log: dict[int, list[tuple[float, float]]] | None = {} if log else None  # for tests
@@ -40,13 +41,13 @@ class GpuTimeline:
             other, j = users[0]
             self.adopt(gpu, other.set_sole(j, False), now)
         users.append((inst, k))
-        inst.set_sole(k, len(users) == 1 and self.log is None)
+        inst.set_sole(k, len(users) == 1 and self.sole_stages)
 
     def leave(self, gpu: int, inst, k: int) -> None:
         """Stage k of `inst` no longer books `gpu` (nothing of it in flight: switched or drained)."""
         users = self._users.get(gpu, [])
         users.remove((inst, k))
-        if len(users) == 1 and self.log is None:
+        if len(users) == 1 and self.sole_stages:
             other, j = users[0]
             other.set_sole(j, True)
 
