@@ -112,6 +112,35 @@ class FastSlotBatcher(SlotBatcher):
                 r.ff_tick = -1
                 self.explicit.append(r)
 
+    def _due(self, t: int) -> list[tuple[int, int, Request]]:
+        """Pop the lazy requests whose context fills its last KV block at tick t (live ones)."""
+        grow = self._grow
+        due = []
+        while grow and grow[0][0] <= t:
+            e = heappop(grow)
+            if e[2].finish_s != e[2].finish_s:  # not finished since (finished: a stale entry)
+                due.append(e)
+        return due
+
+    def grow_lazy(self) -> bool:
+        """The KV growth the next step's schedule makes when every running request is lazy (the
+        same as _fast_schedule's); False, changing nothing, where blocks are short (the ordinary
+        path then decides who is preempted)."""
+        t = self.tick
+        due = self._due(t)
+        if not due:
+            return True
+        k = len(due)
+        if any(m.num_free < k for m in self.kv.managers):
+            for e in due:
+                heappush(self._grow, e)
+            return False
+        self._add_block(due)
+        bs = self.kv.block_size
+        for e in due:
+            heappush(self._grow, (t + bs, e[2].id, e[2]))
+        return True
+
     # --- the batcher's interface -------------------------------------------------------------
     def schedule(self, now: float, admit: bool, growth_reserve: int | Callable[[], int] = 0) -> Batch | None:
         """`growth_reserve` may be a callable (the instance's running count): it is called only where
@@ -142,11 +171,7 @@ class FastSlotBatcher(SlotBatcher):
         bs = kv.block_size
         # KV growth of every running request, checked all together (then order cannot matter)
         grow, t = self._grow, self.tick
-        due = []
-        while grow and grow[0][0] <= t:
-            e = heappop(grow)
-            if e[2].finish_s != e[2].finish_s:  # not finished since (finished: a stale entry)
-                due.append(e)
+        due = self._due(t)
         blocks = len(due)
         for r in explicit:
             total = r.num_tokens

@@ -64,6 +64,7 @@ class Instance:
         on_finish: Callable[[Request], None],
         gpu_time: GpuTimeline | None = None,
         fast_forward: bool = False,
+        horizon: Callable[[str, float], float] | None = None,
     ) -> None:
         self.env = env
         self.id = instance_id
@@ -74,6 +75,10 @@ class Instance:
         self.waiting: deque[Request] = deque()
         self._fast = fast_forward
         self._batcher = FastSlotBatcher if fast_forward else SlotBatcher
+        # run-ahead (one event for many steady decode steps, `_run_ahead`): needs fast-forward and
+        # the backend's horizon: (model, now) -> the earliest time anything else may touch us
+        self._horizon = horizon if fast_forward else None
+        self.steps_ahead = 0  # statistics: steps taken inside run-ahead windows
         managers = [BlockCounter(s.kv_blocks, block_size) for s in stages]
         self.kv = KVSet(managers, watermark_blocks=max(1, min(s.kv_blocks for s in stages) // 100))
         n_slots = len(stages)
@@ -355,6 +360,60 @@ class Instance:
             t = end + hops[k] if k < last else end
         return t, sum(st), sum(hops)
 
+    def _run_ahead(self, slot: FastSlotBatcher) -> float:
+        """Take a single-stage instance's steady decode steps in a loop, without an event each.
+
+        Where every running request decodes (lazy, fastbatch.py) and none is waiting, the steps up
+        to the next finish are the fast path's, and nothing outside changes them until the
+        backend's horizon (the next arrival of this model, controller or monitor tick, end of run;
+        none of these is earlier for anything else: finishes are never run ahead, and routing
+        reads only outstanding work and capacity, which only finishes and arrivals change). So
+        the steps that complete before the horizon are applied here, each exactly as the slot
+        loop would (same float sums in the same order); the slot then sleeps until the last one
+        completed and goes on as usual. Returns that time (now if none was taken)."""
+        env = self.env
+        now = env.now
+        n = slot.n_lazy
+        if (not slot.fast or slot.explicit or not n or n > slot.token_budget or self.waiting
+                or self.state != "ready" or self.refactoring or self._plan is None or not self._sole[0]):
+            return now
+        horizon = self._horizon(self.model, now)
+        fin = slot._finish
+        stop = fin[0][0] if fin else 1 << 62  # the tick whose step finishes someone: not run ahead
+        tick = slot.tick
+        if tick + 1 >= stop or horizon <= now:
+            return now
+        _, nl, hh, sd = self._plan[0]
+        layer_head = self.cost.layer_head
+        free, recent, sums = self._stage_free, self._recent[0], self._sums
+        t, ctx, cum, taken = now, slot.ctx_sum, slot.cum_compute, 0
+        while tick + 1 < stop:
+            kv = ctx + n
+            lt, head, oh = layer_head(BatchWork(n, n, kv, kv, n))
+            dt = (nl * lt + head + oh) * sd if hh else (nl * lt + oh) * sd
+            f = free[0]
+            b = t if t > f else f
+            end = b + dt
+            if end >= horizon or not slot.grow_lazy():
+                break  # completes at/after the horizon, or KV is short: the slot loop takes it
+            sums[0] += lt
+            sums[1] += head
+            sums[2] += 1
+            free[0] = end
+            recent.append((b, end))
+            cum += dt  # postprocess's sum (_submit's compute is 0.0 + dt == dt; comm and return are 0)
+            slot.tick = tick = tick + 1
+            ctx += n
+            t = end
+            taken += 1
+        if taken:
+            slot.ctx_sum, slot.cum_compute = ctx, cum
+            slot.sampled += n * taken
+            slot.fast_steps += taken
+            self.steps += taken
+            self.steps_ahead += taken
+        return t
+
     def _slot_loop(self, k: int):
         env = self.env
         while True:
@@ -364,6 +423,12 @@ class Instance:
                 yield self._resume
                 continue
             slot = self.slots[k]
+            if self._horizon is not None and self.n_active == 1 and len(self.stages) == 1:
+                t = self._run_ahead(slot)
+                if t > env.now:  # then on as usual at t (nothing else touched us meanwhile)
+                    self.inflight += 1
+                    yield env.timeout(t - env.now)
+                    self.inflight -= 1
             # FastSlotBatcher takes the reserve as a callable and sums it only when it admits
             batch = slot.schedule(env.now, admit=True,
                                   growth_reserve=self._running_now if self._fast else self.running)

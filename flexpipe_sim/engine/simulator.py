@@ -9,6 +9,7 @@ the scenario seed, spawned into independent streams for the cluster, the workloa
 from __future__ import annotations
 
 import time
+from bisect import bisect_left
 from collections import deque
 from dataclasses import dataclass, field
 from typing import Callable
@@ -78,7 +79,7 @@ class Simulation:
             block_size=e.block_size, token_budget=e.token_budget, max_seqs=e.max_seqs,
             gpu_memory_utilization=e.gpu_memory_utilization, workspace_bytes=int(e.workspace_gb * 2**30),
             expected_output={n: self.workload.mean_output_of(i) for i, n in enumerate(self.workload.model_names)},
-            prewarm=e.prewarm, fast_forward=e.fast_forward,
+            prewarm=e.prewarm, fast_forward=e.fast_forward, horizon=self._horizon,
             load_rates=LoadRates(c.storage_gb_s * 1e9, c.cluster_storage_gb_s * 1e9, c.gpus_per_pcie_uplink),
         )
         self.policy = registry.create(sc.policy.name, sc.policy.params, sc)
@@ -91,6 +92,11 @@ class Simulation:
         self._model_views_static = self._static_model_facts()
         self.gateway.typical_prompt = {m: f[1] for m, f in self._model_views_static.items() if f[1] > 0}
         self._recent: dict[str, deque[float]] = {m: deque() for m in self.specs}
+        # run-ahead horizon (Instance._run_ahead): each model's arrival times, the next ticks, the end
+        w = self.workload
+        self._arrivals_of = {name: w.arrival_s[w.model_idx == i].tolist() for i, name in enumerate(w.model_names)}
+        self._next_control = self._next_sample = 0.0
+        self._limit = sc.horizon_s + sc.drain_s
 
     def _check_fits(self) -> None:
         """Refuse before simulating a model no GPU of this cluster can hold once other tenants took
@@ -151,6 +157,17 @@ class Simulation:
         self._count_done()
 
     # --- processes ---------------------------------------------------------------------------
+    def _horizon(self, model: str, now: float) -> float:
+        """The earliest time at or after `now` when anything outside an instance of `model` may
+        touch or read it: an arrival of that model (routing), a controller or monitor tick, the
+        end of the run. Instances run steady steps ahead up to it (Instance._run_ahead)."""
+        if self.transitions.watch_switches or self.gateway.queues[model]:
+            return now  # token watches poll instances every 0.5 ms; a queue goes out when one is ready
+        arr = self._arrivals_of[model]
+        i = bisect_left(arr, now)
+        h = arr[i] if i < len(arr) else self._limit
+        return min(h, self._next_control, self._next_sample, self._limit)
+
     def _feeder(self):
         w, env = self.workload, self.env
         names = w.model_names
@@ -170,6 +187,7 @@ class Simulation:
             self.decide_wall_s.append(time.perf_counter() - t0)
             for a in actions:
                 self.transitions.apply(a)
+            self._next_control = self.env.now + self.sc.engine.control_interval_s
             yield self.env.timeout(self.sc.engine.control_interval_s)
 
     def _monitor(self, progress: ProgressFn | None):
@@ -190,6 +208,7 @@ class Simulation:
             s["done"].append(self.n_done)
             if progress:
                 progress(env.now, self.n_done)
+            self._next_sample = env.now + every
             yield env.timeout(every)
 
     # --- the policy's view --------------------------------------------------------------------

@@ -43,6 +43,8 @@ class Transitions:
     prewarm: bool
     load_rates: LoadRates = field(default_factory=LoadRates)
     fast_forward: bool = False  # steady decode steps in O(what changed) (engine/fastbatch.py)
+    horizon: Callable[[str, float], float] | None = None  # run-ahead bound (Instance._run_ahead), from the backend
+    watch_switches: bool = False  # record token times around refactors (heterosim; turns run-ahead off)
     instances: dict[int, Instance] = field(default_factory=dict)
     launches: list[dict] = field(default_factory=list)
     rejected: list[dict] = field(default_factory=list)
@@ -185,7 +187,7 @@ class Transitions:
             self.env, iid, a.model, infos, self.pipeline_cost(a.model, infos),
             block_size=self.block_size, token_budget=self.token_budget, max_seqs=self.max_seqs,
             expected_output=self.expected_output[a.model], on_finish=self.on_finish, gpu_time=self.gpu_time,
-            fast_forward=self.fast_forward,
+            fast_forward=self.fast_forward, horizon=self.horizon,
         )
         self.instances[iid] = inst
         self.env.process(self._load(inst, spec))
