@@ -233,9 +233,11 @@ class PipelineCost:
         return out
 
     def hop_times(self, n_tokens: int) -> list[float]:
+        """Activation transfer after each stage: stage k -> k+1, and 0.0 after the last (so the
+        instance's stage loop adds one per stage)."""
         t = self._hop_memo.get(n_tokens)  # every step asks; a run sees a few thousand sizes
         if t is None:
-            t = self._hop_memo[n_tokens] = [self.cost.hop_time(h, n_tokens) for h in self.hops]
+            t = self._hop_memo[n_tokens] = [self.cost.hop_time(h, n_tokens) for h in self.hops] + [0.0]
         return t
 
     def return_time(self, n_seqs: int) -> float:

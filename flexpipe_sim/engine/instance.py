@@ -23,6 +23,7 @@ Busy time: `busy_s` is the stage work itself (the step time without tenant inter
 from __future__ import annotations
 
 from collections import deque
+from heapq import heapify, heappop, heappush
 from dataclasses import dataclass
 from typing import Callable
 
@@ -85,6 +86,10 @@ class Instance:
         self.expected_output = expected_output
         self.slots = [self._new_slot(token_budget, max_seqs) for _ in range(n_slots)]
         self._wake: list[simpy.Event | None] = [None] * n_slots
+        # per slot: its step in flight (done, batch, compute s, comm + return s); a run-ahead may
+        # replace it (then `_moved`: the process wakes at the old time and waits for the new one)
+        self._flight: list[tuple[float, Batch | None, float, float] | None] = [None] * n_slots
+        self._moved = [False] * n_slots
         self.gpu_time = gpu_time if gpu_time is not None else GpuTimeline()
         self._stage_free = [0.0] * len(stages)  # end of this instance's last step on each stage (FIFO)
         self._set_stages(stages, cost)
@@ -208,6 +213,8 @@ class Instance:
         while len(self.slots) < n_new:
             self.slots.append(self._new_slot(*self._slot_args))
             self._wake.append(None)
+            self._flight.append(None)
+            self._moved.append(False)
             self.env.process(self._slot_loop(len(self.slots) - 1))
         for slot in self.slots:
             slot.kv = self.kv
@@ -326,23 +333,24 @@ class Instance:
         sums[1] += head
         sums[2] += 1
         t = start
-        last = len(plan) - 1
         book, now = self.gpu_time.book, self.env.now
         free, sole, recent = self._stage_free, self._sole, self._recent
         compute = 0.0
-        for k in range(last + 1):
-            gpu, nl, hh, sd = plan[k]
+        k = 0
+        for gpu, nl, hh, sd in plan:  # hops[k]: after stage k (0.0 after the last, see hop_times)
             dt = (nl * lt + head + oh) * sd if hh else (nl * lt + oh) * sd
             f = free[k]
-            b = t if t > f else f
+            if f > t:
+                t = f
             if sole[k]:  # its GPU's only stage: FIFO is what the timeline would give
-                end = b + dt
-                recent[k].append((b, end))
+                end = t + dt
+                recent[k].append((t, end))
             else:
-                end = book(gpu, b, dt, now) + dt
+                end = book(gpu, t, dt, now) + dt
             free[k] = end
             compute += dt
-            t = end + hops[k] if k < last else end
+            t = end + hops[k]
+            k += 1
         return t, compute, sum(hops)
 
     def _submit_priced(self, start: float, st: list[float], hops: list[float]) -> tuple[float, float, float]:
@@ -360,62 +368,81 @@ class Instance:
             t = end + hops[k] if k < last else end
         return t, sum(st), sum(hops)
 
-    def _run_ahead(self, slot: FastSlotBatcher) -> float:
-        """Take a single-stage instance's steady decode steps in a loop, without an event each.
+    def _run_ahead(self, k: int) -> bool:
+        """Take the instance's steady decode steps, all slots interleaved, without an event each.
 
-        Where every running request decodes (lazy, fastbatch.py) and none is waiting, the steps up
-        to the next finish are the fast path's, and nothing outside changes them until the
-        backend's horizon (the next arrival of this model, controller or monitor tick, end of run;
-        none of these is earlier for anything else: finishes are never run ahead, and routing
-        reads only outstanding work and capacity, which only finishes and arrivals change). So
-        the steps that complete before the horizon are applied here, each exactly as the slot
-        loop would (same float sums in the same order); the slot then sleeps until the last one
-        completed and goes on as usual. Returns that time (now if none was taken)."""
-        env = self.env
-        now = env.now
-        n = slot.n_lazy
-        if (not slot.fast or slot.explicit or not n or n > slot.token_budget or self.waiting
-                or self.state != "ready" or self.refactoring or self._plan is None or not self._sole[0]):
-            return now
+        Called at slot k's turn to schedule (now). Where every running request decodes (lazy,
+        fastbatch.py), none is waiting and every stage is its GPU's only one, a slot's step is
+        the fast path's and depends only on this instance; nothing outside changes or reads the
+        instance before the backend's horizon (the next arrival of this model, controller or
+        monitor tick, end of run: routing reads outstanding work and capacity, which only arrivals
+        and finishes change, and finishes are never run ahead). So the slots' completions are
+        taken here in time order (the order their events would fire; one instance's completions
+        never tie, its last stage being FIFO): each completion before the horizon is accounted
+        (postprocess) and the slot's next step scheduled and submitted, exactly as the slot loop
+        would (same calls, same float sums in the same order). It stops at the first completion
+        at or after the horizon, one that finishes a request, or a schedule that needs the
+        ordinary path. Every slot's latest step is then in `_flight`; processes whose step was
+        taken wake at its old time and wait for the new one (`_moved`). Returns False, changing
+        nothing, where slot k's own step cannot be taken this way."""
+        now = self.env.now
+        slots, flight = self.slots, self._flight
+        if (self.waiting or self.state != "ready" or self.refactoring or self._plan is None
+                or not all(self._sole)):
+            return False
+        for i in range(self.n_active):
+            s = slots[i]
+            if not s.fast or s.explicit:
+                return False
+            if i != k and flight[i] is None and (s.running or self._wake[i] is None):
+                return False  # a slot about to schedule at this same time: its turn comes first
         horizon = self._horizon(self.model, now)
-        fin = slot._finish
-        stop = fin[0][0] if fin else 1 << 62  # the tick whose step finishes someone: not run ahead
-        tick = slot.tick
-        if tick + 1 >= stop or horizon <= now:
-            return now
-        _, nl, hh, sd = self._plan[0]
-        layer_head = self.cost.layer_head
-        free, recent, sums = self._stage_free, self._recent[0], self._sums
-        t, ctx, cum, taken = now, slot.ctx_sum, slot.cum_compute, 0
-        while tick + 1 < stop:
-            kv = ctx + n
-            lt, head, oh = layer_head(BatchWork(n, n, kv, kv, n))
-            dt = (nl * lt + head + oh) * sd if hh else (nl * lt + oh) * sd
-            f = free[0]
-            b = t if t > f else f
-            end = b + dt
-            if end >= horizon or not slot.grow_lazy():
-                break  # completes at/after the horizon, or KV is short: the slot loop takes it
-            sums[0] += lt
-            sums[1] += head
-            sums[2] += 1
-            free[0] = end
-            recent.append((b, end))
-            cum += dt  # postprocess's sum (_submit's compute is 0.0 + dt == dt; comm and return are 0)
-            slot.tick = tick = tick + 1
-            ctx += n
-            t = end
-            taken += 1
-        if taken:
-            slot.ctx_sum, slot.cum_compute = ctx, cum
-            slot.sampled += n * taken
-            slot.fast_steps += taken
-            self.steps += taken
-            self.steps_ahead += taken
-        return t
+        if horizon <= now or not self._schedule_ahead(k, now):
+            return False
+        heap = [(f[0], i) for i, f in enumerate(flight[: self.n_active]) if f is not None]
+        heapify(heap)
+        moved = self._moved
+        while heap:
+            c, i = heap[0]
+            s = slots[i]
+            _, batch, compute, comm = flight[i]
+            fin = s._finish
+            if c >= horizon or batch is None or batch.items or not s._last_fast or (fin and fin[0][0] <= s.tick + 1):
+                break  # its own process takes it: at/after the horizon, finishing, or not steady
+            heappop(heap)
+            s.postprocess(batch, c, compute, comm)  # lazy requests only, nobody finishes: counters
+            self.steps += 1
+            self.steps_ahead += 1
+            if i != k:
+                moved[i] = True
+            if not self._schedule_ahead(i, c):
+                flight[i] = (c, None, 0.0, 0.0)  # its process schedules at c, by the ordinary path
+                break
+            heappush(heap, (flight[i][0], i))
+        return True
+
+    def _schedule_ahead(self, i: int, t: float) -> bool:
+        """Slot i's schedule and submission at time t when all its requests are lazy and none
+        waits: FastSlotBatcher.schedule's fast path and the slot loop's submission, for a steady
+        batch. False, changing nothing, where the ordinary path must decide (budget, KV short)."""
+        s = self.slots[i]
+        n = s.n_lazy
+        if not n or n > s.token_budget or not s.grow_lazy():
+            return False
+        s.preempted_last = s.admitted_last = 0
+        s._step_lazy = n
+        s._last_fast = True
+        s.fast_steps += 1
+        kv = s.ctx_sum + n
+        batch = Batch([], BatchWork(n, n, kv, kv, n), True)
+        back = self.cost.return_time(n)
+        done, compute, comm = self._submit(t + back, batch)
+        self._flight[i] = (done, batch, compute, comm + back)
+        return True
 
     def _slot_loop(self, k: int):
         env = self.env
+        flight, moved = self._flight, self._moved
         while True:
             if k >= self.n_active:  # retired by a merge
                 return
@@ -423,38 +450,41 @@ class Instance:
                 yield self._resume
                 continue
             slot = self.slots[k]
-            if self._horizon is not None and self.n_active == 1 and len(self.stages) == 1:
-                t = self._run_ahead(slot)
-                if t > env.now:  # then on as usual at t (nothing else touched us meanwhile)
-                    self.inflight += 1
-                    yield env.timeout(t - env.now)
-                    self.inflight -= 1
-            # FastSlotBatcher takes the reserve as a callable and sums it only when it admits
-            batch = slot.schedule(env.now, admit=True,
-                                  growth_reserve=self._running_now if self._fast else self.running)
-            if (slot.preempted_last or (slot.admitted_last and self.waiting)) and any(self._wake):
-                # preemptions refilled the queue, or this slot stopped admitting because it is no
-                # longer the least loaded: let idle slots try (a chain of wakes needs admissions, so ends)
-                self._wake_slots()
-            if batch is None:
-                if self.state == "draining" and not self.waiting:
-                    if not self.running and not self.drained.triggered:
-                        self.drained.succeed()
-                    return
-                ev = env.event()
-                self._wake[k] = ev
-                yield ev
-                continue
-            back = self.cost.return_time(batch.work.n_seqs) if batch.has_decode else 0.0
-            done, compute, comm = self._submit(env.now + back, batch)
+            if self._horizon is None or not self._run_ahead(k):
+                # FastSlotBatcher takes the reserve as a callable and sums it only when it admits
+                batch = slot.schedule(env.now, admit=True,
+                                      growth_reserve=self._running_now if self._fast else self.running)
+                if (slot.preempted_last or (slot.admitted_last and self.waiting)) and any(self._wake):
+                    # preemptions refilled the queue, or this slot stopped admitting because it is no
+                    # longer the least loaded: let idle slots try (a chain of wakes needs admissions, so ends)
+                    self._wake_slots()
+                if batch is None:
+                    if self.state == "draining" and not self.waiting:
+                        if not self.running and not self.drained.triggered:
+                            self.drained.succeed()
+                        return
+                    ev = env.event()
+                    self._wake[k] = ev
+                    yield ev
+                    continue
+                back = self.cost.return_time(batch.work.n_seqs) if batch.has_decode else 0.0
+                done, compute, comm = self._submit(env.now + back, batch)
+                flight[k] = (done, batch, compute, comm + back)
             self.inflight += 1
-            yield env.timeout(done - env.now)
+            yield env.timeout(flight[k][0] - env.now)
+            while moved[k]:  # a run-ahead took that step (and maybe later ones): wait for the latest
+                moved[k] = False
+                yield env.timeout(flight[k][0] - env.now)
             self.inflight -= 1
+            _, batch, compute, comm = flight[k]
+            flight[k] = None
             if self.paused and self.inflight == 0 and not self._drained_inflight.triggered:
                 self._drained_inflight.succeed()
+            if batch is None:  # a run-ahead accounted the step; the next is the ordinary path's
+                continue
             self.steps += 1
 
-            finished = slot.postprocess(batch, env.now, compute, comm + back)
+            finished = slot.postprocess(batch, env.now, compute, comm)
             for r in finished:
                 self.outstanding_work -= self.work_of(r)
                 self._on_finish(r)
