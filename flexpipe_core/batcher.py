@@ -42,14 +42,21 @@ class KVSet:
         # pool sizes are fixed for a KVSet's life (a refactor builds a new one); read on every routing
         self.capacity_tokens = min(m.num_blocks for m in managers) * self.block_size
 
-    def try_grow(self, r: Request, total_tokens: int, reserve: int = 0) -> bool:
-        """Make the request's blocks cover `total_tokens` on every stage, or change nothing."""
+    def fits(self, r: Request, total_tokens: int, reserve: int = 0) -> bool:
+        """Whether every stage has the blocks to cover `total_tokens` of r, leaving `reserve` free."""
         if total_tokens <= r.kv_tokens:
             return True
         bs = self.block_size
         need = -(-total_tokens // bs) - r.kv_tokens // bs
-        if any(m.num_free < need + reserve for m in self.managers):
+        return not any(m.num_free < need + reserve for m in self.managers)
+
+    def try_grow(self, r: Request, total_tokens: int, reserve: int = 0) -> bool:
+        """Make the request's blocks cover `total_tokens` on every stage, or change nothing."""
+        if total_tokens <= r.kv_tokens:
+            return True
+        if not self.fits(r, total_tokens, reserve):
             return False
+        bs = self.block_size
         for m in self.managers:
             m.grow(r.id, total_tokens)
         r.kv_tokens = -(-total_tokens // bs) * bs
@@ -175,6 +182,15 @@ class SlotBatcher:
             n_tokens += n
             attn += n * c + n * (n + 1) // 2
         return budget, n_tokens, attn
+
+    def would_admit(self, budget: int, reserve: int) -> bool:
+        """Whether admit() with this budget and reserve would take the queue's head (changes nothing)."""
+        waiting = self.waiting
+        if not waiting or budget <= 0 or len(self.running) >= self.max_seqs or not self._least_loaded():
+            return False
+        r = waiting[0]
+        c = r.num_computed
+        return self.kv.fits(r, c + min(r.num_tokens - c, budget), reserve)
 
     def advance(self, r: Request, n: int, now: float, compute_s: float, comm_s: float) -> bool:
         """r computed n tokens in a step: count them; True if that sampled a token (a first one

@@ -90,6 +90,7 @@ class Instance:
         # replace it (then `_moved`: the process wakes at the old time and waits for the new one)
         self._flight: list[tuple[float, Batch | None, float, float] | None] = [None] * n_slots
         self._moved = [False] * n_slots
+        self._procs: list[simpy.Process | None] = [None] * n_slots  # each slot's loop (start, switch)
         self.gpu_time = gpu_time if gpu_time is not None else GpuTimeline()
         self._stage_free = [0.0] * len(stages)  # end of this instance's last step on each stage (FIFO)
         self._set_stages(stages, cost)
@@ -215,7 +216,11 @@ class Instance:
             self._wake.append(None)
             self._flight.append(None)
             self._moved.append(False)
-            self.env.process(self._slot_loop(len(self.slots) - 1))
+            self._procs.append(None)
+        for k in range(n_new):
+            # new slots, and slots an earlier merge retired (their processes ended) get a process
+            if self._procs[k] is None or not self._procs[k].is_alive:
+                self._procs[k] = self.env.process(self._slot_loop(k))
         for slot in self.slots:
             slot.kv = self.kv
         for k in range(n_new, self.n_active):  # merge: fold the extra slots' requests into the rest
@@ -294,8 +299,7 @@ class Instance:
     def start(self) -> None:
         self.state = "ready"
         self._join_gpus()
-        for k in range(len(self.slots)):
-            self.env.process(self._slot_loop(k))
+        self._procs = [self.env.process(self._slot_loop(k)) for k in range(len(self.slots))]
 
     def retire(self) -> None:
         """Stop admitting; the slots finish what is running, then `drained` fires."""
@@ -372,8 +376,10 @@ class Instance:
         """Take the instance's steady decode steps, all slots interleaved, without an event each.
 
         Called at slot k's turn to schedule (now). Where every running request decodes (lazy,
-        fastbatch.py), none is waiting and every stage is its GPU's only one, a slot's step is
-        the fast path's and depends only on this instance; nothing outside changes or reads the
+        fastbatch.py), no slot would admit the queue's head (if any) and every stage is its GPU's
+        only one, a slot's step is the fast path's and depends only on this instance (an
+        admission that fails now fails until something finishes or arrives: loads, running counts
+        and the head stay, free KV only shrinks); nothing outside changes or reads the
         instance before the backend's horizon (the next arrival of this model, controller or
         monitor tick, end of run: routing reads outstanding work and capacity, which only arrivals
         and finishes change, and finishes are never run ahead). So the slots' completions are
@@ -387,15 +393,19 @@ class Instance:
         nothing, where slot k's own step cannot be taken this way."""
         now = self.env.now
         slots, flight = self.slots, self._flight
-        if (self.waiting or self.state != "ready" or self.refactoring or self._plan is None
-                or not all(self._sole)):
+        if self.state != "ready" or self.refactoring or self._plan is None or not all(self._sole):
             return False
+        reserve = self.kv.watermark + self._running_now() if self.waiting else 0
         for i in range(self.n_active):
             s = slots[i]
-            if not s.fast or s.explicit:
+            steady = s.fast and not s.explicit
+            if i == k and not steady:
                 return False
             if i != k and flight[i] is None and (s.running or self._wake[i] is None):
                 return False  # a slot about to schedule at this same time: its turn comes first
+            # (a slot in flight with a step that is not steady stops the run where it completes)
+            if reserve and steady and s.running and s.would_admit(s.token_budget - s.n_lazy, reserve):
+                return False
         horizon = self._horizon(self.model, now)
         if horizon <= now or not self._schedule_ahead(k, now):
             return False
@@ -407,7 +417,8 @@ class Instance:
             s = slots[i]
             _, batch, compute, comm = flight[i]
             fin = s._finish
-            if c >= horizon or batch is None or batch.items or not s._last_fast or (fin and fin[0][0] <= s.tick + 1):
+            if (c >= horizon or batch is None or batch.items or not s._last_fast or not s.fast
+                    or (fin and fin[0][0] <= s.tick + 1)):
                 break  # its own process takes it: at/after the horizon, finishing, or not steady
             heappop(heap)
             s.postprocess(batch, c, compute, comm)  # lazy requests only, nobody finishes: counters
