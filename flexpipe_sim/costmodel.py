@@ -120,6 +120,7 @@ class ProfileCostModel(CostModel):
         head = profile.raw.get("head")
         self._head = ([float(x) for x in head["batch"]], [float(x) for x in head["s"]]) if head else None
         self._head_memo: dict[int, float] = {}
+        self._back_memo: dict[int, float] = {}
         self._overhead = float(profile.raw.get("overheads", {}).get("stage_step_s", 0.0))  # measured per stage step
 
     def layer_time(self, gpu: GPUSpec, w: BatchWork) -> float:
@@ -190,6 +191,7 @@ class PipelineCost:
         self._shape = [(s.num_layers, s.has_head, s.slowdown) for s in stages]
         self._any_head = any(s.has_head for s in stages)
         self._head_memo: dict[int, float] = {}
+        self._back_memo: dict[int, float] = {}
         self._overhead = cost.step_overhead_s  # fixed once the cost model is built
 
     @property
@@ -241,4 +243,9 @@ class PipelineCost:
         return t
 
     def return_time(self, n_seqs: int) -> float:
-        return 0.0 if not self.hops else self.cost.return_time(self.back, n_seqs)
+        if not self.hops:
+            return 0.0
+        t = self._back_memo.get(n_seqs)  # every decode step of a pipeline asks
+        if t is None:
+            t = self._back_memo[n_seqs] = self.cost.return_time(self.back, n_seqs)
+        return t

@@ -127,6 +127,9 @@ class FastSlotBatcher(SlotBatcher):
         same as _fast_schedule's); False, changing nothing, where blocks are short (the ordinary
         path then decides who is preempted)."""
         t = self.tick
+        grow = self._grow
+        if not grow or grow[0][0] > t:
+            return True  # nobody's context fills a block this step (the common case)
         due = self._due(t)
         if not due:
             return True
