@@ -407,7 +407,11 @@ class Instance:
             if reserve and steady and s.running and s.would_admit(s.token_budget - s.n_lazy, reserve):
                 return False
         horizon = self._horizon(self.model, now)
-        if horizon <= now or not self._schedule_ahead(k, now):
+        if horizon <= now:
+            return False
+        if self.n_active == 1 and len(self._plan) == 1:
+            return self._run_ahead_single(horizon)
+        if not self._schedule_ahead(k, now):
             return False
         heap = [(f[0], i) for i, f in enumerate(flight[: self.n_active]) if f is not None]
         heapify(heap)
@@ -430,6 +434,58 @@ class Instance:
                 flight[i] = (c, None, 0.0, 0.0)  # its process schedules at c, by the ordinary path
                 break
             heappush(heap, (flight[i][0], i))
+        return True
+
+    def _run_ahead_single(self, horizon: float) -> bool:
+        """_run_ahead for one stage and one slot (most baselines' instances), inline: the same
+        steps, sums and order as _schedule_ahead + _submit + FastSlotBatcher.postprocess (with no
+        hops the token return and comm are 0.0; _submit's compute is 0.0 + dt == dt)."""
+        s = self.slots[0]
+        n = s.n_lazy
+        if not n or n > s.token_budget:
+            return False
+        _, nl, hh, sd = self._plan[0]
+        layer_head = self.cost.layer_head
+        free, recent, sums, grow, fin = self._stage_free, self._recent[0], self._sums, s._grow, s._finish
+        stop = fin[0][0] if fin else 1 << 62  # the tick whose step finishes someone
+        t = self.env.now
+        taken = 0
+        while True:
+            # schedule at t: KV growth, then price and submit the step (slot loop, fast path)
+            if grow and grow[0][0] <= s.tick and not s.grow_lazy():
+                if not taken:
+                    return False
+                self._flight[0] = (t, None, 0.0, 0.0)  # KV short: the ordinary path schedules at t
+                break
+            kv = s.ctx_sum + n
+            w = BatchWork(n, n, kv, kv, n)
+            lt, head, oh = layer_head(w)
+            sums[0] += lt
+            sums[1] += head
+            sums[2] += 1
+            dt = (nl * lt + head + oh) * sd if hh else (nl * lt + oh) * sd
+            f = free[0]
+            b = t if t > f else f
+            end = b + dt
+            recent.append((b, end))
+            free[0] = end
+            s.fast_steps += 1
+            if end >= horizon or s.tick + 1 >= stop:
+                # in flight past the run's reach: the slot's process accounts it at `end`
+                s.preempted_last = s.admitted_last = 0
+                s._step_lazy = n
+                s._last_fast = True
+                self._flight[0] = (end, Batch([], w, True), dt, 0.0)
+                break
+            # completes at end: postprocess's counters for lazy requests (nobody finishes)
+            s.tick += 1
+            s.cum_compute += dt
+            s.sampled += n
+            s.ctx_sum += n
+            self.steps += 1
+            self.steps_ahead += 1
+            taken += 1
+            t = end
         return True
 
     def _schedule_ahead(self, i: int, t: float) -> bool:
