@@ -4,8 +4,8 @@ Each case runs in its own process (so its peak RSS is its own) through the same 
 `flexpipe-sim run` (simulate -> records -> metrics -> tables/summary written to a temp folder;
 plots off, a fixed cost of a few seconds unrelated to the simulated volume):
 
-  cv4-static     scenarios/paper/cv4.yaml, 2 h, static          target: < 30 s wall
-  cv4-flexpipe   scenarios/paper/cv4.yaml, 2 h, flexpipe        target: < 30 s wall
+  cv4-POLICY     scenarios/paper/cv4.yaml, 2 h, one of the six policies (static, serverlessllm,
+                 alpaserve, muxserve, tetris, flexpipe)          target: < 30 s wall
   azure-conv-1   one Llama-2-7B replica (1 A100, static) replaying the Azure LLM conversation
                  trace (19,366 requests, 1 h)                    target: >= 10 x Vidur's 441 req/s
   gpus-1000      500 servers / 1,000 GPUs, the paper's four-model mix at 250 req/s, 1 h, flexpipe
@@ -13,7 +13,7 @@ plots off, a fixed cost of a few seconds unrelated to the simulated volume):
 Every case: peak RSS < 2 GB. Vidur's 441 simulated requests per wall second is its rate on this
 replay measured on the project's 2-core build machine (issue 12).
 
-    python bench/sim_speed.py                      # all four cases, full size (~ minutes)
+    python bench/sim_speed.py                      # every case, full size (~10 minutes)
     python bench/sim_speed.py --scale 0.1          # every horizon x 0.1 (a quick look)
     python bench/sim_speed.py --cases azure-conv-1 --set sim.fast_forward=false
     python bench/sim_speed.py --json out.json      # machine-readable figures
@@ -41,10 +41,10 @@ GB = 1024 ** 3
 def case_overrides(name: str) -> tuple[str, list[str], dict]:
     """(scenario file, --set overrides, target) of one case."""
     paper = str(ROOT / "scenarios/paper/cv4.yaml")
-    if name == "cv4-static":
+    if name == "cv4-static":  # the scenario's own static parameters
         return paper, ["policy.name=static"], {"wall_s": 30.0}
-    if name == "cv4-flexpipe":
-        return paper, ["policy={name: flexpipe}"], {"wall_s": 30.0}
+    if name.removeprefix("cv4-") in POLICIES:  # the policy with its defaults
+        return paper, ["policy={name: %s}" % name.removeprefix("cv4-")], {"wall_s": 30.0}
     if name == "azure-conv-1":
         return str(ROOT / "bench/scenarios/azure_conv_single.yaml"), [], {"rps": 10 * VIDUR_RPS}
     if name == "gpus-1000":
@@ -52,7 +52,8 @@ def case_overrides(name: str) -> tuple[str, list[str], dict]:
     raise SystemExit(f"unknown case {name!r}")
 
 
-CASES = ["cv4-static", "cv4-flexpipe", "azure-conv-1", "gpus-1000"]
+POLICIES = ["static", "serverlessllm", "alpaserve", "muxserve", "tetris", "flexpipe"]
+CASES = [f"cv4-{p}" for p in POLICIES] + ["azure-conv-1", "gpus-1000"]
 
 
 def _run_case(name: str, scale: float, extra: list[str], q: mp.Queue) -> None:
@@ -108,13 +109,13 @@ def main() -> None:
         r = q.get()
         p.join()
         if "error" in r:
-            print(f"{name:13s} FAILED: {r['error']}", flush=True)
+            print(f"{name:18s} FAILED: {r['error']}", flush=True)
             rows.append(r)
             continue
         r["ratio"] = ratio(r)
         r["rss_ratio"] = 2.0 / r["peak_rss_gb"]
         rows.append(r)
-        print(f"{name:13s} {r['requests']:>9,} req  {r['simulated_s']:>7,.0f} sim-s  wall {r['wall_s']:7.1f} s  "
+        print(f"{name:18s} {r['requests']:>9,} req  {r['simulated_s']:>7,.0f} sim-s  wall {r['wall_s']:7.1f} s  "
               f"{r['rps']:>8,.0f} req/s  {r['sim_s_per_wall_s']:>7,.0f} sim-s/s  RSS {r['peak_rss_gb']:.2f} GB  "
               f"target ratio {r['ratio']:.2f}  RSS ratio {r['rss_ratio']:.2f}", flush=True)
     if args.json:

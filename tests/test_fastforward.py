@@ -83,6 +83,7 @@ def test_refactor_heavy():
                                            "cluster.tenant_scale": 0.0, "engine.fast_forward": ff == "true"}))
     sim, df, _ = _both(load, SplitThenMerge)
     assert len(sim.transitions.refactors) == 2
+    assert _ahead(sim) > 1000  # 2- and 4-stage pipelines ran steps ahead, slots interleaved
     spanning = df[(df.arrival_s < 20) & (df.finish_s > 40)]
     assert len(spanning) > 0  # requests decoded across both refactors
 

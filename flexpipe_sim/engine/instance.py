@@ -425,7 +425,13 @@ class Instance:
                     or (fin and fin[0][0] <= s.tick + 1)):
                 break  # its own process takes it: at/after the horizon, finishing, or not steady
             heappop(heap)
-            s.postprocess(batch, c, compute, comm)  # lazy requests only, nobody finishes: counters
+            # FastSlotBatcher.postprocess for a batch of lazy requests none of which finishes
+            n = s._step_lazy
+            s.tick += 1
+            s.cum_compute += compute
+            s.cum_comm += comm
+            s.sampled += n
+            s.ctx_sum += n
             self.steps += 1
             self.steps_ahead += 1
             if i != k:
@@ -494,7 +500,10 @@ class Instance:
         batch. False, changing nothing, where the ordinary path must decide (budget, KV short)."""
         s = self.slots[i]
         n = s.n_lazy
-        if not n or n > s.token_budget or not s.grow_lazy():
+        if not n or n > s.token_budget:
+            return False
+        grow = s._grow
+        if grow and grow[0][0] <= s.tick and not s.grow_lazy():
             return False
         s.preempted_last = s.admitted_last = 0
         s._step_lazy = n
