@@ -22,3 +22,17 @@ def test_sim_speed_bench_reports_ratios(tmp_path):
         assert abs(r["rps"] - r["requests"] / r["wall_s"]) < 1e-6 * r["rps"]
         assert r["ratio"] > 0 and r["rss_ratio"] > 0
     assert "target ratio" in p.stdout
+
+
+def test_pyspy_summary_counts_inclusive_and_self(tmp_path):
+    from importlib.util import module_from_spec, spec_from_file_location
+
+    spec = spec_from_file_location("pyspy_summary", ROOT / "bench/pyspy_summary.py")
+    mod = module_from_spec(spec)
+    spec.loader.exec_module(mod)
+    raw = tmp_path / "p.raw"
+    raw.write_text("main (a.py:1);f (a.py:5);g (a.py:9) 3\nmain (a.py:1);f (a.py:6) 1\n")
+    text = mod.summarise(raw, 5)
+    assert "4 samples" in text
+    assert " 100.0%  f (a.py)" in text  # f's two lines count together, on every stack
+    assert "  75.0%  g (a.py)" in text and "  25.0%  f (a.py)" in text.split("self")[1]
