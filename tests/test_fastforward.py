@@ -16,6 +16,8 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 import pytest
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
 
 from flexpipe_sim.engine.fastbatch import FastSlotBatcher
 from flexpipe_sim.engine.simulator import Simulation
@@ -97,3 +99,18 @@ def test_kv_pressure_preempts_out_of_fast_mode():
             "engine.gpu_memory_utilization": 0.2, "engine.fast_forward": ff == "true"}))
     _, df, _ = _both(load)
     assert df.preemptions.sum() > 0
+
+
+@settings(max_examples=6, deadline=None, derandomize=True, suppress_health_check=[HealthCheck.too_slow])
+@given(stages=st.integers(1, 4), rate=st.sampled_from([1.0, 3.0, 8.0]), cv=st.sampled_from([1.0, 4.0]),
+       tenants=st.sampled_from([0.0, 1.0]), seed=st.integers(0, 2**16), mem=st.sampled_from([0.9, 0.2]))
+def test_random_small_cases(stages, rate, cv, tenants, seed, mem):
+    """Fast-forward and run-ahead against step by step on random small cases: pipeline depth,
+    load, burstiness, tenants sharing SMs, and a small KV pool that forces preemptions."""
+    def load(ff):
+        changes = {"workload.arrivals.rate": rate, "workload.arrivals.cv": cv, "horizon_s": 25, "drain_s": 60,
+                   "cluster.tenant_scale": tenants, "seed": seed, "policy.params.stages": stages,
+                   "policy.params.replicas": 1, "engine.gpu_memory_utilization": mem,
+                   "engine.fast_forward": ff == "true"}
+        return parse_scenario(small_raw(**changes))
+    _both(load)
