@@ -23,7 +23,6 @@ Busy time: `busy_s` is the stage work itself (the step time without tenant inter
 from __future__ import annotations
 
 from collections import deque
-from heapq import heapify, heappop, heappush
 from dataclasses import dataclass
 from typing import Callable
 
@@ -36,6 +35,7 @@ from flexpipe_core.blocks import BlockCounter
 from flexpipe_core.batcher import Batch, KVSet, SlotBatcher
 from .fastbatch import FastSlotBatcher
 from .gputime import GpuTimeline
+from .runahead import RunAhead
 from flexpipe_core.request import Request
 
 
@@ -49,7 +49,7 @@ class StageInfo:
     weights: str | None = None  # ledger entry of shared weights this stage maps (Tetris), else its own copy
 
 
-class Instance:
+class Instance(RunAhead):
     def __init__(
         self,
         env: simpy.Environment,
@@ -371,150 +371,6 @@ class Instance:
             inter[k] += dt - own
             t = end + hops[k] if k < last else end
         return t, sum(st), sum(hops)
-
-    def _run_ahead(self, k: int) -> bool:
-        """Take the instance's steady decode steps, all slots interleaved, without an event each.
-
-        Called at slot k's turn to schedule (now). Where every running request decodes (lazy,
-        fastbatch.py), no slot would admit the queue's head (if any) and every stage is its GPU's
-        only one, a slot's step is the fast path's and depends only on this instance (an
-        admission that fails now fails until something finishes or arrives: loads, running counts
-        and the head stay, free KV only shrinks); nothing outside changes or reads the
-        instance before the backend's horizon (the next arrival of this model, controller or
-        monitor tick, end of run: routing reads outstanding work and capacity, which only arrivals
-        and finishes change, and finishes are never run ahead). So the slots' completions are
-        taken here in time order (the order their events would fire; one instance's completions
-        never tie, its last stage being FIFO): each completion before the horizon is accounted
-        (postprocess) and the slot's next step scheduled and submitted, exactly as the slot loop
-        would (same calls, same float sums in the same order). It stops at the first completion
-        at or after the horizon, one that finishes a request, or a schedule that needs the
-        ordinary path. Every slot's latest step is then in `_flight`; processes whose step was
-        taken wake at its old time and wait for the new one (`_moved`). Returns False, changing
-        nothing, where slot k's own step cannot be taken this way."""
-        now = self.env.now
-        slots, flight = self.slots, self._flight
-        if self.state != "ready" or self.refactoring or self._plan is None or not all(self._sole):
-            return False
-        reserve = self.kv.watermark + self._running_now() if self.waiting else 0
-        for i in range(self.n_active):
-            s = slots[i]
-            steady = s.fast and not s.explicit
-            if i == k and not steady:
-                return False
-            if i != k and flight[i] is None and (s.running or self._wake[i] is None):
-                return False  # a slot about to schedule at this same time: its turn comes first
-            # (a slot in flight with a step that is not steady stops the run where it completes)
-            if reserve and steady and s.running and s.would_admit(s.token_budget - s.n_lazy, reserve):
-                return False
-        horizon = self._horizon(self.model, now)
-        if horizon <= now:
-            return False
-        if self.n_active == 1 and len(self._plan) == 1:
-            return self._run_ahead_single(horizon)
-        if not self._schedule_ahead(k, now):
-            return False
-        heap = [(f[0], i) for i, f in enumerate(flight[: self.n_active]) if f is not None]
-        heapify(heap)
-        moved = self._moved
-        while heap:
-            c, i = heap[0]
-            s = slots[i]
-            _, batch, compute, comm = flight[i]
-            fin = s._finish
-            if (c >= horizon or batch is None or batch.items or not s._last_fast or not s.fast
-                    or (fin and fin[0][0] <= s.tick + 1)):
-                break  # its own process takes it: at/after the horizon, finishing, or not steady
-            heappop(heap)
-            # FastSlotBatcher.postprocess for a batch of lazy requests none of which finishes
-            n = s._step_lazy
-            s.tick += 1
-            s.cum_compute += compute
-            s.cum_comm += comm
-            s.sampled += n
-            s.ctx_sum += n
-            self.steps += 1
-            self.steps_ahead += 1
-            if i != k:
-                moved[i] = True
-            if not self._schedule_ahead(i, c):
-                flight[i] = (c, None, 0.0, 0.0)  # its process schedules at c, by the ordinary path
-                break
-            heappush(heap, (flight[i][0], i))
-        return True
-
-    def _run_ahead_single(self, horizon: float) -> bool:
-        """_run_ahead for one stage and one slot (most baselines' instances), inline: the same
-        steps, sums and order as _schedule_ahead + _submit + FastSlotBatcher.postprocess (with no
-        hops the token return and comm are 0.0; _submit's compute is 0.0 + dt == dt)."""
-        s = self.slots[0]
-        n = s.n_lazy
-        if not n or n > s.token_budget:
-            return False
-        _, nl, hh, sd = self._plan[0]
-        layer_head = self.cost.layer_head
-        free, recent, sums, grow, fin = self._stage_free, self._recent[0], self._sums, s._grow, s._finish
-        stop = fin[0][0] if fin else 1 << 62  # the tick whose step finishes someone
-        t = self.env.now
-        taken = 0
-        while True:
-            # schedule at t: KV growth, then price and submit the step (slot loop, fast path)
-            if grow and grow[0][0] <= s.tick and not s.grow_lazy():
-                if not taken:
-                    return False
-                self._flight[0] = (t, None, 0.0, 0.0)  # KV short: the ordinary path schedules at t
-                break
-            kv = s.ctx_sum + n
-            w = BatchWork(n, n, kv, kv, n)
-            lt, head, oh = layer_head(w)
-            sums[0] += lt
-            sums[1] += head
-            sums[2] += 1
-            dt = (nl * lt + head + oh) * sd if hh else (nl * lt + oh) * sd
-            f = free[0]
-            b = t if t > f else f
-            end = b + dt
-            recent.append((b, end))
-            free[0] = end
-            s.fast_steps += 1
-            if end >= horizon or s.tick + 1 >= stop:
-                # in flight past the run's reach: the slot's process accounts it at `end`
-                s.preempted_last = s.admitted_last = 0
-                s._step_lazy = n
-                s._last_fast = True
-                self._flight[0] = (end, Batch([], w, True), dt, 0.0)
-                break
-            # completes at end: postprocess's counters for lazy requests (nobody finishes)
-            s.tick += 1
-            s.cum_compute += dt
-            s.sampled += n
-            s.ctx_sum += n
-            self.steps += 1
-            self.steps_ahead += 1
-            taken += 1
-            t = end
-        return True
-
-    def _schedule_ahead(self, i: int, t: float) -> bool:
-        """Slot i's schedule and submission at time t when all its requests are lazy and none
-        waits: FastSlotBatcher.schedule's fast path and the slot loop's submission, for a steady
-        batch. False, changing nothing, where the ordinary path must decide (budget, KV short)."""
-        s = self.slots[i]
-        n = s.n_lazy
-        if not n or n > s.token_budget:
-            return False
-        grow = s._grow
-        if grow and grow[0][0] <= s.tick and not s.grow_lazy():
-            return False
-        s.preempted_last = s.admitted_last = 0
-        s._step_lazy = n
-        s._last_fast = True
-        s.fast_steps += 1
-        kv = s.ctx_sum + n
-        batch = Batch([], BatchWork(n, n, kv, kv, n), True)
-        back = self.cost.return_time(n)
-        done, compute, comm = self._submit(t + back, batch)
-        self._flight[i] = (done, batch, compute, comm + back)
-        return True
 
     def _slot_loop(self, k: int):
         env = self.env
