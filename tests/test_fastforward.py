@@ -114,3 +114,39 @@ def test_random_small_cases(stages, rate, cv, tenants, seed, mem):
                    "engine.fast_forward": ff == "true"}
         return parse_scenario(small_raw(**changes))
     _both(load)
+
+
+class JoinLater:
+    """Llama-2-7B alone on GPU 0 from t=0; Llama-2-13B launched onto the same GPU at t=5, so its
+    stage joins GPU 0 when its weights arrive: at a time no controller tick or arrival marks."""
+
+    name = "test"
+
+    def __init__(self) -> None:
+        self.done: set[str] = set()
+
+    def decide(self, view):
+        from flexpipe_core.policyapi import Launch, StagePlan
+
+        acts = []
+        if "a" not in self.done:
+            self.done.add("a")
+            acts.append(Launch("llama2-7b", (StagePlan(0, 32, 0),), kv_tokens=30_000))
+        if view.now >= 5 and "b" not in self.done:
+            self.done.add("b")
+            acts.append(Launch("llama2-13b", (StagePlan(0, 40, 0),), kv_tokens=20_000))
+        return acts
+
+
+def test_stage_joining_a_gpu_while_its_only_stage_runs_ahead():
+    def load(ff):
+        return parse_scenario(small_raw(**{
+            "models": [{"name": "llama2-7b", "share": 3, "slo": {"ttft_s": 2.0, "tpot_s": 0.1}},
+                       {"name": "llama2-13b", "share": 1, "slo": {"ttft_s": 2.0, "tpot_s": 0.2}}],
+            "workload.arrivals.rate": 1.0, "horizon_s": 60, "cluster.tenant_scale": 0.0, "seed": 1,
+            "engine.fast_forward": ff == "true"}))
+    sim, df, _ = _both(load, JoinLater)
+    launches = {x["model"]: x for x in sim.transitions.launches}
+    assert launches["llama2-13b"]["gpus"] == launches["llama2-7b"]["gpus"] == "0"
+    assert _ahead(sim) > 100
+    # before the fix, 7B ran ahead through the 13B's load and its steps missed the 13B's bookings

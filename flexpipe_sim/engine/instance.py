@@ -65,7 +65,7 @@ class Instance(RunAhead):
         on_finish: Callable[[Request], None],
         gpu_time: GpuTimeline | None = None,
         fast_forward: bool = False,
-        horizon: Callable[[str, float], float] | None = None,
+        horizon: Callable[["Instance", float], float] | None = None,
     ) -> None:
         self.env = env
         self.id = instance_id
@@ -77,7 +77,7 @@ class Instance(RunAhead):
         self._fast = fast_forward
         self._batcher = FastSlotBatcher if fast_forward else SlotBatcher
         # run-ahead (one event for many steady decode steps, `_run_ahead`): needs fast-forward and
-        # the backend's horizon: (model, now) -> the earliest time anything else may touch us
+        # the backend's horizon: (instance, now) -> the earliest time anything else may touch us
         self._horizon = horizon if fast_forward else None
         self.steps_ahead = 0  # statistics: steps taken inside run-ahead windows
         managers = [BlockCounter(s.kv_blocks, block_size) for s in stages]

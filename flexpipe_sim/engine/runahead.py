@@ -1,7 +1,8 @@
 """Run-ahead: an instance takes its steady decode steps without an event each (Instance's mixin).
 
 Between the backend's events that can touch or read an instance (an arrival of its model, a
-controller or monitor tick, the end of the run: `Simulation._horizon`), nothing else changes it.
+controller or monitor tick, the end of the run; none while a stage is on its way to one of its
+GPUs: `Simulation._horizon`), nothing else changes it.
 Where every running request decodes (lazy, fastbatch.py), no slot would admit the queue's head and
 every stage is alone on its GPU, the instance's future up to that horizon follows from its own
 state: the slots' completions are taken here in time order, each accounted and the slot's next
@@ -55,7 +56,7 @@ class RunAhead:
             # (a slot in flight with a step that is not steady stops the run where it completes)
             if reserve and steady and s.running and s.would_admit(s.token_budget - s.n_lazy, reserve):
                 return False
-        horizon = self._horizon(self.model, now)
+        horizon = self._horizon(self, now)
         if horizon <= now:
             return False
         if self.n_active == 1 and len(self._plan) == 1:

@@ -157,12 +157,18 @@ class Simulation:
         self._count_done()
 
     # --- processes ---------------------------------------------------------------------------
-    def _horizon(self, model: str, now: float) -> float:
-        """The earliest time at or after `now` when anything outside an instance of `model` may
-        touch or read it: an arrival of that model (routing), a controller or monitor tick, the
-        end of the run. Instances run steady steps ahead up to it (Instance._run_ahead)."""
+    def _horizon(self, inst, now: float) -> float:
+        """The earliest time at or after `now` when anything outside `inst` may touch or read it:
+        an arrival of its model (routing), a controller or monitor tick, the end of the run; now
+        while a stage is loading onto one of its GPUs (it joins that GPU's timeline when ready, at
+        a time nothing marks in advance). Instances run steady steps ahead up to it
+        (engine/runahead.py)."""
+        model = inst.model
         if self.transitions.watch_switches or self.gateway.queues[model]:
             return now  # token watches poll instances every 0.5 ms; a queue goes out when one is ready
+        joining = self.transitions.joining
+        if any(joining[s.gpu] for s in inst.stages):
+            return now
         arr = self._arrivals_of[model]
         i = bisect_left(arr, now)
         h = arr[i] if i < len(arr) else self._limit

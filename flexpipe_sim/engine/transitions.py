@@ -10,6 +10,7 @@ of the first control step are ready at t=0 (always-on capacity exists before the
 from __future__ import annotations
 
 import itertools
+from collections import Counter
 from dataclasses import dataclass, field
 from typing import Callable
 
@@ -43,7 +44,8 @@ class Transitions:
     prewarm: bool
     load_rates: LoadRates = field(default_factory=LoadRates)
     fast_forward: bool = False  # steady decode steps in O(what changed) (engine/fastbatch.py)
-    horizon: Callable[[str, float], float] | None = None  # run-ahead bound (Instance._run_ahead), from the backend
+    horizon: Callable[[Instance, float], float] | None = None  # run-ahead bound (engine/runahead.py), from the backend
+    joining: Counter[int] = field(default_factory=Counter)  # GPU -> stages loading onto it (launches, refactors)
     watch_switches: bool = False  # record token times around refactors (heterosim; turns run-ahead off)
     instances: dict[int, Instance] = field(default_factory=dict)
     launches: list[dict] = field(default_factory=list)
@@ -190,6 +192,7 @@ class Transitions:
             fast_forward=self.fast_forward, horizon=self.horizon,
         )
         self.instances[iid] = inst
+        self.joining.update(s.gpu for s in infos)  # until they start: no run-ahead on these GPUs
         self.env.process(self._load(inst, spec))
         return inst
 
@@ -248,6 +251,7 @@ class Transitions:
              "gpus": " ".join(str(s.gpu) for s in inst.stages), "kv_tokens": inst.kv.capacity_tokens}
         )
         inst.start()
+        self.joining.subtract(s.gpu for s in inst.stages)
         self.gateway.add(inst)
 
     def free_stage(self, model: str, iid: int, stage: StageInfo) -> None:
@@ -282,6 +286,7 @@ class Transitions:
             self._reject(a, infos)
             return
         inst.refactoring = True
+        self.joining.update(s.gpu for s in infos)  # refactor_process subtracts them at the switch
         self.env.process(refactor_process(self, inst, infos))
 
     def retire(self, iid: int) -> None:
