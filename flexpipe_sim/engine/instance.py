@@ -8,13 +8,16 @@ Stages are FIFO servers in tandem and micro-batches enter stage 0 in the order t
 so each stage's start time is max(arrival at the stage, GPU free): the tandem-queue recursion
 gives exact stage timings at submission, and a micro-batch step costs one SimPy event instead of
 2S (this is what makes 100k-request runs fast; `tests/test_engine.py` checks it against sums of
-stage and hop times and against the slowest-stage throughput bound).
+stage and hop times and against the slowest-stage throughput bound). Steady decode steps take no
+event at all where nothing else can touch the instance meanwhile (engine/runahead.py).
 
 "GPU free" comes from a timeline shared by every stage on that GPU (`GpuTimeline`, owned by the
 backend): stages of different instances co-located on one GPU (MuxServe, Tetris, or FlexPipe using
 leftover memory) book it at submission, each step into the earliest idle gap long enough for it
 (engine/gputime.py), so one instance's gaps (hops, bubbles) serve the others. Each stage stays
 FIFO for its own instance, so an instance alone on its GPUs gets exactly the tandem-queue timings.
+A stage alone on its GPU books nothing there (the same start; it hands its running steps over when
+another stage joins).
 
 Busy time: `busy_s` is the stage work itself (the step time without tenant interference),
 `interference_s` the extra time the GPU took because tenants time-slice its SMs (costmodel.slowdown).

@@ -92,7 +92,7 @@ class Simulation:
         self._model_views_static = self._static_model_facts()
         self.gateway.typical_prompt = {m: f[1] for m, f in self._model_views_static.items() if f[1] > 0}
         self._recent: dict[str, deque[float]] = {m: deque() for m in self.specs}
-        # run-ahead horizon (Instance._run_ahead): each model's arrival times, the next ticks, the end
+        # run-ahead horizon (engine/runahead.py): each model's arrival times, the next ticks, the end
         w = self.workload
         self._arrivals_of = {name: w.arrival_s[w.model_idx == i].tolist() for i, name in enumerate(w.model_names)}
         self._next_control = self._next_sample = 0.0
