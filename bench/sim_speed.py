@@ -15,7 +15,7 @@ replay measured on the project's 2-core build machine (issue 12).
 
     python bench/sim_speed.py                      # every case, full size (~10 minutes)
     python bench/sim_speed.py --scale 0.1          # every horizon x 0.1 (a quick look)
-    python bench/sim_speed.py --cases azure-conv-1 --set sim.fast_forward=false
+    python bench/sim_speed.py --cases azure-conv-1 --set engine.fast_forward=false
     python bench/sim_speed.py --json out.json      # machine-readable figures
 
 A ratio >= 1 meets the target. Wall includes building the cluster and workload, simulating, and
