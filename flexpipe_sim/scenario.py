@@ -303,7 +303,8 @@ class EngineConfig(_Strict):
                                   "(the paper measures CV in 15 s windows, Fig. 9)")
     prewarm: bool = Field(True, description="instances launched at t=0 are already loaded (always-on capacity)")
     fast_forward: bool = Field(True, description="advance steady decode steps in O(what changed) "
-                               "(engine/fastbatch.py); false: every request touched every step (same records)")
+                               "(engine/fastbatch.py) and run them ahead without an event each "
+                               "(engine/runahead.py); false: every request touched every step (same records)")
 
 
 class CostConfig(_Strict):
