@@ -16,6 +16,8 @@ class SplitThenMerge:
     """Launch 2 stages at t=0, split to 4 at t=20, merge back to 2 at t=40 (on other GPUs)."""
 
     name = "test"
+    depth = 2  # at launch
+    changes = ((20.0, 4), (40.0, 2))  # (time, depth) of each refactor
 
     def __init__(self) -> None:
         self.done: set[str] = set()
@@ -24,11 +26,11 @@ class SplitThenMerge:
         spec = view.models["llama2-7b"].spec
         if "launch" not in self.done:
             self.done.add("launch")
-            return [place_pipeline(view, "llama2-7b", spec.even_split(2), set())]
+            return [place_pipeline(view, "llama2-7b", spec.even_split(self.depth), set())]
         inst = next((i for i in view.instances if i.state == "ready"), None)
         if inst is None:
             return []
-        for when, depth in ((20.0, 4), (40.0, 2)):
+        for when, depth in self.changes:
             if view.now >= when and when not in self.done and len(inst.gpus) != depth:
                 self.done.add(when)
                 free = [g.id for g in view.gpus if "llama2-7b" not in g.models][:depth]
@@ -64,21 +66,8 @@ def test_split_and_merge_while_serving():
 class MergeThenSplit(SplitThenMerge):
     """Launch 4 stages at t=0, merge to 2 at t=20, split back to 4 at t=40 (on other GPUs)."""
 
-    def decide(self, view: ClusterView):
-        spec = view.models["llama2-7b"].spec
-        if "launch" not in self.done:
-            self.done.add("launch")
-            return [place_pipeline(view, "llama2-7b", spec.even_split(4), set())]
-        inst = next((i for i in view.instances if i.state == "ready"), None)
-        if inst is None:
-            return []
-        for when, depth in ((20.0, 2), (40.0, 4)):
-            if view.now >= when and when not in self.done and len(inst.gpus) != depth:
-                self.done.add(when)
-                free = [g.id for g in view.gpus if "llama2-7b" not in g.models][:depth]
-                plan = tuple(StagePlan(a, b, g) for (a, b), g in zip(spec.even_split(depth), free))
-                return [Refactor(inst.id, plan)]
-        return []
+    depth = 4
+    changes = ((20.0, 2), (40.0, 4))
 
 
 def test_slots_a_merge_retired_serve_again_after_a_split():

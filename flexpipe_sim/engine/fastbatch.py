@@ -69,9 +69,13 @@ class FastSlotBatcher(SlotBatcher):
         heappush(self._finish, (t + r.output_tokens - r.generated, r.id, r))
         heappush(self._grow, (t + r.kv_tokens - c, r.id, r))
 
-    def _add_block(self, due: list[tuple[int, int, Request]]) -> None:
+    def _add_block(self, due: list[tuple[int, int, Request]], t: int) -> None:
         """One more KV block on every stage for each due lazy request (its context just filled its
-        last block; the caller checked there are enough): KVSet.try_grow's effect, counted in bulk."""
+        last block; the caller checked there are enough): KVSet.try_grow's effect, counted in bulk.
+        Each is due again a block's worth of ticks after t."""
+        bs = self.kv.block_size
+        for e in due:
+            heappush(self._grow, (t + bs, e[2].id, e[2]))
         managers = self.kv.managers
         if not all(isinstance(m, BlockCounter) for m in managers):
             for _, _, r in due:
@@ -85,9 +89,18 @@ class FastSlotBatcher(SlotBatcher):
                 held[rid] += 1
             m.num_free -= k
             m.allocated_total += k
-        bs = self.kv.block_size
         for _, _, r in due:
             r.kv_tokens += bs
+
+    def step_lazy(self, compute_s: float, comm_s: float) -> None:
+        """The step in flight completed: every lazy request in it computed one token (counters only;
+        postprocess, and engine/runahead.py where nobody finishes)."""
+        self.tick += 1
+        self.cum_compute += compute_s
+        self.cum_comm += comm_s
+        n = self._step_lazy
+        self.sampled += n
+        self.ctx_sum += n
 
     def materialize(self) -> None:
         """Bring every running request's fields up to date and leave fast mode."""
@@ -138,10 +151,7 @@ class FastSlotBatcher(SlotBatcher):
             for e in due:
                 heappush(self._grow, e)
             return False
-        self._add_block(due)
-        bs = self.kv.block_size
-        for e in due:
-            heappush(self._grow, (t + bs, e[2].id, e[2]))
+        self._add_block(due, t)
         return True
 
     # --- the batcher's interface -------------------------------------------------------------
@@ -185,9 +195,7 @@ class FastSlotBatcher(SlotBatcher):
                 heappush(grow, e)
             return _ORDINARY
         if due:
-            self._add_block(due)
-            for e in due:
-                heappush(grow, (t + bs, e[2].id, e[2]))
+            self._add_block(due, t)
         items: list[tuple[Request, int]] = []
         n_tokens = n_lazy
         attn = kv_read = (self.ctx_sum + n_lazy) if n_lazy else 0
@@ -234,13 +242,8 @@ class FastSlotBatcher(SlotBatcher):
             # computed one token each, the explicit ones what the batch says.
             lazy = [(r, 1) for r in self.running if r.ff_tick >= 0]
             return super().postprocess(Batch(lazy + batch.items, batch.work, True), now, compute_s, comm_s)
-        self.tick += 1
+        self.step_lazy(compute_s, comm_s)
         t = self.tick
-        self.cum_compute += compute_s
-        self.cum_comm += comm_s
-        n = self._step_lazy
-        self.sampled += n
-        self.ctx_sum += n
         finished: list[Request] = []
         fin = self._finish
         while fin and fin[0][0] <= t:

@@ -75,13 +75,7 @@ class RunAhead:
                     or (fin and fin[0][0] <= s.tick + 1)):
                 break  # its own process takes it: at/after the horizon, finishing, or not steady
             heappop(heap)
-            # FastSlotBatcher.postprocess for a batch of lazy requests none of which finishes
-            n = s._step_lazy
-            s.tick += 1
-            s.cum_compute += compute
-            s.cum_comm += comm
-            s.sampled += n
-            s.ctx_sum += n
+            s.step_lazy(compute, comm)  # postprocess for lazy requests none of which finishes
             self.steps += 1
             self.steps_ahead += 1
             if i != k:
@@ -134,10 +128,8 @@ class RunAhead:
                 self._flight[0] = (end, Batch([], w, True), dt, 0.0)
                 break
             # completes at end: postprocess's counters for lazy requests (nobody finishes)
-            s.tick += 1
-            s.cum_compute += dt
-            s.sampled += n
-            s.ctx_sum += n
+            s._step_lazy = n
+            s.step_lazy(dt, 0.0)
             self.steps += 1
             self.steps_ahead += 1
             taken += 1
