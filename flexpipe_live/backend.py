@@ -21,6 +21,7 @@ from flexpipe_kernel.model import build_model
 from flexpipe_kernel.transfer import HostWeightCache
 from flexpipe_sim.costmodel import StageShape
 from flexpipe_sim.engine.simulator import RawResults, Simulation
+from flexpipe_sim.records import RequestRecords
 from flexpipe_sim.scenario import Scenario
 
 from .devices import LiveError
@@ -303,7 +304,7 @@ class LiveBackend(PipelineActions):
                  f"KV per stage capped at {self.kv_tokens:,} tokens"] + list(getattr(self.policy, "notes", []))
         notes += [f"instance {f['instance']} failed at t={f['time_s']:.2f} s ({f['error']}); {f['requeued']} request(s) "
                   "re-queued" for f in self.failures]
-        return RawResults(sc, self.requests, self.samples, self.launches, self.rejected, notes,
+        return RawResults(sc, RequestRecords.from_requests(self.requests), self.samples, self.launches, self.rejected, notes,
                           max(end_s, sc.horizon_s) if not interrupted else end_s, end_s, self.sim.cluster,
                           self.decide_wall_s, {n: f"live kernel ({self.devices[0]})" for n in self.args},
                           self.refactors, interrupted, list(w.warnings))

@@ -12,6 +12,7 @@ phase-aware policy reads).
 from __future__ import annotations
 
 import math
+from collections import deque
 from dataclasses import dataclass, field, replace
 from typing import TYPE_CHECKING
 
@@ -125,6 +126,12 @@ class HeteroSimulation(Simulation):
         if cost_models is None and sc.cost.by_gpu:
             self.costs = self._by_gpu_costs()
             self.transitions.costs = self.costs
+        # per model, (arrival, finish, output tokens) of requests that finished lately (_recent_shape)
+        self._finished_lately: dict[str, deque[tuple[float, float, int]]] = {m: deque() for m in self.specs}
+
+    def _finish(self, r) -> None:
+        self._finished_lately[r.model].append((r.arrival_s, r.finish_s, r.output_tokens))
+        super()._finish(r)
 
     def _by_gpu_costs(self) -> dict[str, CostModel]:
         from .profiles import ProfileError, load_profile
@@ -170,15 +177,15 @@ class HeteroSimulation(Simulation):
         """Mean prompt of the requests that arrived in the stats window, and mean output of those that
         finished in it (output lengths are known only once a request ends). NaN where none."""
         now, win = self.env.now, self.sc.engine.stats_window_s
-        prompts, outputs = [], []
-        for r in reversed(self.requests):  # released in arrival order
-            if r.arrival_s < now - 20 * win:
-                break
-            if r.model != model:
-                continue
-            if r.arrival_s >= now - win:
-                prompts.append(r.prompt_tokens)
-            if r.is_finished and r.finish_s >= now - win:
-                outputs.append(r.output_tokens)
-        mean = lambda xs: float(np.mean(xs)) if xs else math.nan  # noqa: E731
+        w = self.workload
+        # released requests (ids < n_released, in arrival order) that arrived in the window
+        lo = int(np.searchsorted(w.arrival_s, now - win, side="left"))
+        ids = np.arange(lo, self.n_released)
+        prompts = w.prompt_tokens[ids[w.model_idx[ids] == w.model_names.index(model)]]
+        done = self._finished_lately[model]
+        while done and done[0][1] < now - win:  # finish times arrive in order; the window only moves on
+            done.popleft()
+        # arrivals older than 20 windows are not looked at (a bound kept from the first version)
+        outputs = [o for a, _, o in done if a >= now - 20 * win]
+        mean = lambda xs: float(np.mean(xs)) if len(xs) else math.nan  # noqa: E731
         return mean(prompts), mean(outputs)

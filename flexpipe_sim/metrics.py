@@ -43,25 +43,7 @@ UNSERVED_BELOW = 0.10
 
 def requests_frame(raw: RawResults) -> pd.DataFrame:
     """One row per request, the schema shared by the simulator and the live backend."""
-    rs = raw.requests
-    df = pd.DataFrame(
-        {
-            "id": np.fromiter((r.id for r in rs), np.int64, len(rs)),
-            "model": [r.model for r in rs],
-            "arrival_s": np.fromiter((r.arrival_s for r in rs), float, len(rs)),
-            "admitted_s": np.fromiter((r.admitted_s for r in rs), float, len(rs)),
-            "first_token_s": np.fromiter((r.first_token_s for r in rs), float, len(rs)),
-            "finish_s": np.fromiter((r.finish_s for r in rs), float, len(rs)),
-            "prompt_tokens": np.fromiter((r.prompt_tokens for r in rs), np.int64, len(rs)),
-            "output_tokens": np.fromiter((r.output_tokens for r in rs), np.int64, len(rs)),
-            "generated_tokens": np.fromiter((r.generated for r in rs), np.int64, len(rs)),
-            "instance": np.fromiter((r.instance_id for r in rs), np.int64, len(rs)),
-            "preemptions": np.fromiter((r.preemptions for r in rs), np.int64, len(rs)),
-            "compute_s": np.fromiter((r.compute_s for r in rs), float, len(rs)),
-            "comm_s": np.fromiter((r.comm_s for r in rs), float, len(rs)),
-            "drop_reason": [r.drop_reason for r in rs],
-        }
-    ).sort_values("id", kind="stable", ignore_index=True)
+    df = raw.requests.frame().sort_values("id", kind="stable", ignore_index=True)
     df = df[df.arrival_s >= raw.scenario.warmup_s].reset_index(drop=True)  # warm-up is not measured
     slo = {m.name: (m.slo.ttft_s, m.slo.tpot_s) for m in raw.scenario.models}
     df["ttft_s"] = df.first_token_s - df.arrival_s

@@ -27,6 +27,7 @@ from ..scenario import Scenario, ScenarioError
 from ..workload import Workload, build_workload
 from .gateway import Gateway
 from flexpipe_core.request import Request
+from ..records import RequestRecords
 from .transitions import Transitions
 
 SLOPE_Z = 3.0  # constant: a 3-sigma difference between the stats window's halves counts as a trend
@@ -37,7 +38,7 @@ ProgressFn = Callable[[float, int], None]  # (simulated seconds, requests done)
 @dataclass
 class RawResults:
     scenario: Scenario
-    requests: list[Request]
+    requests: RequestRecords  # one record per request of the workload (records.py)
     samples: dict[str, list[float]]
     launches: list[dict]
     rejected: list[dict]
@@ -53,7 +54,8 @@ class RawResults:
 
 
 class Simulation:
-    def __init__(self, sc: Scenario, cost_models: dict[str, CostModel] | None = None) -> None:
+    def __init__(self, sc: Scenario, cost_models: dict[str, CostModel] | None = None,
+                 records: RequestRecords | None = None) -> None:
         self.sc = sc
         seeds = np.random.SeedSequence(sc.seed).spawn(3)
         rng_cluster, rng_workload, _rng_policy = (np.random.default_rng(s) for s in seeds)
@@ -69,7 +71,11 @@ class Simulation:
         self._check_fits()
         self.costs = cost_models or self._cost_models()
         self.env = simpy.Environment()
-        self.requests: list[Request] = []
+        # A request is a Python object only while in flight (`_live`, by id); when it ends its fields
+        # go to `records` (numpy chunks streamed to Parquet) and nothing here keeps it.
+        self.records = records if records is not None else RequestRecords()
+        self._live: dict[int, Request] = {}
+        self.n_released = 0
         self.n_done = 0
         self.all_done = self.env.event()
         self.gateway = Gateway(list(self.specs), self._drop)
@@ -150,10 +156,14 @@ class Simulation:
             self.all_done.succeed()
 
     def _finish(self, r: Request) -> None:
+        del self._live[r.id]
+        self.records.add(r)
         self._count_done()
 
     def _drop(self, r: Request, reason: str) -> None:
         r.drop_reason = reason
+        del self._live[r.id]
+        self.records.add(r)
         self._count_done()
 
     # --- processes ---------------------------------------------------------------------------
@@ -182,7 +192,8 @@ class Simulation:
             if t > env.now:
                 yield env.timeout(t - env.now)
             r = Request(i, names[w.model_idx[i]], t, int(w.prompt_tokens[i]), int(w.output_tokens[i]))
-            self.requests.append(r)
+            self._live[i] = r
+            self.n_released = i + 1
             self._recent[r.model].append(t)
             self.gateway.arrive(r)
 
@@ -320,28 +331,30 @@ class Simulation:
         except KeyboardInterrupt:  # Ctrl-C (raised at a clean point by runner.sigint_at_progress): keep what ran
             interrupted = True
         end_s = env.now if interrupted else max(env.now, self.sc.horizon_s)
-        for r in self.requests:
-            if not r.is_done:
-                r.drop_reason = "interrupted (run stopped early)" if interrupted else "unfinished at end of drain"
+        for r in self._live.values():
+            r.drop_reason = "interrupted (run stopped early)" if interrupted else "unfinished at end of drain"
         for inst in self.transitions.instances.values():
-            inst.abort_all()  # the run is over: in-flight requests give their KV back
+            inst.abort_all()  # the run is over: in-flight requests give their KV back (and their fields settle)
+        for i in sorted(self._live):
+            self.records.add(self._live[i])
+        self._live.clear()
         # Requests the feeder never released (only if the run stopped early) are accounted too.
-        for i in range(len(self.requests), len(self.workload)):
-            w = self.workload
-            r = Request(i, w.model_names[w.model_idx[i]], float(w.arrival_s[i]), int(w.prompt_tokens[i]),
-                        int(w.output_tokens[i]), drop_reason="never released (run stopped)")
-            self.requests.append(r)
+        w = self.workload
+        for i in range(self.n_released, len(w)):
+            self.records.add(Request(i, w.model_names[w.model_idx[i]], float(w.arrival_s[i]), int(w.prompt_tokens[i]),
+                                     int(w.output_tokens[i]), drop_reason="never released (run stopped)"))
+        assert len(self.records) == len(w), f"{len(self.records)} records for {len(w)} requests"
         for g in self.cluster.gpus:
             assert g.used_bytes <= g.capacity_bytes, f"GPU {g.id} over-committed"
         if progress and not interrupted:
-            progress(end_s, len(self.requests))
+            progress(end_s, len(self.records))
         notes = list(getattr(self.policy, "notes", []))
         for name, cost in self.costs.items():
             prof = getattr(cost, "profile", None)
             if prof is not None and prof.extrapolations:
                 notes.append(f"{name}: {prof.extrapolations:,} stage-time lookups fell outside {prof.name}'s grid "
                              "(fitted roofline used)")
-        return RawResults(self.sc, self.requests, self.samples, self.transitions.launches,
+        return RawResults(self.sc, self.records, self.samples, self.transitions.launches,
                           self.transitions.rejected, notes, end_s, time.perf_counter() - t0, self.cluster,
                           self.decide_wall_s, {n: c.describe() for n, c in self.costs.items()},
                           self.transitions.refactors, interrupted, list(self.workload.warnings))
