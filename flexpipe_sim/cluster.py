@@ -81,6 +81,7 @@ class HostCache:
     def __init__(self, capacity_bytes: int) -> None:
         self.capacity_bytes = capacity_bytes
         self._entries: OrderedDict[tuple[str, int, int], int] = OrderedDict()
+        self._keys: frozenset[tuple[str, int, int]] | None = None  # keys(), until an entry comes or goes
 
     @property
     def used_bytes(self) -> int:
@@ -90,7 +91,9 @@ class HostCache:
         return key in self._entries
 
     def keys(self) -> frozenset[tuple[str, int, int]]:
-        return frozenset(self._entries)
+        if self._keys is None:  # the policy's view asks every control step, for every server
+            self._keys = frozenset(self._entries)
+        return self._keys
 
     def touch(self, key: tuple[str, int, int], nbytes: int) -> None:
         """Record a use; insert if absent, evicting least recently used entries to make room."""
@@ -102,6 +105,7 @@ class HostCache:
         while self.used_bytes + nbytes > self.capacity_bytes:
             self._entries.popitem(last=False)
         self._entries[key] = nbytes
+        self._keys = None
 
 
 @dataclass

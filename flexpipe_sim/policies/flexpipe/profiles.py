@@ -83,7 +83,15 @@ class ModelProfile:
     def capacity(self, depth: int, kv_tokens: int | None = None) -> float:
         """Eq. 5 capacity of a replica of `depth` stages (a depth not among the candidates: the nearest
         one). `kv_tokens`: what its stages actually hold, where placement found less than the sized
-        KV on fragments: the batch is then what fits, and so is the capacity."""
+        KV on fragments: the batch is then what fits, and so is the capacity. Memoised: asked for
+        every pipeline every control step, and a function of (depth, kv_tokens) alone."""
+        memo = self.__dict__.setdefault("_capacity_memo", {})
+        c = memo.get((depth, kv_tokens))
+        if c is None:
+            c = memo[(depth, kv_tokens)] = self._capacity(depth, kv_tokens)
+        return c
+
+    def _capacity(self, depth: int, kv_tokens: int | None) -> float:
         if depth in self.mu and kv_tokens is not None:
             shapes, hop, batch = self._sized[depth]
             fit = int(kv_tokens // (depth * self._length))
