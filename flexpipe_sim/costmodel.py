@@ -192,6 +192,7 @@ class PipelineCost:
         self._any_head = any(s.has_head for s in stages)
         self._head_memo: dict[int, float] = {}
         self._back_memo: dict[int, float] = {}
+        self._decode_memo: dict[int, tuple[float, list[float], float]] = {}
         self._overhead = cost.step_overhead_s  # fixed once the cost model is built
 
     @property
@@ -240,6 +241,15 @@ class PipelineCost:
         t = self._hop_memo.get(n_tokens)  # every step asks; a run sees a few thousand sizes
         if t is None:
             t = self._hop_memo[n_tokens] = [self.cost.hop_time(h, n_tokens) for h in self.hops] + [0.0]
+        return t
+
+    def decode_hops(self, n: int) -> tuple[float, list[float], float]:
+        """(return_time(n), hop_times(n), sum(hop_times(n))) of a decode step of n sequences
+        (n tokens), memoised: run-ahead (engine/runahead.py) asks on every step it takes."""
+        t = self._decode_memo.get(n)
+        if t is None:
+            hops = self.hop_times(n)
+            t = self._decode_memo[n] = (self.return_time(n), hops, sum(hops))
         return t
 
     def return_time(self, n_seqs: int) -> float:

@@ -152,8 +152,29 @@ class RunAhead:
         s._last_fast = True
         s.fast_steps += 1
         kv = s.ctx_sum + n
-        batch = Batch([], BatchWork(n, n, kv, kv, n), True)
-        back = self.cost.return_time(n)
-        done, compute, comm = self._submit(t + back, batch)
-        self._flight[i] = (done, batch, compute, comm + back)
+        w = BatchWork(n, n, kv, kv, n)
+        # Instance._submit for a uniform pipeline whose stages are all alone on their GPUs (checked
+        # by _run_ahead): the same prices and float operations in the same order, without booking
+        back, hops, comm = self.cost.decode_hops(n)
+        lt, head, oh = self.cost.layer_head(w)
+        sums = self._sums
+        sums[0] += lt
+        sums[1] += head
+        sums[2] += 1
+        t = t + back
+        free, recent = self._stage_free, self._recent
+        compute = 0.0
+        k = 0
+        for _, nl, hh, sd in self._plan:
+            dt = (nl * lt + head + oh) * sd if hh else (nl * lt + oh) * sd
+            f = free[k]
+            if f > t:
+                t = f
+            end = t + dt
+            recent[k].append((t, end))
+            free[k] = end
+            compute += dt
+            t = end + hops[k]
+            k += 1
+        self._flight[i] = (t, Batch([], w, True), compute, comm + back)
         return True
