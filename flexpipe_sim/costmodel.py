@@ -17,6 +17,7 @@ torch eager, H100 with 3.35 TB/s HBM and 989 TFLOP/s dense bf16 on the spec shee
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import Callable
 
 from flexpipe_core.work import BatchWork
 
@@ -71,6 +72,13 @@ class CostModel:
         decode_kv = w.kv_tokens * self._kvb
         t_memory = streamed / (gpu.hbm_bytes_per_s * r.eff_weight_bw) + decode_kv / (gpu.hbm_bytes_per_s * r.eff_kv_bw)
         return t_compute if t_compute > t_memory else t_memory
+
+    def decode_layer_fn(self, gpu: GPUSpec, n: int) -> Callable[[int], float]:
+        """kv_tokens -> layer_time(gpu, BatchWork(n, n, kv, kv, n)): a layer's time for a batch of n
+        decoding sequences with kv tokens of context in all. Run-ahead (engine/runahead.py) prices
+        many steps of one batch size; a cost model may look up what depends on n once."""
+        layer_time = self.layer_time
+        return lambda kv: layer_time(gpu, BatchWork(n, n, kv, kv, n))
 
     def head_time(self, gpu: GPUSpec, n_seqs: int) -> float:
         """LM head for the last token of each sequence: a vocab x hidden matmul."""
@@ -135,6 +143,24 @@ class ProfileCostModel(CostModel):
         attn = max(0.0, pr.decode_layer_s(d, ctx) - pr.decode_layer_s(d, self._c_min))
         return pr.prefill_layer_s(p + d) + attn
 
+    def decode_layer_fn(self, gpu: GPUSpec, n: int) -> Callable[[int], float]:
+        """layer_time's decode branch for n sequences with the profile's row for n taken once: the
+        same lookups and float operations (profiles.row_at is what decode_layer_s evaluates)."""
+        if type(self).layer_time is not ProfileCostModel.layer_time or n < 1:
+            return super().decode_layer_fn(gpu, n)
+        from .profiles import row_at
+
+        pr = self.profile
+        lcs, row, c_max = pr.decode_row(n)
+
+        def layer(kv: int) -> float:
+            ctx = max(kv / n, 1.0)
+            if row is not None and ctx <= c_max:
+                return row_at(lcs, row, ctx)
+            return pr.decode_layer_s(n, ctx)  # beyond the grid: the fitted roofline, counted
+
+        return layer
+
     def head_time(self, gpu: GPUSpec, n_seqs: int) -> float:
         if self._head is None:
             return super().head_time(gpu, n_seqs)
@@ -193,6 +219,7 @@ class PipelineCost:
         self._head_memo: dict[int, float] = {}
         self._back_memo: dict[int, float] = {}
         self._decode_memo: dict[int, tuple[float, list[float], float]] = {}
+        self._pricing_memo: dict[int, tuple[Callable[[int], float], float, float]] = {}
         self._overhead = cost.step_overhead_s  # fixed once the cost model is built
 
     @property
@@ -211,6 +238,21 @@ class PipelineCost:
             if head is None:
                 head = self._head_memo[w.n_seqs] = cost.head_time(gpu, w.n_seqs)
         return cost.layer_time(gpu, w), head, self._overhead
+
+    def decode_pricing(self, n: int) -> tuple[Callable[[int], float], float, float]:
+        """For a uniform pipeline and a decode batch of n sequences: (kv_tokens -> layer time, LM-head
+        time, per-stage overhead), the values layer_head gives for BatchWork(n, n, kv, kv, n).
+        Memoised per n: run-ahead (engine/runahead.py) prices every step it takes from these."""
+        t = self._pricing_memo.get(n)
+        if t is None:
+            cost, gpu = self.cost, self.stages[0].gpu
+            head = 0.0
+            if self._any_head:  # as layer_head (the same memo)
+                head = self._head_memo.get(n)
+                if head is None:
+                    head = self._head_memo[n] = cost.head_time(gpu, n)
+            t = self._pricing_memo[n] = (cost.decode_layer_fn(gpu, n), head, self._overhead)
+        return t
 
     def stage_times(self, w: BatchWork) -> list[float]:
         # Same result as [cost.stage_time(s, w) for s in stages], pricing a layer once per GPU kind

@@ -115,8 +115,18 @@ class Profile:
 
     def decode_layer_s(self, batch: float, context: float) -> float:
         # Bilinear in (log batch, log context), interpolated along batch first: the row for a batch
-        # size is cached (a simulation asks for a few hundred sizes, millions of times), and the
-        # interpolation along context is _interp's, inline (this runs on every simulated step).
+        # size is cached (a simulation asks for a few hundred sizes, millions of times).
+        lcs, row, c_max = self.decode_row(batch)
+        if row is not None and context <= c_max:
+            return row_at(lcs, row, context)
+        t_min = self._grids()[9]
+        self._warn("decode", f"decode batch {batch:.0f} at context {context:.0f}")
+        a, b, c = self._fit("decode")
+        return max(a + b * batch + c * batch * context, t_min)
+
+    def decode_row(self, batch: float) -> tuple[list[float], list[float] | None, float]:
+        """(log contexts, log layer times of `batch` along them, largest measured context), cached
+        per batch size; the row is None beyond the measured batches (the fitted roofline answers)."""
         rows = self.__dict__.get("_row_cache")
         if rows is None:
             rows = self.__dict__["_row_cache"] = {}
@@ -128,24 +138,7 @@ class Profile:
                 ent = rows[batch] = (lcs, _row(lbs, lz, lb), c_max)
             else:
                 ent = (lcs, None, c_max)
-        lcs, row, c_max = ent
-        if row is not None and context <= c_max:
-            lc = math.log(context) if context > 0 else lcs[0]
-            if lc < lcs[0]:
-                lc = lcs[0]
-            n = len(lcs)
-            if n == 1:
-                return math.exp(row[0])
-            i = bisect.bisect_left(lcs, lc) - 1
-            i = 0 if i < 0 else (n - 2 if i > n - 2 else i)
-            x0 = lcs[i]
-            t = (lc - x0) / (lcs[i + 1] - x0)
-            y0 = row[i]
-            return math.exp(y0 + t * (row[i + 1] - y0))
-        t_min = self._grids()[9]
-        self._warn("decode", f"decode batch {batch:.0f} at context {context:.0f}")
-        a, b, c = self._fit("decode")
-        return max(a + b * batch + c * batch * context, t_min)
+        return ent
 
     def _fit(self, which: str) -> tuple[float, ...]:
         cache = self.raw.setdefault("_fit", {})
@@ -182,6 +175,23 @@ def _interp(v: float, x: list[float], y: list[float]) -> float:
     i = _cell(x, v)
     t = (v - x[i]) / (x[i + 1] - x[i])
     return y[i] + t * (y[i + 1] - y[i])
+
+
+def row_at(lcs: list[float], row: list[float], context: float) -> float:
+    """A decode_row interpolated at `context` (at most the row's largest context): _interp in log
+    context, inline (it runs on every simulated step), then exp."""
+    lc = math.log(context) if context > 0 else lcs[0]
+    if lc < lcs[0]:
+        lc = lcs[0]
+    n = len(lcs)
+    if n == 1:
+        return math.exp(row[0])
+    i = bisect.bisect_left(lcs, lc) - 1
+    i = 0 if i < 0 else (n - 2 if i > n - 2 else i)
+    x0 = lcs[i]
+    t = (lc - x0) / (lcs[i + 1] - x0)
+    y0 = row[i]
+    return math.exp(y0 + t * (row[i + 1] - y0))
 
 
 def _row(x: list[float], z: list[list[float]], xv: float) -> list[float]:

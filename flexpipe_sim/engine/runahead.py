@@ -95,7 +95,7 @@ class RunAhead:
         if not n or n > s.token_budget:
             return False
         _, nl, hh, sd = self._plan[0]
-        layer_head = self.cost.layer_head
+        layer, head, oh = self.cost.decode_pricing(n)  # layer_head of BatchWork(n, n, kv, kv, n)
         free, recent, sums, grow, fin = self._stage_free, self._recent[0], self._sums, s._grow, s._finish
         stop = fin[0][0] if fin else 1 << 62  # the tick whose step finishes someone
         t = self.env.now
@@ -108,8 +108,7 @@ class RunAhead:
                 self._flight[0] = (t, None, 0.0, 0.0)  # KV short: the ordinary path schedules at t
                 break
             kv = s.ctx_sum + n
-            w = BatchWork(n, n, kv, kv, n)
-            lt, head, oh = layer_head(w)
+            lt = layer(kv)
             sums[0] += lt
             sums[1] += head
             sums[2] += 1
@@ -125,7 +124,7 @@ class RunAhead:
                 s.preempted_last = s.admitted_last = 0
                 s._step_lazy = n
                 s._last_fast = True
-                self._flight[0] = (end, Batch([], w, True), dt, 0.0)
+                self._flight[0] = (end, Batch([], BatchWork(n, n, kv, kv, n), True), dt, 0.0)
                 break
             # completes at end: postprocess's counters for lazy requests (nobody finishes)
             s._step_lazy = n
@@ -156,7 +155,8 @@ class RunAhead:
         # Instance._submit for a uniform pipeline whose stages are all alone on their GPUs (checked
         # by _run_ahead): the same prices and float operations in the same order, without booking
         back, hops, comm = self.cost.decode_hops(n)
-        lt, head, oh = self.cost.layer_head(w)
+        layer, head, oh = self.cost.decode_pricing(n)
+        lt = layer(kv)
         sums = self._sums
         sums[0] += lt
         sums[1] += head
