@@ -125,7 +125,7 @@ def refactor_process(tr: Transitions, inst: Instance, new: list[StageInfo]):
             tr.free_stage(inst.model, inst.id, s)
     final_copy_s, final_kv_bytes = secs, nbytes
     preempted = inst.switch(new, tr.pipeline_cost(inst.model, new), tr.block_size)
-    tr.joining.subtract(s.gpu for s in new)
+    tr.joined(s.gpu for s in new)
     until[0] = env.now
     inst.refactoring = False
     tr.refactors.append({

@@ -177,7 +177,7 @@ class Simulation:
         if self.transitions.watch_switches or self.gateway.queues[model]:
             return now  # token watches poll instances every 0.5 ms; a queue goes out when one is ready
         joining = self.transitions.joining
-        if any(joining[s.gpu] for s in inst.stages):
+        if joining and any(joining[s.gpu] for s in inst.stages):
             return now
         arr = self._arrivals_of[model]
         i = bisect_left(arr, now)

@@ -12,7 +12,7 @@ from __future__ import annotations
 import itertools
 from collections import Counter
 from dataclasses import dataclass, field
-from typing import Callable
+from typing import Callable, Iterable
 
 import simpy
 
@@ -64,6 +64,15 @@ class Transitions:
     @property
     def gpus_allocated(self) -> int:
         return len(self.gpu_stages)
+
+    def joined(self, gpus: Iterable[int]) -> None:
+        """Stages that were loading onto these GPUs now run there. A GPU leaves `joining` when its
+        count reaches 0, so an empty `joining` says at once that no stage is on its way anywhere."""
+        j = self.joining
+        for g in gpus:
+            j[g] -= 1
+            if not j[g]:
+                del j[g]
 
     def apply(self, action: Launch | Retire | Refactor) -> None:
         if isinstance(action, Launch):
@@ -251,7 +260,7 @@ class Transitions:
              "gpus": " ".join(str(s.gpu) for s in inst.stages), "kv_tokens": inst.kv.capacity_tokens}
         )
         inst.start()
-        self.joining.subtract(s.gpu for s in inst.stages)
+        self.joined(s.gpu for s in inst.stages)
         self.gateway.add(inst)
 
     def free_stage(self, model: str, iid: int, stage: StageInfo) -> None:
