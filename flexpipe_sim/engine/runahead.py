@@ -99,7 +99,8 @@ class RunAhead:
         free, recent, sums, grow, fin = self._stage_free, self._recent[0], self._sums, s._grow, s._finish
         stop = fin[0][0] if fin else 1 << 62  # the tick whose step finishes someone
         t = self.env.now
-        taken = 0
+        f = free[0]  # the stage's clock; written back once (nothing in the loop reads free[0])
+        taken = priced = 0  # the step counters, added once at the end (nothing in the loop reads them)
         while True:
             # schedule at t: KV growth, then price and submit the step (slot loop, fast path)
             if grow and grow[0][0] <= s.tick and not s.grow_lazy():
@@ -111,14 +112,11 @@ class RunAhead:
             lt = layer(kv)
             sums[0] += lt
             sums[1] += head
-            sums[2] += 1
+            priced += 1
             dt = (nl * lt + head + oh) * sd if hh else (nl * lt + oh) * sd
-            f = free[0]
             b = t if t > f else f
-            end = b + dt
+            f = end = b + dt
             recent.append((b, end))
-            free[0] = end
-            s.fast_steps += 1
             if end >= horizon or s.tick + 1 >= stop:
                 # in flight past the run's reach: the slot's process accounts it at `end`
                 s.preempted_last = s.admitted_last = 0
@@ -129,10 +127,13 @@ class RunAhead:
             # completes at end: postprocess's counters for lazy requests (nobody finishes)
             s._step_lazy = n
             s.step_lazy(dt, 0.0)
-            self.steps += 1
-            self.steps_ahead += 1
             taken += 1
             t = end
+        free[0] = f
+        sums[2] += priced
+        s.fast_steps += priced
+        self.steps += taken
+        self.steps_ahead += taken
         return True
 
     def _schedule_ahead(self, i: int, t: float) -> bool:
