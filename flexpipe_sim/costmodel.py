@@ -77,8 +77,23 @@ class CostModel:
         """kv_tokens -> layer_time(gpu, BatchWork(n, n, kv, kv, n)): a layer's time for a batch of n
         decoding sequences with kv tokens of context in all. Run-ahead (engine/runahead.py) prices
         many steps of one batch size; a cost model may look up what depends on n once."""
-        layer_time = self.layer_time
-        return lambda kv: layer_time(gpu, BatchWork(n, n, kv, kv, n))
+        if type(self).layer_time is not CostModel.layer_time:  # a subclass prices otherwise: ask it
+            layer_time = self.layer_time
+            return lambda kv: layer_time(gpu, BatchWork(n, n, kv, kv, n))
+        # layer_time with n_tokens = n, attn_pairs = kv_tokens = kv: what depends on n computed once,
+        # every float operation the same and in the same order
+        r = self.roofline
+        flops_n, flops_pair, kvb = n * self._flops_tok, self._flops_pair, self._kvb
+        compute_rate = gpu.peak_flops * r.eff_compute
+        streamed_s = (self._layer_bytes + n * kvb) / (gpu.hbm_bytes_per_s * r.eff_weight_bw)
+        kv_rate = gpu.hbm_bytes_per_s * r.eff_kv_bw
+
+        def layer(kv: int) -> float:
+            t_compute = (flops_n + kv * flops_pair) / compute_rate
+            t_memory = streamed_s + kv * kvb / kv_rate
+            return t_compute if t_compute > t_memory else t_memory
+
+        return layer
 
     def head_time(self, gpu: GPUSpec, n_seqs: int) -> float:
         """LM head for the last token of each sequence: a vocab x hidden matmul."""

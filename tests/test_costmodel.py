@@ -66,3 +66,25 @@ def test_model_shapes_match_published_sizes():
     assert get_model("opt-66b").total_bytes / 2 == pytest.approx(66.2e9, rel=0.01)
     assert get_model("llama2-7b").kv_bytes_per_token_layer == 2 * 4096 * 2
     assert get_model("llama3-8b").kv_bytes_per_token_layer == 2 * 8 * 128 * 2  # GQA: 8 KV heads
+
+
+def test_decode_pricing_gives_layer_times_bit_for_bit():
+    """Run-ahead prices decode steps through CostModel.decode_layer_fn (what depends on the batch size
+    taken once); it must give layer_time's floats exactly, for the roofline and for a profile, inside
+    the profile's grid and beyond it (the fitted roofline, counted as an extrapolation)."""
+    import random
+    from pathlib import Path
+
+    from flexpipe_sim.costmodel import ProfileCostModel
+    from flexpipe_sim.profiles import load_profile
+
+    root = Path(__file__).resolve().parents[1]
+    prof = load_profile(root / "calibrate/profiles/a100-80gb-llama2-7b-vidur.json")
+    gpu = get_gpu("a100-80gb")
+    rng = random.Random(0)
+    for cm in (CostModel(get_model("llama2-7b")), CostModel(get_model("opt-66b")),
+               ProfileCostModel(get_model("llama2-7b"), prof)):
+        for n in (1, 2, 5, 16, 100, 300, 5000):  # 5000: past the profile's batches
+            layer = cm.decode_layer_fn(gpu, n)
+            for kv in [n, n * 4096, n * 9000] + [rng.randint(n, n * 5000) for _ in range(50)]:
+                assert layer(kv) == cm.layer_time(gpu, BatchWork(n, n, kv, kv, n)), (type(cm).__name__, n, kv)
