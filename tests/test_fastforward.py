@@ -20,6 +20,7 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from flexpipe_sim.engine.fastbatch import FastSlotBatcher
+from flexpipe_sim.engine.runahead import RunAhead
 from flexpipe_sim.engine.simulator import Simulation
 from flexpipe_sim.metrics import requests_frame
 from flexpipe_sim.scenario import load_scenario, parse_scenario
@@ -114,6 +115,39 @@ def test_random_small_cases(stages, rate, cv, tenants, seed, mem):
                    "engine.fast_forward": ff == "true"}
         return parse_scenario(small_raw(**changes))
     _both(load)
+
+
+@pytest.mark.parametrize("mem", [0.9, 0.35])
+def test_steps_past_arrivals_taken_back(mem, monkeypatch):
+    """Single-stage replicas run steady steps past their model's arrivals; the one an arrival is
+    routed to takes back the steps it should not have taken (Instance.settle), KV growths included.
+    With little KV (mem 0.35) windows also end short of blocks and requests get preempted.
+    After each settle, every lazy request holds no block before it needs it (its next growth is
+    due within a block's worth of ticks) and the block counts balance."""
+    settle = RunAhead.settle
+
+    def checked(self):
+        settle(self)
+        s = self.slots[0]
+        bs = self.kv.block_size
+        live = [e for e in s._grow if e[2].finish_s != e[2].finish_s]
+        assert all(s.tick < e[0] <= s.tick + bs for e in live), "a KV block grown past now was kept"
+        for m in self.kv.managers:
+            m.check_integrity()
+
+    monkeypatch.setattr(RunAhead, "settle", checked)
+
+    def load(ff):
+        return parse_scenario(small_raw(**{
+            "workload.arrivals.rate": 10.0, "horizon_s": 40, "cluster.tenant_scale": 0.0, "seed": 5,
+            "policy": {"name": "static", "params": {"stages": 1, "replicas": 3}},
+            "engine.gpu_memory_utilization": mem, "engine.fast_forward": ff == "true"}))
+    sim, df, _ = _both(load)
+    insts = sim.transitions.instances.values()
+    assert sum(i.steps_undone for i in insts) > 100  # arrivals did land inside windows
+    assert sum(i.growths_undone for i in insts) > 10  # and took back KV blocks grown past them
+    if mem < 0.5:
+        assert df.preemptions.sum() > 0
 
 
 class JoinLater:

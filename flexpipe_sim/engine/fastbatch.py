@@ -22,7 +22,7 @@ summed step times are added in another order) on several scenarios.
 
 from __future__ import annotations
 
-from heapq import heappop, heappush
+from heapq import heapify, heappop, heappush
 from typing import Callable
 
 from flexpipe_core.batcher import Batch, SlotBatcher
@@ -47,6 +47,7 @@ class FastSlotBatcher(SlotBatcher):
         self._step_lazy = 0  # lazy requests in the batch in flight
         self.fast_steps = 0  # statistics: steps taken on the fast path
         self.slow_steps = 0
+        self._grow_log: list[tuple[int, list]] | None = None  # grow_lazy's growths, while a run-ahead may be undone
 
     # --- lazy state ----------------------------------------------------------------------------
     def _sync(self, r: Request) -> None:
@@ -152,7 +153,30 @@ class FastSlotBatcher(SlotBatcher):
                 heappush(self._grow, e)
             return False
         self._add_block(due, t)
+        if self._grow_log is not None:
+            self._grow_log.append((t, due))
         return True
+
+    def undo_block(self, due: list[tuple[int, int, Request]], t: int) -> None:
+        """Take back grow_lazy's growth at tick t (engine/runahead.py undoing steps past an arrival):
+        the blocks, the requests' KV tokens and their grow entries, as they were before it. The
+        simulator's KV is BlockCounter (counted in bulk by _add_block), which this reverses."""
+        bs = self.kv.block_size
+        ids = {e[1] for e in due}
+        again = t + bs
+        grow = [e for e in self._grow if not (e[0] == again and e[1] in ids)]
+        grow.extend(due)
+        heapify(grow)
+        self._grow[:] = grow  # in place: callers hold the list
+        k = len(due)
+        for m in self.kv.managers:
+            held = m.held
+            for _, rid, _ in due:
+                held[rid] -= 1
+            m.num_free += k
+            m.allocated_total -= k
+        for _, _, r in due:
+            r.kv_tokens -= bs
 
     # --- the batcher's interface -------------------------------------------------------------
     def schedule(self, now: float, admit: bool, growth_reserve: int | Callable[[], int] = 0) -> Batch | None:

@@ -68,7 +68,7 @@ class Instance(RunAhead):
         on_finish: Callable[[Request], None],
         gpu_time: GpuTimeline | None = None,
         fast_forward: bool = False,
-        horizon: Callable[["Instance", float], float] | None = None,
+        horizon: Callable[["Instance", float, bool], float] | None = None,
     ) -> None:
         self.env = env
         self.id = instance_id
@@ -80,9 +80,11 @@ class Instance(RunAhead):
         self._fast = fast_forward
         self._batcher = FastSlotBatcher if fast_forward else SlotBatcher
         # run-ahead (one event for many steady decode steps, `_run_ahead`): needs fast-forward and
-        # the backend's horizon: (instance, now) -> the earliest time anything else may touch us
+        # the backend's horizon: (instance, now, arrivals?) -> the earliest time anything else may touch us
         self._horizon = horizon if fast_forward else None
         self.steps_ahead = 0  # statistics: steps taken inside run-ahead windows
+        self._window: tuple | None = None  # a run-ahead that `settle` may take back (runahead.py)
+        self.steps_undone = self.growths_undone = 0  # statistics: what `settle` took back
         managers = [BlockCounter(s.kv_blocks, block_size) for s in stages]
         self.kv = KVSet(managers, watermark_blocks=max(1, min(s.kv_blocks for s in stages) // 100))
         n_slots = len(stages)
@@ -289,6 +291,8 @@ class Instance(RunAhead):
 
     def enqueue(self, r: Request) -> None:
         r.instance_id = self.id
+        if self._window is not None:
+            self.settle()  # steps run ahead past now would not have seen r: take them back
         self.outstanding_work += self.work_of(r)
         self.waiting.append(r)
         self._wake_slots()
@@ -406,10 +410,16 @@ class Instance(RunAhead):
                 done, compute, comm = self._submit(env.now + back, batch)
                 flight[k] = (done, batch, compute, comm + back)
             self.inflight += 1
-            yield env.timeout(flight[k][0] - env.now)
-            while moved[k]:  # a run-ahead took that step (and maybe later ones): wait for the latest
-                moved[k] = False
-                yield env.timeout(flight[k][0] - env.now)
+            while True:
+                try:
+                    yield env.timeout(flight[k][0] - env.now)
+                except simpy.Interrupt:  # `settle` took steps back: wait for the new last one
+                    continue
+                if not moved[k]:
+                    break
+                moved[k] = False  # a run-ahead took that step (and maybe later ones): wait for the latest
+            if self._window is not None:
+                self._window = slot._grow_log = None  # its steps are done: nothing to take back
             self.inflight -= 1
             _, batch, compute, comm = flight[k]
             flight[k] = None

@@ -167,21 +167,25 @@ class Simulation:
         self._count_done()
 
     # --- processes ---------------------------------------------------------------------------
-    def _horizon(self, inst, now: float) -> float:
+    def _horizon(self, inst, now: float, arrivals: bool = True) -> float:
         """The earliest time at or after `now` when anything outside `inst` may touch or read it:
         an arrival of its model (routing), a controller or monitor tick, the end of the run; now
         while a stage is loading onto one of its GPUs (it joins that GPU's timeline when ready, at
         a time nothing marks in advance). Instances run steady steps ahead up to it
-        (engine/runahead.py)."""
+        (engine/runahead.py); one that can take steps back past an arrival routed to it
+        (Instance.settle) asks without arrivals."""
         model = inst.model
         if self.transitions.watch_switches or self.gateway.queues[model]:
             return now  # token watches poll instances every 0.5 ms; a queue goes out when one is ready
         joining = self.transitions.joining
         if joining and any(joining[s.gpu] for s in inst.stages):
             return now
-        arr = self._arrivals_of[model]
-        i = bisect_left(arr, now)
-        h = arr[i] if i < len(arr) else self._limit
+        h = self._limit
+        if arrivals:  # (without: the instance takes back what an arrival routed to it must not see)
+            arr = self._arrivals_of[model]
+            i = bisect_left(arr, now)
+            if i < len(arr):
+                h = arr[i]
         return min(h, self._next_control, self._next_sample, self._limit)
 
     def _feeder(self):

@@ -44,7 +44,7 @@ class Transitions:
     prewarm: bool
     load_rates: LoadRates = field(default_factory=LoadRates)
     fast_forward: bool = False  # steady decode steps in O(what changed) (engine/fastbatch.py)
-    horizon: Callable[[Instance, float], float] | None = None  # run-ahead bound (engine/runahead.py), from the backend
+    horizon: Callable[[Instance, float, bool], float] | None = None  # run-ahead bound (engine/runahead.py), from the backend
     joining: Counter[int] = field(default_factory=Counter)  # GPU -> stages loading onto it (launches, refactors)
     watch_switches: bool = False  # record token times around refactors (heterosim; turns run-ahead off)
     instances: dict[int, Instance] = field(default_factory=dict)
