@@ -22,8 +22,17 @@ TINY32 = ModelSpec("tiny-fp32", 4, 256, 8, 4, 688, 1024, 2048, dtype_bytes=4)
 
 @pytest.fixture(scope="module")
 def profile(tmp_path_factory):
+    """A profile measured as carefully as these shared CPUs allow (~70 s: five sweeps)."""
     raw = calibrate("tiny", "cpu", quick=True, repeats=9, passes=5)
     path = save_profile(raw, tmp_path_factory.mktemp("prof") / "cpu-tiny.json")
+    return load_profile(path)
+
+
+@pytest.fixture(scope="module")
+def quick_profile(tmp_path_factory):
+    """The same command at smoke size (one layer, one sweep): what a profile file holds, fast."""
+    raw = calibrate("tiny", "cpu", quick=True, layers=1, repeats=2, passes=1)
+    path = save_profile(raw, tmp_path_factory.mktemp("prof") / "cpu-tiny-quick.json")
     return load_profile(path)
 
 
@@ -53,6 +62,7 @@ def _work(batch: int, context: int, new: int) -> BatchWork:
     return BatchWork(new, 1, new * (new + 1) // 2, 0, n_decode=0)
 
 
+@pytest.mark.slow  # ~80 s: the careful profile, then the held-out shapes measured the same way
 def test_profile_predicts_held_out_step_times(profile):
     """Off-grid shapes, measured now with the kernel's code path, against the cost model reading
     the profile (one intra-op thread, as the profile). These CPUs are shared VMs whose speed
@@ -78,7 +88,8 @@ def test_profile_predicts_held_out_step_times(profile):
     assert errors[-2] <= 0.60, errors  # one outlier allowed: a shared VM's scatter
 
 
-def test_profile_round_trip_and_errors(profile, tmp_path):
+def test_profile_round_trip_and_errors(quick_profile, tmp_path):
+    profile = quick_profile
     raw = json.loads(open(profile.path).read())
     assert raw["kind"] == "measured" and raw["device"]["kind"] == "cpu"
     assert raw["model"]["hidden"] == 256 and raw["model"]["dtype_bytes"] == 4
