@@ -70,7 +70,7 @@ class RunAhead:
         if horizon <= now:
             return False
         if single:
-            return self._run_ahead_single(horizon, True)
+            return self._run_ahead_single(horizon)
         if not self._schedule_ahead(k, now):
             return False
         heap = [(f[0], i) for i, f in enumerate(flight[: self.n_active]) if f is not None]
@@ -96,13 +96,13 @@ class RunAhead:
             heappush(heap, (flight[i][0], i))
         return True
 
-    def _run_ahead_single(self, horizon: float, undo: bool = False) -> bool:
+    def _run_ahead_single(self, horizon: float) -> bool:
         """_run_ahead for one stage and one slot (most baselines' instances), inline: the same
         steps, sums and order as _schedule_ahead + _submit + FastSlotBatcher.postprocess (with no
         hops the token return and comm are 0.0; _submit's compute is 0.0 + dt == dt).
-        With `undo` the horizon ignores the model's arrivals, and the window (where it began, each
-        step's layer time, the KV growths) is kept so that `settle` can take back the steps past
-        an arrival the gateway routes here."""
+        Its horizon ignores the model's arrivals: the window (where it began, each step's layer
+        time, the KV growths) is kept so that `settle` can take back the steps past an arrival the
+        gateway routes here."""
         s = self.slots[0]
         n = s.n_lazy
         if not n or n > s.token_budget:
@@ -114,11 +114,10 @@ class RunAhead:
         t = self.env.now
         f = free[0]  # the stage's clock; written back once (nothing in the loop reads free[0])
         taken = priced = 0  # the step counters, added once at the end (nothing in the loop reads them)
-        if undo:
-            lts: list[float] = []
-            self._window = (t, f, s.tick, s.cum_compute, s.sampled, s.ctx_sum, sums[0], sums[1], sums[2],
-                            s.fast_steps, self.steps, self.steps_ahead, n, lts)
-            s._grow_log = []
+        lts: list[float] = []  # each step's layer time, for `settle`
+        self._window = (t, f, s.tick, s.cum_compute, s.sampled, s.ctx_sum, sums[0], sums[1], sums[2],
+                        s.fast_steps, self.steps, self.steps_ahead, n, lts)
+        s._grow_log = []
         while True:
             # schedule at t: KV growth, then price and submit the step (slot loop, fast path)
             if grow and grow[0][0] <= s.tick and not s.grow_lazy():
@@ -129,8 +128,7 @@ class RunAhead:
                 break
             kv = s.ctx_sum + n
             lt = layer(kv)
-            if undo:
-                lts.append(lt)
+            lts.append(lt)
             sums[0] += lt
             sums[1] += head
             priced += 1
@@ -159,7 +157,7 @@ class RunAhead:
 
     def settle(self) -> None:
         """Something outside touches the instance now (a request routed here): take back the steps
-        of a run-ahead window (`_run_ahead_single` with undo) scheduled after the first one to
+        of a run-ahead window (`_run_ahead_single`) scheduled after the first one to
         complete at or after now, leaving exactly the state a window with horizon `now` would have
         left (the same float sums, redone in the same order from the window's start), and wake the
         slot's process at that step's completion instead of the window's last."""
@@ -186,6 +184,8 @@ class RunAhead:
             cum += dt
             t = end
             j += 1
+        else:
+            return  # every step ends before now: the process is about to wake (nothing to take back)
         if j == len(lts) - 1 and self._flight[0][1] is not None:
             return  # that step is the window's last, still in flight: nothing to take back
         self.steps_undone += len(lts) - j - (self._flight[0][1] is not None)
