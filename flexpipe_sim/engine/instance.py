@@ -83,7 +83,7 @@ class Instance(RunAhead):
         # the backend's horizon: (instance, now, arrivals?) -> the earliest time anything else may touch us
         self._horizon = horizon if fast_forward else None
         self.steps_ahead = 0  # statistics: steps taken inside run-ahead windows
-        self._window: tuple | None = None  # a run-ahead that `settle` may take back (runahead.py)
+        self._window = None  # runahead.Window: a run-ahead that `settle` may take back (runahead.py)
         self.steps_undone = self.growths_undone = 0  # statistics: what `settle` took back
         managers = [BlockCounter(s.kv_blocks, block_size) for s in stages]
         self.kv = KVSet(managers, watermark_blocks=max(1, min(s.kv_blocks for s in stages) // 100))

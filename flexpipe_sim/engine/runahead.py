@@ -21,9 +21,30 @@ On the paper's cv4 under ServerlessLLM this ends ~70% fewer windows (docs/result
 from __future__ import annotations
 
 from heapq import heapify, heappop, heappush
+from typing import NamedTuple
 
 from flexpipe_core.batcher import Batch
 from flexpipe_core.work import BatchWork
+
+
+class Window(NamedTuple):
+    """Where a one-stage run-ahead began (the state `settle` redoes its steps from) and each
+    step's layer time."""
+
+    t: float  # now at its start
+    free: float  # the stage's clock
+    tick: int
+    cum_compute: float
+    sampled: int
+    ctx_sum: int
+    sum_layer: float  # Instance._sums
+    sum_head: float
+    sum_steps: int
+    fast_steps: int
+    steps: int
+    steps_ahead: int
+    n: int  # lazy requests in every step
+    layer_times: list[float]
 
 
 class RunAhead:
@@ -115,8 +136,8 @@ class RunAhead:
         f = free[0]  # the stage's clock; written back once (nothing in the loop reads free[0])
         taken = priced = 0  # the step counters, added once at the end (nothing in the loop reads them)
         lts: list[float] = []  # each step's layer time, for `settle`
-        self._window = (t, f, s.tick, s.cum_compute, s.sampled, s.ctx_sum, sums[0], sums[1], sums[2],
-                        s.fast_steps, self.steps, self.steps_ahead, n, lts)
+        self._window = Window(t, f, s.tick, s.cum_compute, s.sampled, s.ctx_sum, sums[0], sums[1], sums[2],
+                              s.fast_steps, self.steps, self.steps_ahead, n, lts)
         s._grow_log = []
         while True:
             # schedule at t: KV growth, then price and submit the step (slot loop, fast path)
@@ -166,9 +187,9 @@ class RunAhead:
             return
         now = self.env.now
         (t, f, tick0, cum0, sampled0, ctx0, s0, s1, s2, fast0, steps0, ahead0, n, lts) = w
-        s = self.slots[0]
         if not lts or self._flight[0] is None:
             return
+        s = self.slots[0]
         _, nl, hh, sd = self._plan[0]
         _, head, oh = self.cost.decode_pricing(n)
         cum = cum0
