@@ -19,6 +19,8 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Callable
 
+import numpy as np
+
 from flexpipe_core.work import BatchWork
 
 from .hardware import GPUSpec, LinkSpec
@@ -176,6 +178,20 @@ class ProfileCostModel(CostModel):
 
         return layer
 
+    def decode_table(self, n: int) -> tuple[np.ndarray, np.ndarray | None, float, np.ndarray] | None:
+        """decode_layer_fn's lookups as arrays, for the compiled run-ahead (engine/stepkernel.py):
+        (log contexts, the row for n or None beyond the measured batches, largest context, the
+        fitted roofline (a, b, c, t_min) used beyond the grid). None where a subclass prices a layer
+        otherwise."""
+        if (type(self).layer_time is not ProfileCostModel.layer_time
+                or type(self).decode_layer_fn is not ProfileCostModel.decode_layer_fn or n < 1):
+            return None
+        pr = self.profile
+        lcs, row, c_max = pr.decode_row(n)
+        a, b, c = pr._fit("decode")
+        fit = np.array([a, b, c, pr._grids()[9]])
+        return np.array(lcs), None if row is None else np.array(row), c_max, fit
+
     def head_time(self, gpu: GPUSpec, n_seqs: int) -> float:
         if self._head is None:
             return super().head_time(gpu, n_seqs)
@@ -235,6 +251,7 @@ class PipelineCost:
         self._back_memo: dict[int, float] = {}
         self._decode_memo: dict[int, tuple[float, list[float], float]] = {}
         self._pricing_memo: dict[int, tuple[Callable[[int], float], float, float]] = {}
+        self._kernel_memo: dict[int, tuple | None] = {}
         self._overhead = cost.step_overhead_s  # fixed once the cost model is built
 
     @property
@@ -307,6 +324,26 @@ class PipelineCost:
         if t is None:
             hops = self.hop_times(n)
             t = self._decode_memo[n] = (self.return_time(n), hops, sum(hops))
+        return t
+
+    def decode_kernel(self, n: int) -> tuple | None:
+        """What the compiled run-ahead (engine/stepkernel.py) prices a decode step of n sequences
+        from, memoised: (log contexts, the profile's row for n (zeros where none), largest context
+        on that row (-1.0 where none: every lookup is the fitted roofline's), fitted roofline
+        (a, b, c, t_min), LM-head time, return time, hop times, their sum): the values
+        decode_pricing and decode_hops give. None where the cost model has no such table."""
+        t = self._kernel_memo.get(n, False)
+        if t is False:
+            t = None
+            table = getattr(self.cost, "decode_table", None)
+            tab = table(n) if table is not None and self._uniform else None
+            if tab is not None:
+                lcs, row, c_max, fit = tab
+                _, head, _ = self.decode_pricing(n)
+                back, hops, hop_sum = self.decode_hops(n)
+                t = (lcs, np.zeros(len(lcs)) if row is None else row, -1.0 if row is None else c_max, fit,
+                     head, back, np.array(hops), hop_sum)
+            self._kernel_memo[n] = t
         return t
 
     def return_time(self, n_seqs: int) -> float:

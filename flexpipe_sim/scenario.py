@@ -305,6 +305,8 @@ class EngineConfig(_Strict):
     fast_forward: bool = Field(True, description="advance steady decode steps in O(what changed) "
                                "(engine/fastbatch.py) and run them ahead without an event each "
                                "(engine/runahead.py); false: every request touched every step (same records)")
+    compiled: bool = Field(True, description="take run-ahead windows' steps in a loop compiled with numba "
+                           "(engine/stepkernel.py); false: the same loop in Python (same records, slower)")
 
 
 class CostConfig(_Strict):

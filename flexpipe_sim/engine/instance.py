@@ -38,6 +38,7 @@ from flexpipe_core.blocks import BlockCounter
 from flexpipe_core.batcher import Batch, KVSet, SlotBatcher
 from .fastbatch import FastSlotBatcher
 from .gputime import GpuTimeline
+from . import stepkernel
 from .runahead import RunAhead
 from flexpipe_core.request import Request
 
@@ -68,6 +69,7 @@ class Instance(RunAhead):
         on_finish: Callable[[Request], None],
         gpu_time: GpuTimeline | None = None,
         fast_forward: bool = False,
+        compiled: bool = False,
         horizon: Callable[["Instance", float, bool], float] | None = None,
     ) -> None:
         self.env = env
@@ -84,6 +86,8 @@ class Instance(RunAhead):
         self._horizon = horizon if fast_forward else None
         self.steps_ahead = 0  # statistics: steps taken inside run-ahead windows
         self._window = None  # runahead.Window: a run-ahead that `settle` may take back (runahead.py)
+        self._compiled = compiled and stepkernel.AVAILABLE  # windows' steps in numba (stepkernel.py)
+        self._lts_buf = None  # the compiled one-stage window's layer times (reused; runahead.py)
         self.steps_undone = self.growths_undone = 0  # statistics: what `settle` took back
         managers = [BlockCounter(s.kv_blocks, block_size) for s in stages]
         self.kv = KVSet(managers, watermark_blocks=max(1, min(s.kv_blocks for s in stages) // 100))
@@ -148,6 +152,7 @@ class Instance(RunAhead):
         self._sums = [0.0, 0.0, 0]  # uniform plan: layer times, head times and steps summed (busy_s)
         self._sole = [False] * n  # stage k is its GPU's only stage: no booking on the timeline
         self._recent: list[deque[tuple[float, float]]] = [deque(maxlen=n) for _ in range(n)]  # sole stages' last steps
+        self._kplan = None  # the plan as arrays for the compiled run-ahead (runahead.py), built on first use
 
     def set_sole(self, k: int, sole: bool) -> list[tuple[float, float]]:
         """GpuTimeline.join/leave: stage k is (not) its GPU's only stage. Returns the steps it kept

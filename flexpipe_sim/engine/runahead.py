@@ -23,8 +23,13 @@ from __future__ import annotations
 from heapq import heapify, heappop, heappush
 from typing import NamedTuple
 
+import numpy as np
+
 from flexpipe_core.batcher import Batch
+from flexpipe_core.blocks import BlockCounter
 from flexpipe_core.work import BatchWork
+
+from . import stepkernel as sk
 
 
 class Window(NamedTuple):
@@ -45,6 +50,9 @@ class Window(NamedTuple):
     steps_ahead: int
     n: int  # lazy requests in every step
     layer_times: list[float]
+    # the compiled loop's KV growths: (grow entries of the lazy requests, each one's next due tick
+    # at the window's start, and at its end); None where s._grow_log lists them (the Python loop)
+    grown: tuple[list, list[int], list[int]] | None = None
 
 
 class RunAhead:
@@ -90,6 +98,10 @@ class RunAhead:
         horizon = self._horizon(self, now, not single)
         if horizon <= now:
             return False
+        if self._compiled:
+            took = self._run_ahead_compiled(k, horizon, single)
+            if took is not None:
+                return took
         if single:
             return self._run_ahead_single(horizon)
         if not self._schedule_ahead(k, now):
@@ -176,6 +188,168 @@ class RunAhead:
         self.steps_ahead += taken
         return True
 
+    def _run_ahead_compiled(self, k: int, horizon: float, single: bool) -> bool | None:
+        """_run_ahead's loop (and _run_ahead_single's) in engine/stepkernel.py: the instance's state
+        copied into arrays, advanced there, and written back. None, changing nothing, where the
+        cost model or the KV has no array form (the Python loop then runs)."""
+        plan = self._kplan
+        if plan is None:
+            plan = self._kplan = self._kernel_plan()
+        if plan is False:
+            return None
+        nl, hh, sd, oh = plan
+        m, P = self.n_active, len(nl)
+        slots, flight, cost = self.slots, self._flight, self.cost
+        fs = np.zeros((m, 8))
+        st = np.zeros((m, 12), np.int64)
+        rows = cmax = hops = None
+        lcs = fit = None
+        live: list[list] = []
+        g0: list[int] = []
+        goff = [0]
+        for i in range(m):
+            s = slots[i]
+            n = s.n_lazy
+            can = 0 < n <= s.token_budget
+            if can:
+                tab = cost.decode_kernel(n)
+                if tab is None:
+                    return None
+                if rows is None:
+                    lcs, fit = tab[0], tab[3]
+                    rows, cmax, hops = np.zeros((m, len(lcs))), np.zeros(m), np.zeros((m, P))
+                rows[i] = tab[1]
+                cmax[i] = tab[2]
+                hops[i] = tab[6]
+                r = fs[i]
+                r[sk.C_HEAD], r[sk.C_BACK], r[sk.C_HOPSUM] = tab[4], tab[5], tab[7]
+                ent = [e for e in s._grow if e[2].finish_s != e[2].finish_s]  # live ones (not finished)
+                live.append(ent)
+                g0.extend(e[0] for e in ent)
+            else:
+                live.append([])
+            goff.append(len(g0))
+            fin = s._finish
+            r = st[i]
+            r[sk.I_N], r[sk.I_TICK], r[sk.I_CTX], r[sk.I_SAMPLED], r[sk.I_FAST] = n, s.tick, s.ctx_sum, s.sampled, s.fast_steps
+            r[sk.I_STOP] = fin[0][0] if fin else 1 << 62
+            r[sk.I_CAN] = can
+            fs[i, sk.C_CUMC], fs[i, sk.C_CUMM] = s.cum_compute, s.cum_comm
+            f = flight[i]
+            if i != k and f is not None:
+                batch = f[1]
+                r[sk.I_ACTIVE] = 1
+                r[sk.I_STEADY] = (batch is not None and not batch.items and s._last_fast and s.fast
+                                  and s._step_lazy == n)
+                fs[i, sk.C_DONE], fs[i, sk.C_COMP], fs[i, sk.C_COMM] = f[0], f[2], f[3]
+        if rows is None:  # slot k cannot schedule (nobody can)
+            return False
+        keep = single
+        if keep:
+            stop = st[0, sk.I_STOP]
+            if stop >= 1 << 62:
+                return None
+            lts = self._lts_buf
+            need = stop - st[0, sk.I_TICK] + 2
+            if lts is None or len(lts) < need:
+                lts = self._lts_buf = np.empty(max(need, 2 * len(lts) if lts is not None else 256))
+        else:
+            lts = _NO_LTS
+        gnext = np.array(g0, np.int64)
+        gcnt = np.zeros(len(g0), np.int64)
+        kv = self.kv
+        free_blocks = np.array([min(mg.num_free for mg in kv.managers)], np.int64)
+        sums = self._sums
+        sarr = np.array([sums[0], sums[1], float(sums[2]), 0.0])
+        free = np.array(self._stage_free)
+        rec = np.zeros((P, P, 2))
+        rec_n = np.zeros(P, np.int64)
+        ext = np.zeros(2)
+        s0 = self.slots[0]
+        if keep:
+            w0 = (self.env.now, self._stage_free[0], s0.tick, s0.cum_compute, s0.sampled, s0.ctx_sum,
+                  sums[0], sums[1], sums[2], s0.fast_steps, self.steps, self.steps_ahead, s0.n_lazy)
+        status, _, taken = sk.advance(k, self.env.now, horizon, fs, st, hops, rows, lcs, cmax, fit, ext, gnext,
+                                      np.array(goff, np.int64), gcnt, free_blocks, kv.block_size, nl, hh, sd, oh,
+                                      free, rec, rec_n, sarr, lts, keep)
+        if status == sk.FIRST_FAILED:
+            return False
+        # write the window back: slots, flights, stage clocks and last steps, sums, KV growths
+        fsl, stl = fs.tolist(), st.tolist()
+        moved = self._moved
+        for i in range(m):
+            r, f = stl[i], fsl[i]
+            if not r[sk.I_NEW] and not r[sk.I_TAKEN]:
+                continue
+            s = slots[i]
+            n = r[sk.I_N]
+            if r[sk.I_FAST] != s.fast_steps:  # it scheduled: _schedule_ahead's settings
+                s.preempted_last = s.admitted_last = 0
+                s._step_lazy = n
+                s._last_fast = True
+            s.tick, s.ctx_sum, s.sampled, s.fast_steps = r[sk.I_TICK], r[sk.I_CTX], r[sk.I_SAMPLED], r[sk.I_FAST]
+            s.cum_compute, s.cum_comm = f[sk.C_CUMC], f[sk.C_CUMM]
+            if r[sk.I_NEW] == 1:
+                kvt = r[sk.I_KV]
+                flight[i] = (f[sk.C_DONE], Batch([], BatchWork(n, n, kvt, kvt, n), True), f[sk.C_COMP], f[sk.C_COMM])
+            elif r[sk.I_NEW] == 2:
+                flight[i] = (f[sk.C_DONE], None, 0.0, 0.0)  # its process schedules at its completion
+            if i != k and r[sk.I_TAKEN]:
+                moved[i] = True
+        self._stage_free[:] = free.tolist()
+        recent, recl, rnl = self._recent, rec.tolist(), rec_n.tolist()
+        for p in range(P):
+            c = rnl[p]
+            for q in range(max(0, c - P), c):
+                e = recl[p][q % P]
+                recent[p].append((e[0], e[1]))
+        sl = sarr.tolist()
+        sums[0], sums[1], sums[2] = sl[0], sl[1], int(sl[2])
+        self.steps += taken
+        self.steps_ahead += taken
+        g1 = gnext.tolist()
+        cnt = gcnt.tolist()
+        total = sum(cnt)
+        if total:
+            bs = kv.block_size
+            for mg in kv.managers:
+                held = mg.held
+                for i in range(m):
+                    for j, e in enumerate(live[i], goff[i]):
+                        if cnt[j]:
+                            held[e[1]] += cnt[j]
+                mg.num_free -= total
+                mg.allocated_total += total
+            for i in range(m):
+                if goff[i + 1] > goff[i] and any(cnt[goff[i]:goff[i + 1]]):
+                    grow = [(g1[j], e[1], e[2]) for j, e in enumerate(live[i], goff[i])]
+                    for j, e in enumerate(live[i], goff[i]):
+                        e[2].kv_tokens += bs * cnt[j]
+                    heapify(grow)
+                    slots[i]._grow[:] = grow  # in place: callers hold the list
+        if ext[0]:
+            pr = cost.cost.profile
+            bad = [i for i in range(m) if stl[i][sk.I_CAN]]
+            pr._warn("decode", f"decode batch {stl[bad[0]][sk.I_N]} at context {ext[1]:.0f}")
+            pr.extrapolations += int(ext[0]) - 1
+        if keep:
+            s0._grow_log = None
+            self._window = Window(*w0, lts[: int(sl[3])].tolist(), (live[0], g0, g1))
+        return True
+
+    def _kernel_plan(self):
+        """The uniform plan as the compiled loop's arrays (layers, has head, slowdown per stage, and
+        the per-stage overhead); False where the KV is not counted in bulk (BlockCounter) or the
+        cost model has no overhead to read (a test fake)."""
+        if not all(isinstance(mg, BlockCounter) for mg in self.kv.managers):
+            return False
+        oh = getattr(self.cost, "_overhead", None)
+        if oh is None:
+            return False
+        plan = self._plan
+        return (np.array([float(p[1]) for p in plan]), np.array([bool(p[2]) for p in plan]),
+                np.array([float(p[3]) for p in plan]), float(oh))
+
     def settle(self) -> None:
         """Something outside touches the instance now (a request routed here): take back the steps
         of a run-ahead window (`_run_ahead_single`) scheduled after the first one to
@@ -186,7 +360,7 @@ class RunAhead:
         if w is None:
             return
         now = self.env.now
-        (t, f, tick0, cum0, sampled0, ctx0, s0, s1, s2, fast0, steps0, ahead0, n, lts) = w
+        (t, f, tick0, cum0, sampled0, ctx0, s0, s1, s2, fast0, steps0, ahead0, n, lts, grown) = w
         if not lts or self._flight[0] is None:
             return
         s = self.slots[0]
@@ -211,6 +385,8 @@ class RunAhead:
             return  # that step is the window's last, still in flight: nothing to take back
         self.steps_undone += len(lts) - j - (self._flight[0][1] is not None)
         del lts[j + 1:]
+        if grown is not None:
+            self._undo_growths(s, grown, tick0, tick0 + j)
         log = s._grow_log
         while log and log[-1][0] > tick0 + j:  # growths scheduled by the steps taken back
             gt, due = log.pop()
@@ -230,6 +406,43 @@ class RunAhead:
         kv = ctx0 + n * j + n
         self._flight[0] = (end, Batch([], BatchWork(n, n, kv, kv, n), True), dt, 0.0)
         self._procs[0].interrupt()  # it sleeps until the old last step; wake it to wait for this one
+
+    def _undo_growths(self, s, grown: tuple[list, list[int], list[int]], tick0: int, last: int) -> None:
+        """Take back the compiled window's KV growths at ticks after `last` (settle). Request j was
+        next due at a[j] when the window began and at z[j] when it ended; in between it grew at
+        max(a, tick0), then every block's worth of ticks (stepkernel._schedule), the last at z - bs."""
+        ent, a, z = grown
+        bs = self.kv.block_size
+        undone: list[tuple[int, int]] = []
+        grow = []
+        for q, (e, aj, zj) in enumerate(zip(ent, a, z)):
+            g = zj
+            if zj != aj:
+                first = aj if aj > tick0 else tick0
+                if first > last:  # every growth of it was after `last`
+                    c, g = (zj - first) // bs, aj
+                else:
+                    kept = first + (last - first) // bs * bs  # its last growth at or before `last`
+                    c, g = (zj - bs - kept) // bs, kept + bs
+                if c:
+                    undone.append((e[1], c))
+                    e[2].kv_tokens -= bs * c
+            grow.append((g, e[1], e[2]))
+            z[q] = g  # the window now ends there (a later settle of it starts from this)
+        if not undone:
+            return
+        total = 0
+        for rid, c in undone:
+            total += c
+        for mg in self.kv.managers:
+            held = mg.held
+            for rid, c in undone:
+                held[rid] -= c
+            mg.num_free += total
+            mg.allocated_total -= total
+        heapify(grow)
+        s._grow[:] = grow  # in place: callers hold the list
+        self.growths_undone += total
 
     def _schedule_ahead(self, i: int, t: float) -> bool:
         """Slot i's schedule and submission at time t when all its requests are lazy and none
@@ -274,3 +487,6 @@ class RunAhead:
             k += 1
         self._flight[i] = (t, Batch([], w, True), compute, comm + back)
         return True
+
+
+_NO_LTS = np.empty(1)  # the compiled loop keeps no layer times where nothing will be taken back

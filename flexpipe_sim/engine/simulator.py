@@ -85,7 +85,7 @@ class Simulation:
             block_size=e.block_size, token_budget=e.token_budget, max_seqs=e.max_seqs,
             gpu_memory_utilization=e.gpu_memory_utilization, workspace_bytes=int(e.workspace_gb * 2**30),
             expected_output={n: self.workload.mean_output_of(i) for i, n in enumerate(self.workload.model_names)},
-            prewarm=e.prewarm, fast_forward=e.fast_forward, horizon=self._horizon,
+            prewarm=e.prewarm, fast_forward=e.fast_forward, compiled=e.compiled, horizon=self._horizon,
             load_rates=LoadRates(c.storage_gb_s * 1e9, c.cluster_storage_gb_s * 1e9, c.gpus_per_pcie_uplink),
         )
         self.policy = registry.create(sc.policy.name, sc.policy.params, sc)

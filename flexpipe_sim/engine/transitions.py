@@ -44,6 +44,7 @@ class Transitions:
     prewarm: bool
     load_rates: LoadRates = field(default_factory=LoadRates)
     fast_forward: bool = False  # steady decode steps in O(what changed) (engine/fastbatch.py)
+    compiled: bool = False  # run-ahead windows in the numba loop (engine/stepkernel.py)
     horizon: Callable[[Instance, float, bool], float] | None = None  # run-ahead bound (engine/runahead.py), from the backend
     joining: Counter[int] = field(default_factory=Counter)  # GPU -> stages loading onto it (launches, refactors)
     watch_switches: bool = False  # record token times around refactors (heterosim; turns run-ahead off)
@@ -198,7 +199,7 @@ class Transitions:
             self.env, iid, a.model, infos, self.pipeline_cost(a.model, infos),
             block_size=self.block_size, token_budget=self.token_budget, max_seqs=self.max_seqs,
             expected_output=self.expected_output[a.model], on_finish=self.on_finish, gpu_time=self.gpu_time,
-            fast_forward=self.fast_forward, horizon=self.horizon,
+            fast_forward=self.fast_forward, compiled=self.compiled, horizon=self.horizon,
         )
         self.instances[iid] = inst
         self.joining.update(s.gpu for s in infos)  # until they start: no run-ahead on these GPUs
