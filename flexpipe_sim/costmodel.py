@@ -97,6 +97,22 @@ class CostModel:
 
         return layer
 
+    def decode_table(self, gpu: GPUSpec, n: int) -> tuple | None:
+        """decode_layer_fn as numbers, for the compiled run-ahead (engine/stepkernel.py `_price`):
+        (1, per-n [flops of n tokens, streamed seconds], 0.0, shared [FLOPs per pair, compute rate,
+        KV bytes per token, KV rate]). The compiled loop does the float operations of `layer`; the
+        integer products there are exact in doubles below 2**53, which the shape constants keep to
+        with contexts up to 2**31 tokens. None where a subclass prices a layer otherwise."""
+        if (type(self).layer_time is not CostModel.layer_time or type(self).decode_layer_fn is not CostModel.decode_layer_fn
+                or not all(isinstance(v, int) for v in (self._flops_tok, self._flops_pair, self._layer_bytes, self._kvb))
+                or max(n * self._flops_tok + self._flops_pair * 2**31, self._kvb * 2**31) >= 2**53):
+            return None
+        r = self.roofline
+        streamed_s = (self._layer_bytes + n * self._kvb) / (gpu.hbm_bytes_per_s * r.eff_weight_bw)
+        return (1, np.array([float(n * self._flops_tok), streamed_s]), 0.0,
+                np.array([float(self._flops_pair), gpu.peak_flops * r.eff_compute, float(self._kvb),
+                          gpu.hbm_bytes_per_s * r.eff_kv_bw]))
+
     def head_time(self, gpu: GPUSpec, n_seqs: int) -> float:
         """LM head for the last token of each sequence: a vocab x hidden matmul."""
         m, r = self.model, self.roofline
@@ -178,19 +194,19 @@ class ProfileCostModel(CostModel):
 
         return layer
 
-    def decode_table(self, n: int) -> tuple[np.ndarray, np.ndarray | None, float, np.ndarray] | None:
-        """decode_layer_fn's lookups as arrays, for the compiled run-ahead (engine/stepkernel.py):
-        (log contexts, the row for n or None beyond the measured batches, largest context, the
-        fitted roofline (a, b, c, t_min) used beyond the grid). None where a subclass prices a layer
-        otherwise."""
+    def decode_table(self, gpu: GPUSpec, n: int) -> tuple | None:
+        """decode_layer_fn's lookups as arrays, for the compiled run-ahead (engine/stepkernel.py
+        `_price`): (0, the profile's row for n (log layer times along its log contexts; zeros beyond
+        the measured batches), the largest context on the row (-1.0 where none), [log contexts...,
+        fitted roofline a, b, c, t_min]). None where a subclass prices a layer otherwise."""
         if (type(self).layer_time is not ProfileCostModel.layer_time
                 or type(self).decode_layer_fn is not ProfileCostModel.decode_layer_fn or n < 1):
             return None
         pr = self.profile
         lcs, row, c_max = pr.decode_row(n)
         a, b, c = pr._fit("decode")
-        fit = np.array([a, b, c, pr._grids()[9]])
-        return np.array(lcs), None if row is None else np.array(row), c_max, fit
+        return (0, np.zeros(len(lcs)) if row is None else np.array(row), -1.0 if row is None else c_max,
+                np.array(list(lcs) + [a, b, c, pr._grids()[9]]))
 
     def head_time(self, gpu: GPUSpec, n_seqs: int) -> float:
         if self._head is None:
@@ -328,21 +344,18 @@ class PipelineCost:
 
     def decode_kernel(self, n: int) -> tuple | None:
         """What the compiled run-ahead (engine/stepkernel.py) prices a decode step of n sequences
-        from, memoised: (log contexts, the profile's row for n (zeros where none), largest context
-        on that row (-1.0 where none: every lookup is the fitted roofline's), fitted roofline
-        (a, b, c, t_min), LM-head time, return time, hop times, their sum): the values
-        decode_pricing and decode_hops give. None where the cost model has no such table."""
+        from, memoised: the cost model's decode_table (kind, per-n numbers, shared numbers), then
+        the LM-head time, return time, hop times and their sum (decode_pricing's and decode_hops's
+        values). None where the cost model has no such table."""
         t = self._kernel_memo.get(n, False)
         if t is False:
             t = None
             table = getattr(self.cost, "decode_table", None)
-            tab = table(n) if table is not None and self._uniform else None
+            tab = table(self.stages[0].gpu, n) if table is not None and self._uniform else None
             if tab is not None:
-                lcs, row, c_max, fit = tab
-                _, head, _ = self.decode_pricing(n)
+                _, head, oh = self.decode_pricing(n)
                 back, hops, hop_sum = self.decode_hops(n)
-                t = (lcs, np.zeros(len(lcs)) if row is None else row, -1.0 if row is None else c_max, fit,
-                     head, back, np.array(hops), hop_sum)
+                t = tab + (head, back, hops, hop_sum)
             self._kernel_memo[n] = t
         return t
 

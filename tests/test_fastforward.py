@@ -117,13 +117,15 @@ def test_random_small_cases(stages, rate, cv, tenants, seed, mem):
     _both(load)
 
 
+@pytest.mark.parametrize("compiled", [True, False])
 @pytest.mark.parametrize("mem", [0.9, 0.35])
-def test_steps_past_arrivals_taken_back(mem, monkeypatch):
+def test_steps_past_arrivals_taken_back(mem, compiled, monkeypatch):
     """Single-stage replicas run steady steps past their model's arrivals; the one an arrival is
     routed to takes back the steps it should not have taken (Instance.settle), KV growths included.
     With little KV (mem 0.35) windows also end short of blocks and requests get preempted.
     After each settle, every lazy request holds no block before it needs it (its next growth is
-    due within a block's worth of ticks) and the block counts balance."""
+    due within a block's worth of ticks) and the block counts balance. Both the compiled window
+    loop (engine/stepkernel.py) and the Python one."""
     settle = RunAhead.settle
 
     def checked(self):
@@ -141,9 +143,11 @@ def test_steps_past_arrivals_taken_back(mem, monkeypatch):
         return parse_scenario(small_raw(**{
             "workload.arrivals.rate": 10.0, "horizon_s": 40, "cluster.tenant_scale": 0.0, "seed": 5,
             "policy": {"name": "static", "params": {"stages": 1, "replicas": 3}},
-            "engine.gpu_memory_utilization": mem, "engine.fast_forward": ff == "true"}))
+            "engine.gpu_memory_utilization": mem, "engine.fast_forward": ff == "true",
+            "engine.compiled": compiled}))
     sim, df, _ = _both(load)
     insts = sim.transitions.instances.values()
+    assert (sum(i.windows_compiled for i in insts) > 100) == compiled
     assert sum(i.steps_undone for i in insts) > 100  # arrivals did land inside windows
     assert sum(i.growths_undone for i in insts) > 10  # and took back KV blocks grown past them
     if mem < 0.5:

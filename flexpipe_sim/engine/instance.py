@@ -89,6 +89,7 @@ class Instance(RunAhead):
         self._compiled = compiled and stepkernel.AVAILABLE  # windows' steps in numba (stepkernel.py)
         self._lts_buf = None  # the compiled one-stage window's layer times (reused; runahead.py)
         self.steps_undone = self.growths_undone = 0  # statistics: what `settle` took back
+        self.windows_compiled = 0  # statistics: run-ahead windows taken by the compiled loop
         managers = [BlockCounter(s.kv_blocks, block_size) for s in stages]
         self.kv = KVSet(managers, watermark_blocks=max(1, min(s.kv_blocks for s in stages) // 100))
         n_slots = len(stages)

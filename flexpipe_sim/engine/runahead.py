@@ -98,7 +98,7 @@ class RunAhead:
         horizon = self._horizon(self, now, not single)
         if horizon <= now:
             return False
-        if self._compiled:
+        if self._compiled and self.n_active * len(self._plan) <= _COMPILED_MAX_CELLS:
             took = self._run_ahead_compiled(k, horizon, single)
             if took is not None:
                 return took
@@ -190,20 +190,21 @@ class RunAhead:
 
     def _run_ahead_compiled(self, k: int, horizon: float, single: bool) -> bool | None:
         """_run_ahead's loop (and _run_ahead_single's) in engine/stepkernel.py: the instance's state
-        copied into arrays, advanced there, and written back. None, changing nothing, where the
-        cost model or the KV has no array form (the Python loop then runs)."""
-        plan = self._kplan
-        if plan is None:
-            plan = self._kplan = self._kernel_plan()
-        if plan is False:
+        copied into flat arrays (stepkernel.run says their layout), advanced there, and written
+        back. None, changing nothing, where the cost model or the KV has no array form (the Python
+        loop then runs)."""
+        kp = self._kplan
+        if kp is None:
+            kp = self._kplan = self._kernel_plan()
+        if kp is False:
             return None
-        nl, hh, sd, oh = plan
-        m, P = self.n_active, len(nl)
+        K, kind, oh, rows, cmax, hops, kn, khd, R = kp
         slots, flight, cost = self.slots, self._flight, self.cost
-        fs = np.zeros((m, 8))
-        st = np.zeros((m, 12), np.int64)
-        rows = cmax = hops = None
-        lcs = fit = None
+        if not 0 < slots[k].n_lazy <= slots[k].token_budget:
+            return False  # slot k's own step cannot be taken this way
+        m, P = self.n_active, len(self._plan)
+        fl: list[float] = []  # F: per slot C_DONE..C_HOPSUM, then stage clocks, sums, ext, last steps
+        il: list[int] = []  # I: per slot I_N..I_NEW, then last-step counts, free blocks, goff, gnext, gcnt
         live: list[list] = []
         g0: list[int] = []
         goff = [0]
@@ -212,75 +213,72 @@ class RunAhead:
             n = s.n_lazy
             can = 0 < n <= s.token_budget
             if can:
-                tab = cost.decode_kernel(n)
-                if tab is None:
-                    return None
-                if rows is None:
-                    lcs, fit = tab[0], tab[3]
-                    rows, cmax, hops = np.zeros((m, len(lcs))), np.zeros(m), np.zeros((m, P))
-                rows[i] = tab[1]
-                cmax[i] = tab[2]
-                hops[i] = tab[6]
-                r = fs[i]
-                r[sk.C_HEAD], r[sk.C_BACK], r[sk.C_HOPSUM] = tab[4], tab[5], tab[7]
+                if kn[i] != n:  # the slot's pricing row, kept while its batch size stays
+                    tab = cost.decode_kernel(n)
+                    if tab is None:
+                        return None
+                    rows[i] = tab[1]
+                    cmax[i] = tab[2]
+                    hops[i] = tab[6]
+                    khd[i] = (tab[4], tab[5], tab[7])
+                    kn[i] = n
+                head, back, hop_sum = khd[i]
                 ent = [e for e in s._grow if e[2].finish_s != e[2].finish_s]  # live ones (not finished)
                 live.append(ent)
-                g0.extend(e[0] for e in ent)
+                g0 += [e[0] for e in ent]
             else:
+                head = back = hop_sum = 0.0
                 live.append([])
             goff.append(len(g0))
             fin = s._finish
-            r = st[i]
-            r[sk.I_N], r[sk.I_TICK], r[sk.I_CTX], r[sk.I_SAMPLED], r[sk.I_FAST] = n, s.tick, s.ctx_sum, s.sampled, s.fast_steps
-            r[sk.I_STOP] = fin[0][0] if fin else 1 << 62
-            r[sk.I_CAN] = can
-            fs[i, sk.C_CUMC], fs[i, sk.C_CUMM] = s.cum_compute, s.cum_comm
             f = flight[i]
             if i != k and f is not None:
                 batch = f[1]
-                r[sk.I_ACTIVE] = 1
-                r[sk.I_STEADY] = (batch is not None and not batch.items and s._last_fast and s.fast
-                                  and s._step_lazy == n)
-                fs[i, sk.C_DONE], fs[i, sk.C_COMP], fs[i, sk.C_COMM] = f[0], f[2], f[3]
-        if rows is None:  # slot k cannot schedule (nobody can)
-            return False
-        keep = single
-        if keep:
-            stop = st[0, sk.I_STOP]
+                steady = (batch is not None and not batch.items and s._last_fast and s.fast and s._step_lazy == n)
+                fl += [f[0], s.cum_compute, s.cum_comm, f[2], f[3], head, back, hop_sum]
+                il += [n, s.tick, s.ctx_sum, s.sampled, s.fast_steps, fin[0][0] if fin else 1 << 62, can, steady,
+                       1, 0, 0, 0]
+            else:
+                fl += [0.0, s.cum_compute, s.cum_comm, 0.0, 0.0, head, back, hop_sum]
+                il += [n, s.tick, s.ctx_sum, s.sampled, s.fast_steps, fin[0][0] if fin else 1 << 62, can, 0,
+                       0, 0, 0, 0]
+        if single:
+            stop = il[sk.I_STOP]
             if stop >= 1 << 62:
                 return None
             lts = self._lts_buf
-            need = stop - st[0, sk.I_TICK] + 2
+            need = stop - il[sk.I_TICK] + 2  # at most one step per tick before the finishing one
             if lts is None or len(lts) < need:
-                lts = self._lts_buf = np.empty(max(need, 2 * len(lts) if lts is not None else 256))
+                lts = self._lts_buf = np.empty(max(need, 256))
         else:
             lts = _NO_LTS
-        gnext = np.array(g0, np.int64)
-        gcnt = np.zeros(len(g0), np.int64)
-        kv = self.kv
-        free_blocks = np.array([min(mg.num_free for mg in kv.managers)], np.int64)
-        sums = self._sums
-        sarr = np.array([sums[0], sums[1], float(sums[2]), 0.0])
-        free = np.array(self._stage_free)
-        rec = np.zeros((P, P, 2))
-        rec_n = np.zeros(P, np.int64)
-        ext = np.zeros(2)
-        s0 = self.slots[0]
-        if keep:
-            w0 = (self.env.now, self._stage_free[0], s0.tick, s0.cum_compute, s0.sampled, s0.ctx_sum,
+        kv, sums, now = self.kv, self._sums, self.env.now
+        G = len(g0)
+        fl += self._stage_free
+        fl += [sums[0], sums[1], float(sums[2]), 0.0, 0.0, 0.0]
+        fl += [0.0] * (2 * P * P)
+        il += [0] * P
+        il.append(min([mg.num_free for mg in kv.managers]))
+        il += goff
+        il += g0
+        il += [0] * G
+        F = np.array(fl)
+        I = np.array(il, np.int64)
+        if single:
+            s0 = slots[0]
+            w0 = (now, self._stage_free[0], s0.tick, s0.cum_compute, s0.sampled, s0.ctx_sum,
                   sums[0], sums[1], sums[2], s0.fast_steps, self.steps, self.steps_ahead, s0.n_lazy)
-        status, _, taken = sk.advance(k, self.env.now, horizon, fs, st, hops, rows, lcs, cmax, fit, ext, gnext,
-                                      np.array(goff, np.int64), gcnt, free_blocks, kv.block_size, nl, hh, sd, oh,
-                                      free, rec, rec_n, sarr, lts, keep)
+        status, _, taken = sk.run(k, now, horizon, K, F, I, lts, kind, kv.block_size, oh, single, m, len(kn), P, R, G)
         if status == sk.FIRST_FAILED:
             return False
         # write the window back: slots, flights, stage clocks and last steps, sums, KV growths
-        fsl, stl = fs.tolist(), st.tolist()
+        fl, il = F.tolist(), I.tolist()
         moved = self._moved
         for i in range(m):
-            r, f = stl[i], fsl[i]
+            r = il[12 * i: 12 * i + 12]
             if not r[sk.I_NEW] and not r[sk.I_TAKEN]:
                 continue
+            f = fl[8 * i: 8 * i + 8]
             s = slots[i]
             n = r[sk.I_N]
             if r[sk.I_FAST] != s.fast_steps:  # it scheduled: _schedule_ahead's settings
@@ -296,59 +294,72 @@ class RunAhead:
                 flight[i] = (f[sk.C_DONE], None, 0.0, 0.0)  # its process schedules at its completion
             if i != k and r[sk.I_TAKEN]:
                 moved[i] = True
-        self._stage_free[:] = free.tolist()
-        recent, recl, rnl = self._recent, rec.tolist(), rec_n.tolist()
-        for p in range(P):
-            c = rnl[p]
-            for q in range(max(0, c - P), c):
-                e = recl[p][q % P]
-                recent[p].append((e[0], e[1]))
-        sl = sarr.tolist()
-        sums[0], sums[1], sums[2] = sl[0], sl[1], int(sl[2])
+        b = 8 * m
+        self._stage_free[:] = fl[b: b + P]
+        sums[0], sums[1], sums[2] = fl[b + P], fl[b + P + 1], int(fl[b + P + 2])
+        n_lts, n_ext, ctx_ext = int(fl[b + P + 3]), int(fl[b + P + 4]), fl[b + P + 5]
+        b += P + 6
+        c = 12 * m
+        recent = self._recent
+        for p in range(P):  # each stage's last steps, oldest first (the ring at rec[p])
+            cnt = il[c + p]
+            if cnt:
+                ring = b + 2 * P * p
+                recent[p].extend([(fl[ring + 2 * (q % P)], fl[ring + 2 * (q % P) + 1]) for q in range(max(0, cnt - P), cnt)])
         self.steps += taken
         self.steps_ahead += taken
-        g1 = gnext.tolist()
-        cnt = gcnt.tolist()
-        total = sum(cnt)
-        if total:
+        d = c + P + 2 + m
+        g1 = il[d: d + G]
+        if g1 != g0:  # KV growths: the blocks, the requests' KV tokens, their grow entries
+            cnt = il[d + G: d + 2 * G]
+            total = sum(cnt)
             bs = kv.block_size
+            grown = [(e, cnt[j]) for i in range(m) for j, e in enumerate(live[i], goff[i]) if cnt[j]]
             for mg in kv.managers:
                 held = mg.held
-                for i in range(m):
-                    for j, e in enumerate(live[i], goff[i]):
-                        if cnt[j]:
-                            held[e[1]] += cnt[j]
+                for e, q in grown:
+                    held[e[1]] += q
                 mg.num_free -= total
                 mg.allocated_total += total
+            for e, q in grown:
+                e[2].kv_tokens += bs * q
             for i in range(m):
-                if goff[i + 1] > goff[i] and any(cnt[goff[i]:goff[i + 1]]):
-                    grow = [(g1[j], e[1], e[2]) for j, e in enumerate(live[i], goff[i])]
-                    for j, e in enumerate(live[i], goff[i]):
-                        e[2].kv_tokens += bs * cnt[j]
+                a, z = goff[i], goff[i + 1]
+                if g1[a:z] != g0[a:z]:
+                    grow = [(g1[j], e[1], e[2]) for j, e in enumerate(live[i], a)]
                     heapify(grow)
                     slots[i]._grow[:] = grow  # in place: callers hold the list
-        if ext[0]:
+        if n_ext:
             pr = cost.cost.profile
-            bad = [i for i in range(m) if stl[i][sk.I_CAN]]
-            pr._warn("decode", f"decode batch {stl[bad[0]][sk.I_N]} at context {ext[1]:.0f}")
-            pr.extrapolations += int(ext[0]) - 1
-        if keep:
-            s0._grow_log = None
-            self._window = Window(*w0, lts[: int(sl[3])].tolist(), (live[0], g0, g1))
+            pr._warn("decode", f"decode batch {il[sk.I_N]} at context {ctx_ext:.0f}")
+            pr.extrapolations += n_ext - 1
+        if single:
+            slots[0]._grow_log = None
+            self._window = Window(*w0, lts[:n_lts].tolist(), (live[0], g0, g1))
+        self.windows_compiled += 1
         return True
 
     def _kernel_plan(self):
-        """The uniform plan as the compiled loop's arrays (layers, has head, slowdown per stage, and
-        the per-stage overhead); False where the KV is not counted in bulk (BlockCounter) or the
-        cost model has no overhead to read (a test fake)."""
+        """The instance's constant part of the compiled loop's input (stepkernel.run's K: layers,
+        slowdown and head per stage; per slot the largest context, hop times and pricing row, kept
+        while its batch size stays; the cost model's shared numbers), with views of K's per-slot
+        parts, the batch size each slot's holds and its head, return and hop times. False where the
+        KV is not counted in bulk (BlockCounter) or the cost model has no array form
+        (costmodel.py decode_table)."""
         if not all(isinstance(mg, BlockCounter) for mg in self.kv.managers):
             return False
-        oh = getattr(self.cost, "_overhead", None)
-        if oh is None:
+        tab = getattr(self.cost, "decode_kernel", lambda n: None)(1)
+        if tab is None:
             return False
         plan = self._plan
-        return (np.array([float(p[1]) for p in plan]), np.array([bool(p[2]) for p in plan]),
-                np.array([float(p[3]) for p in plan]), float(oh))
+        m, P, R = len(self.slots), len(plan), len(tab[1])
+        K = np.array([float(p[1]) for p in plan] + [float(p[3]) for p in plan] + [float(bool(p[2])) for p in plan]
+                     + [0.0] * (m + m * P + m * R) + list(tab[3]))
+        a = 3 * P
+        cmax = K[a: a + m]
+        hops = K[a + m: a + m + m * P].reshape((m, P))
+        rows = K[a + m + m * P: a + m + m * P + m * R].reshape((m, R))
+        return K, tab[0], self.cost._overhead, rows, cmax, hops, [-1] * m, [(0.0, 0.0, 0.0)] * m, R
 
     def settle(self) -> None:
         """Something outside touches the instance now (a request routed here): take back the steps
@@ -489,4 +500,10 @@ class RunAhead:
         return True
 
 
+# Slots x stages up to which a window goes to the compiled loop. Copying the state in and out costs
+# O(slots' requests + slots x stages) per window, the Python loop O(steps x stages): on the paper's
+# cv4 FlexPipe's 1-4-slot pipelines gain (20-22 s -> 17-19 s over 30 min) and AlpaServe's 8x8 ones,
+# ~12 steps per window, lose (14-15 s -> 16-17 s), measured on the 2-core build machine
+# (docs/results/sim_speed/README.md, sitting 5).
+_COMPILED_MAX_CELLS = 16
 _NO_LTS = np.empty(1)  # the compiled loop keeps no layer times where nothing will be taken back

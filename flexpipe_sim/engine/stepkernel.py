@@ -24,8 +24,6 @@ from __future__ import annotations
 
 import math
 
-import numpy as np
-
 try:  # numba is a dependency; without it (a broken install) run-ahead uses the Python loop
     from numba import njit
 
@@ -48,26 +46,32 @@ C_DONE, C_CUMC, C_CUMM, C_COMP, C_COMM, C_HEAD, C_BACK, C_HOPSUM = range(8)
 I_N, I_TICK, I_CTX, I_SAMPLED, I_FAST, I_STOP, I_CAN, I_STEADY, I_ACTIVE, I_TAKEN, I_KV, I_NEW = range(12)
 
 
-@njit(cache=True)
-def _price(i, kv, n, rows, lcs, c_max, fit, ext):
-    """A decode layer's time for slot i's n sequences holding kv tokens of context in all:
-    profiles.row_at on its row where the context is on the grid (at most c_max[i]), else the fitted
-    roofline fit = (a, b, c, t_min) (profiles.Profile.decode_layer_s; counted in ext)."""
+@njit(cache=True, inline="always")
+def _price(kind, i, kv, n, rows, cmax, sh, ext):
+    """A decode layer's time for slot i's n sequences holding kv tokens of context in all, as the
+    cost model's decode_layer_fn gives it (costmodel.py decode_table says what the arrays hold).
+    kind 0, a profile: profiles.row_at on the slot's row where the context is on the grid (at most
+    cmax[i]; -1.0: n is beyond the measured batches), else the fitted roofline (counted in ext).
+    kind 1, the roofline: compute or memory time, the longer."""
+    if kind == 1:
+        t_compute = (rows[i, 0] + kv * sh[0]) / sh[1]
+        t_memory = rows[i, 1] + kv * sh[2] / sh[3]
+        return t_compute if t_compute > t_memory else t_memory
     ctx = kv / n
     if ctx < 1.0:
         ctx = 1.0
-    L = lcs.shape[0]
-    if ctx <= c_max[i]:  # c_max[i] = -1.0: n is beyond the measured batches (no row)
-        lc = math.log(ctx) if ctx > 0 else lcs[0]
-        if lc < lcs[0]:
-            lc = lcs[0]
+    L = sh.shape[0] - 4  # sh: log contexts, then the fit's a, b, c, t_min
+    if ctx <= cmax[i]:
+        lc = math.log(ctx) if ctx > 0 else sh[0]
+        if lc < sh[0]:
+            lc = sh[0]
         if L == 1:
             return math.exp(rows[i, 0])
         # bisect.bisect_left(lcs, lc) - 1, clamped to [0, L - 2]
         lo, hi = 0, L
         while lo < hi:
             mid = (lo + hi) // 2
-            if lcs[mid] < lc:
+            if sh[mid] < lc:
                 lo = mid + 1
             else:
                 hi = mid
@@ -76,19 +80,19 @@ def _price(i, kv, n, rows, lcs, c_max, fit, ext):
             j = 0
         elif j > L - 2:
             j = L - 2
-        x0 = lcs[j]
-        t = (lc - x0) / (lcs[j + 1] - x0)
+        x0 = sh[j]
+        t = (lc - x0) / (sh[j + 1] - x0)
         y0 = rows[i, j]
         return math.exp(y0 + t * (rows[i, j + 1] - y0))
     if ext[0] == 0:
         ext[1] = ctx  # the first one's context, for the warning
     ext[0] += 1
-    v = fit[0] + fit[1] * n + fit[2] * n * ctx
-    return v if v > fit[3] else fit[3]  # max(v, t_min)
+    v = sh[L] + sh[L + 1] * n + sh[L + 2] * n * ctx
+    return v if v > sh[L + 3] else sh[L + 3]  # max(v, t_min)
 
 
-@njit(cache=True)
-def _schedule(i, t, fs, st, hops, rows, lcs, c_max, fit, ext, gnext, goff, gcnt, free_blocks, bs,
+@njit(cache=True, inline="always")
+def _schedule(i, t, fs, st, hops, kind, rows, cmax, sh, ext, gnext, goff, gcnt, free_blocks, bs,
               nl, hh, sd, oh, free, rec, rec_n, sums, lts, keep_lts):
     """Slot i's steady step scheduled at t (RunAhead._schedule_ahead): KV growth, pricing, the
     stages' clocks. Returns the blocks it grew, or -1 where it cannot (the caller stops)."""
@@ -110,7 +114,7 @@ def _schedule(i, t, fs, st, hops, rows, lcs, c_max, fit, ext, gnext, goff, gcnt,
     n = st[i, I_N]
     st[i, I_FAST] += 1
     kv = st[i, I_CTX] + n
-    lt = _price(i, kv, n, rows, lcs, c_max, fit, ext)
+    lt = _price(kind, i, kv, n, rows, cmax, sh, ext)
     if keep_lts:
         lts[int(sums[3])] = lt
         sums[3] += 1.0
@@ -148,13 +152,48 @@ def _schedule(i, t, fs, st, hops, rows, lcs, c_max, fit, ext, gnext, goff, gcnt,
 
 
 @njit(cache=True)
-def advance(k, now, horizon, fs, st, hops, rows, lcs, c_max, fit, ext, gnext, goff, gcnt, free_blocks,
+def run(k, now, horizon, K, F, I, lts, kind, bs, oh, keep_lts, m, mk, P, R, G):
+    """`advance` on three flat arrays (a compiled call costs a type check per argument, so fewer
+    arguments is most of a short window's cost): K, the instance's plan and pricing (nl, sd, hh per
+    stage; per slot the largest context, hop times, pricing row; the cost model's shared numbers),
+    F, the floats that change (slot state fs, stage clocks, sums, ext, last steps), and I, the
+    integers (slot state st, last-step counts, free blocks, then per lazy request gnext and gcnt,
+    slot by slot from goff). m slots are active of the mk that K holds rows for; P stages; R
+    numbers in a pricing row; G lazy requests."""
+    nl, sd, hh = K[0:P], K[P:2 * P], K[2 * P:3 * P]
+    a = 3 * P
+    cmax = K[a:a + mk]
+    a += mk
+    hops = K[a:a + mk * P].reshape((mk, P))
+    a += mk * P
+    rows = K[a:a + mk * R].reshape((mk, R))
+    sh = K[a + mk * R:]
+    fs = F[0:8 * m].reshape((m, 8))
+    b = 8 * m
+    free = F[b:b + P]
+    sums = F[b + P:b + P + 4]
+    ext = F[b + P + 4:b + P + 6]
+    rec = F[b + P + 6:b + P + 6 + 2 * P * P].reshape((P, P, 2))
+    st = I[0:12 * m].reshape((m, 12))
+    c = 12 * m
+    rec_n = I[c:c + P]
+    free_blocks = I[c + P:c + P + 1]
+    goff = I[c + P + 1:c + P + 2 + m]
+    d = c + P + 2 + m
+    gnext = I[d:d + G]
+    gcnt = I[d + G:d + 2 * G]
+    return advance(k, now, horizon, fs, st, hops, kind, rows, cmax, sh, ext, gnext, goff, gcnt, free_blocks,
+                   bs, nl, hh, sd, oh, free, rec, rec_n, sums, lts, keep_lts)
+
+
+@njit(cache=True)
+def advance(k, now, horizon, fs, st, hops, kind, rows, cmax, sh, ext, gnext, goff, gcnt, free_blocks,
             bs, nl, hh, sd, oh, free, rec, rec_n, sums, lts, keep_lts):
     """RunAhead._run_ahead's loop: slot k schedules at now, then completions in (time, slot) order
     are accounted and their slots' next steps scheduled, up to the first completion at or after
     the horizon, one that finishes a request, or one that is not steady. Returns (status, slot
     that stopped the run or -1, steps taken)."""
-    if _schedule(k, now, fs, st, hops, rows, lcs, c_max, fit, ext, gnext, goff, gcnt, free_blocks, bs,
+    if _schedule(k, now, fs, st, hops, kind, rows, cmax, sh, ext, gnext, goff, gcnt, free_blocks, bs,
                  nl, hh, sd, oh, free, rec, rec_n, sums, lts, keep_lts) < 0:
         return FIRST_FAILED, k, 0
     m = st.shape[0]
@@ -179,23 +218,8 @@ def advance(k, now, horizon, fs, st, hops, rows, lcs, c_max, fit, ext, gnext, go
         st[i, I_CTX] += n
         st[i, I_TAKEN] += 1
         taken += 1
-        if _schedule(i, c, fs, st, hops, rows, lcs, c_max, fit, ext, gnext, goff, gcnt, free_blocks, bs,
+        if _schedule(i, c, fs, st, hops, kind, rows, cmax, sh, ext, gnext, goff, gcnt, free_blocks, bs,
                      nl, hh, sd, oh, free, rec, rec_n, sums, lts, keep_lts) < 0:
             st[i, I_STEADY] = 0
             st[i, I_NEW] = 2  # its process schedules at c, by the ordinary path
             return SHORT, i, taken
-
-
-def warm() -> None:
-    """Compile (or load from numba's cache) `advance` for the argument types the simulator passes,
-    on a one-step window: a run pays the compilation once, before its clock matters."""
-    if not AVAILABLE:
-        return
-    fs = np.zeros((1, 8))
-    st = np.zeros((1, 12), np.int64)
-    st[0, I_N] = st[0, I_CAN] = 1
-    st[0, I_STOP] = 2
-    advance(0, 0.0, 1.0, fs, st, np.zeros((1, 1)), np.zeros((1, 2)), np.array([0.0, 1.0]), np.full(1, 2.0),
-            np.zeros(4), np.zeros(2), np.zeros(1, np.int64), np.zeros(2, np.int64), np.zeros(1, np.int64),
-            np.zeros(1, np.int64), 16, np.ones(1), np.zeros(1, np.bool_), np.ones(1), 0.0, np.zeros(1),
-            np.zeros((1, 1, 2)), np.zeros(1, np.int64), np.zeros(4), np.zeros(1), True)
