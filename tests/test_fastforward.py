@@ -20,6 +20,7 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from flexpipe_sim.engine.fastbatch import FastSlotBatcher
+from flexpipe_sim.engine import runahead
 from flexpipe_sim.engine.runahead import RunAhead
 from flexpipe_sim.engine.simulator import Simulation
 from flexpipe_sim.metrics import requests_frame
@@ -138,6 +139,7 @@ def test_steps_past_arrivals_taken_back(mem, compiled, monkeypatch):
             m.check_integrity()
 
     monkeypatch.setattr(RunAhead, "settle", checked)
+    monkeypatch.setattr(runahead, "_COMPILED_MIN_WORK", 0)  # every window to the compiled loop (if on)
 
     def load(ff):
         return parse_scenario(small_raw(**{

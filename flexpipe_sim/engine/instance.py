@@ -87,6 +87,8 @@ class Instance(RunAhead):
         self.steps_ahead = 0  # statistics: steps taken inside run-ahead windows
         self._window = None  # runahead.Window: a run-ahead that `settle` may take back (runahead.py)
         self._compiled = compiled and stepkernel.AVAILABLE  # windows' steps in numba (stepkernel.py)
+        self._klast = 1 << 30  # steps of the last run-ahead window (chooses the loop; runahead.py)
+        self._kspan = 16  # ticks per slot a compiled window takes KV growths for (runahead.py)
         self._lts_buf = None  # the compiled one-stage window's layer times (reused; runahead.py)
         self.steps_undone = self.growths_undone = 0  # statistics: what `settle` took back
         self.windows_compiled = 0  # statistics: run-ahead windows taken by the compiled loop

@@ -98,13 +98,22 @@ class RunAhead:
         horizon = self._horizon(self, now, not single)
         if horizon <= now:
             return False
-        if self._compiled and self.n_active * len(self._plan) <= _COMPILED_MAX_CELLS:
+        # The compiled loop costs a fixed copy in and out per window, the Python one a few
+        # microseconds per step and stage: the last window's steps x stages choose (same records)
+        before = self.steps_ahead
+        took = None
+        if self._compiled and self._klast * len(self._plan) >= _COMPILED_MIN_WORK:
             took = self._run_ahead_compiled(k, horizon, single)
-            if took is not None:
-                return took
-        if single:
-            return self._run_ahead_single(horizon)
-        if not self._schedule_ahead(k, now):
+        if took is None:
+            took = self._run_ahead_single(horizon) if single else self._run_ahead_multi(k, horizon)
+        if took:
+            self._klast = self.steps_ahead - before
+        return took
+
+    def _run_ahead_multi(self, k: int, horizon: float) -> bool:
+        """_run_ahead's loop in Python: slot k schedules now, then completions in time order."""
+        slots, flight = self.slots, self._flight
+        if not self._schedule_ahead(k, self.env.now):
             return False
         heap = [(f[0], i) for i, f in enumerate(flight[: self.n_active]) if f is not None]
         heapify(heap)
@@ -203,6 +212,7 @@ class RunAhead:
         if not 0 < slots[k].n_lazy <= slots[k].token_budget:
             return False  # slot k's own step cannot be taken this way
         m, P = self.n_active, len(self._plan)
+        span = self._kspan  # ticks per slot whose KV growths go in (adapts: see below)
         fl: list[float] = []  # F: per slot C_DONE..C_HOPSUM, then stage clocks, sums, ext, last steps
         il: list[int] = []  # I: per slot I_N..I_NEW, then last-step counts, free blocks, goff, gnext, gcnt
         live: list[list] = []
@@ -216,6 +226,7 @@ class RunAhead:
                 if kn[i] != n:  # the slot's pricing row, kept while its batch size stays
                     tab = cost.decode_kernel(n)
                     if tab is None:
+                        _push_back(slots, live)
                         return None
                     rows[i] = tab[1]
                     cmax[i] = tab[2]
@@ -223,11 +234,23 @@ class RunAhead:
                     khd[i] = (tab[4], tab[5], tab[7])
                     kn[i] = n
                 head, back, hop_sum = khd[i]
-                ent = [e for e in s._grow if e[2].finish_s != e[2].finish_s]  # live ones (not finished)
+                # the grow entries that can come due in this window: the slot stops before its tick
+                # reaches the next finish (stop), so before no other; taken off the heap (finished
+                # requests' stale entries dropped, as _due would) and pushed back after
+                grow, stop = s._grow, s._finish[0][0] if s._finish else 1 << 62
+                glim = s.tick + span
+                if glim > stop:
+                    glim = stop
+                ent = []
+                while grow and grow[0][0] < glim:
+                    e = heappop(grow)
+                    if e[2].finish_s != e[2].finish_s:
+                        ent.append(e)
                 live.append(ent)
                 g0 += [e[0] for e in ent]
             else:
                 head = back = hop_sum = 0.0
+                glim = 0
                 live.append([])
             goff.append(len(g0))
             fin = s._finish
@@ -237,14 +260,15 @@ class RunAhead:
                 steady = (batch is not None and not batch.items and s._last_fast and s.fast and s._step_lazy == n)
                 fl += [f[0], s.cum_compute, s.cum_comm, f[2], f[3], head, back, hop_sum]
                 il += [n, s.tick, s.ctx_sum, s.sampled, s.fast_steps, fin[0][0] if fin else 1 << 62, can, steady,
-                       1, 0, 0, 0]
+                       1, 0, 0, 0, glim]
             else:
                 fl += [0.0, s.cum_compute, s.cum_comm, 0.0, 0.0, head, back, hop_sum]
                 il += [n, s.tick, s.ctx_sum, s.sampled, s.fast_steps, fin[0][0] if fin else 1 << 62, can, 0,
-                       0, 0, 0, 0]
+                       0, 0, 0, 0, glim]
         if single:
             stop = il[sk.I_STOP]
             if stop >= 1 << 62:
+                _push_back(slots, live)
                 return None
             lts = self._lts_buf
             need = stop - il[sk.I_TICK] + 2  # at most one step per tick before the finishing one
@@ -268,14 +292,15 @@ class RunAhead:
             s0 = slots[0]
             w0 = (now, self._stage_free[0], s0.tick, s0.cum_compute, s0.sampled, s0.ctx_sum,
                   sums[0], sums[1], sums[2], s0.fast_steps, self.steps, self.steps_ahead, s0.n_lazy)
-        status, _, taken = sk.run(k, now, horizon, K, F, I, lts, kind, kv.block_size, oh, single, m, len(kn), P, R, G)
+        status, who, taken = sk.run(k, now, horizon, K, F, I, lts, kind, kv.block_size, oh, single, m, len(kn), P, R, G)
         if status == sk.FIRST_FAILED:
+            _push_back(slots, live)
             return False
         # write the window back: slots, flights, stage clocks and last steps, sums, KV growths
         fl, il = F.tolist(), I.tolist()
         moved = self._moved
         for i in range(m):
-            r = il[12 * i: 12 * i + 12]
+            r = il[sk.ST_COLS * i: sk.ST_COLS * (i + 1)]
             if not r[sk.I_NEW] and not r[sk.I_TAKEN]:
                 continue
             f = fl[8 * i: 8 * i + 8]
@@ -299,7 +324,7 @@ class RunAhead:
         sums[0], sums[1], sums[2] = fl[b + P], fl[b + P + 1], int(fl[b + P + 2])
         n_lts, n_ext, ctx_ext = int(fl[b + P + 3]), int(fl[b + P + 4]), fl[b + P + 5]
         b += P + 6
-        c = 12 * m
+        c = sk.ST_COLS * m
         recent = self._recent
         for p in range(P):  # each stage's last steps, oldest first (the ring at rec[p])
             cnt = il[c + p]
@@ -308,9 +333,18 @@ class RunAhead:
                 recent[p].extend([(fl[ring + 2 * (q % P)], fl[ring + 2 * (q % P) + 1]) for q in range(max(0, cnt - P), cnt)])
         self.steps += taken
         self.steps_ahead += taken
+        # the tick limit: doubled where a window reached it, halved where windows stop far short
+        if status == sk.SHORT and il[sk.ST_COLS * who + sk.I_TICK] >= il[sk.ST_COLS * who + sk.I_GLIM]:
+            self._kspan = min(2 * span, 1 << 16)
+        elif taken * 4 < span * m and span > 2:
+            self._kspan = span // 2
         d = c + P + 2 + m
         g1 = il[d: d + G]
-        if g1 != g0:  # KV growths: the blocks, the requests' KV tokens, their grow entries
+        for i in range(m):  # the taken grow entries back on their heaps, next due where the window left them
+            grow = slots[i]._grow
+            for j, e in enumerate(live[i], goff[i]):
+                heappush(grow, (g1[j], e[1], e[2]))
+        if g1 != g0:  # KV growths: the blocks and the requests' KV tokens
             cnt = il[d + G: d + 2 * G]
             total = sum(cnt)
             bs = kv.block_size
@@ -323,12 +357,6 @@ class RunAhead:
                 mg.allocated_total += total
             for e, q in grown:
                 e[2].kv_tokens += bs * q
-            for i in range(m):
-                a, z = goff[i], goff[i + 1]
-                if g1[a:z] != g0[a:z]:
-                    grow = [(g1[j], e[1], e[2]) for j, e in enumerate(live[i], a)]
-                    heapify(grow)
-                    slots[i]._grow[:] = grow  # in place: callers hold the list
         if n_ext:
             pr = cost.cost.profile
             pr._warn("decode", f"decode batch {il[sk.I_N]} at context {ctx_ext:.0f}")
@@ -425,7 +453,7 @@ class RunAhead:
         ent, a, z = grown
         bs = self.kv.block_size
         undone: list[tuple[int, int]] = []
-        grow = []
+        grow = []  # the window's entries, next due where they are after the undo
         for q, (e, aj, zj) in enumerate(zip(ent, a, z)):
             g = zj
             if zj != aj:
@@ -451,6 +479,8 @@ class RunAhead:
                 held[rid] -= c
             mg.num_free += total
             mg.allocated_total -= total
+        ids = {e[1] for e in ent}
+        grow += [e for e in s._grow if e[1] not in ids]  # entries the window did not take
         heapify(grow)
         s._grow[:] = grow  # in place: callers hold the list
         self.growths_undone += total
@@ -500,10 +530,19 @@ class RunAhead:
         return True
 
 
-# Slots x stages up to which a window goes to the compiled loop. Copying the state in and out costs
-# O(slots' requests + slots x stages) per window, the Python loop O(steps x stages): on the paper's
-# cv4 FlexPipe's 1-4-slot pipelines gain (20-22 s -> 17-19 s over 30 min) and AlpaServe's 8x8 ones,
-# ~12 steps per window, lose (14-15 s -> 16-17 s), measured on the 2-core build machine
-# (docs/results/sim_speed/README.md, sitting 5).
-_COMPILED_MAX_CELLS = 16
+# Steps x stages of an instance's last window from which its next goes to the compiled loop.
+# Copying a window in and out costs ~30-45 us (the slots, their requests due to grow), the Python
+# loop ~1 us per step and stage plus ~2 us per step: break-even near 16 (measured on the 2-core
+# build machine: the Azure replay's windows of ~2 steps of 80 requests lose with the compiled
+# loop, ServerlessLLM's ~40-step windows gain; docs/results/sim_speed/README.md, sitting 5).
+_COMPILED_MIN_WORK = 16
+
+
+def _push_back(slots: list, live: list[list]) -> None:
+    """The grow entries a compiled window took off its slots' heaps, back unchanged."""
+    for s, ent in zip(slots, live):
+        for e in ent:
+            heappush(s._grow, e)
+
+
 _NO_LTS = np.empty(1)  # the compiled loop keeps no layer times where nothing will be taken back

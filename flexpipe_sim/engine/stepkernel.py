@@ -17,7 +17,9 @@ and count as the Python lookup would.
 A KV growth is counted per lazy request: `gnext[j]` is the tick at which request j fills its last
 block; a step scheduled at tick t grows every request with gnext <= t by one block (all of them, or
 none where fewer blocks are free: the ordinary path then decides), and that request is next due at
-t + block size, as FastSlotBatcher._add_block pushes it.
+t + block size, as FastSlotBatcher._add_block pushes it. The caller passes only the requests due
+before a slot's tick limit (I_GLIM); a slot reaching it stops as where KV is short (its process
+schedules that step by the ordinary path, the same step), so a short window copies few requests.
 """
 
 from __future__ import annotations
@@ -43,7 +45,8 @@ SHORT = 2  # a slot could not schedule (KV short): its process schedules by the 
 # columns of the per-slot float state `fs`
 C_DONE, C_CUMC, C_CUMM, C_COMP, C_COMM, C_HEAD, C_BACK, C_HOPSUM = range(8)
 # columns of the per-slot int state `st`
-I_N, I_TICK, I_CTX, I_SAMPLED, I_FAST, I_STOP, I_CAN, I_STEADY, I_ACTIVE, I_TAKEN, I_KV, I_NEW = range(12)
+I_N, I_TICK, I_CTX, I_SAMPLED, I_FAST, I_STOP, I_CAN, I_STEADY, I_ACTIVE, I_TAKEN, I_KV, I_NEW, I_GLIM = range(13)
+ST_COLS = 13
 
 
 @njit(cache=True, inline="always")
@@ -96,8 +99,8 @@ def _schedule(i, t, fs, st, hops, kind, rows, cmax, sh, ext, gnext, goff, gcnt, 
               nl, hh, sd, oh, free, rec, rec_n, sums, lts, keep_lts):
     """Slot i's steady step scheduled at t (RunAhead._schedule_ahead): KV growth, pricing, the
     stages' clocks. Returns the blocks it grew, or -1 where it cannot (the caller stops)."""
-    if st[i, I_CAN] == 0:
-        return -1
+    if st[i, I_CAN] == 0 or st[i, I_TICK] >= st[i, I_GLIM]:
+        return -1  # cannot, or past the ticks whose KV growths the caller gave (gnext holds no others)
     tick = st[i, I_TICK]
     need = 0
     for j in range(goff[i], goff[i + 1]):
@@ -174,8 +177,8 @@ def run(k, now, horizon, K, F, I, lts, kind, bs, oh, keep_lts, m, mk, P, R, G):
     sums = F[b + P:b + P + 4]
     ext = F[b + P + 4:b + P + 6]
     rec = F[b + P + 6:b + P + 6 + 2 * P * P].reshape((P, P, 2))
-    st = I[0:12 * m].reshape((m, 12))
-    c = 12 * m
+    st = I[0:ST_COLS * m].reshape((m, ST_COLS))
+    c = ST_COLS * m
     rec_n = I[c:c + P]
     free_blocks = I[c + P:c + P + 1]
     goff = I[c + P + 1:c + P + 2 + m]
