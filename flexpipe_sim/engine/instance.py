@@ -39,6 +39,7 @@ from flexpipe_core.batcher import Batch, KVSet, SlotBatcher
 from .fastbatch import FastSlotBatcher
 from .gputime import GpuTimeline
 from . import stepkernel
+from .kernelwindow import CompiledRunAhead
 from .runahead import RunAhead
 from flexpipe_core.request import Request
 
@@ -53,7 +54,7 @@ class StageInfo:
     weights: str | None = None  # ledger entry of shared weights this stage maps (Tetris), else its own copy
 
 
-class Instance(RunAhead):
+class Instance(RunAhead, CompiledRunAhead):
     def __init__(
         self,
         env: simpy.Environment,
@@ -88,7 +89,7 @@ class Instance(RunAhead):
         self._window = None  # runahead.Window: a run-ahead that `settle` may take back (runahead.py)
         self._compiled = compiled and stepkernel.AVAILABLE  # windows' steps in numba (stepkernel.py)
         self._klast = 1 << 30  # steps of the last run-ahead window (chooses the loop; runahead.py)
-        self._kspan = 16  # ticks per slot a compiled window takes KV growths for (runahead.py)
+        self._kspan = 64  # ticks per slot a compiled window takes KV growths for (runahead.py)
         self._lts_buf = None  # the compiled one-stage window's layer times (reused; runahead.py)
         self.steps_undone = self.growths_undone = 0  # statistics: what `settle` took back
         self.windows_compiled = 0  # statistics: run-ahead windows taken by the compiled loop

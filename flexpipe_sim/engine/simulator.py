@@ -8,6 +8,7 @@ the scenario seed, spawned into independent streams for the cluster, the workloa
 
 from __future__ import annotations
 
+import math
 import time
 from bisect import bisect_left
 from collections import deque
@@ -15,6 +16,7 @@ from dataclasses import dataclass, field
 from typing import Callable
 
 import numpy as np
+
 import simpy
 
 from ..cluster import Cluster, build_cluster
@@ -95,6 +97,7 @@ class Simulation:
         }
         self.decide_wall_s: list[float] = []
         self._gpu_views: dict[int, tuple[int, GPUView]] = {}
+        self._inst_views: dict[int, tuple[list, InstanceView]] = {}  # id -> (its stages, last view)
         self._model_views_static = self._static_model_facts()
         self.gateway.typical_prompt = {m: f[1] for m, f in self._model_views_static.items() if f[1] > 0}
         self._recent: dict[str, deque[float]] = {m: deque() for m in self.specs}
@@ -259,18 +262,18 @@ class Simulation:
         rate = len(q) / span
         if len(q) < 3:
             return rate, 0.0, 0.0
-        if now < win:  # the first window is still filling: no trend to speak of yet
-            t = np.fromiter(q, float)
-            iat = np.diff(t)
-            return rate, float(iat.std() / iat.mean()) if iat.mean() > 0 else 0.0, 0.0
         t = np.fromiter(q, float)
         iat = np.diff(t)
-        cv = float(iat.std() / iat.mean()) if iat.mean() > 0 else 0.0
+        mean = iat.mean()
+        cv = float(iat.std() / mean) if mean > 0 else 0.0
+        if now < win:  # the first window is still filling: no trend to speak of yet
+            return rate, cv, 0.0
         half = now - span / 2
-        late, early = (t >= half).sum(), (t < half).sum()
+        late = int((t >= half).sum())
+        early = len(q) - late  # (t < half): the times are finite
         # A trend only when the halves differ beyond Poisson noise (|z| >= SLOPE_Z): at a few req/s
         # per model, a 15 s window's halves differ by ~0.07/s of relative slope by chance alone.
-        z = (late - early) / np.sqrt(late + early) if late + early > 0 else 0.0
+        z = (late - early) / math.sqrt(late + early)  # late + early = len(q) >= 3
         slope = (late - early) / (span / 2) / max(rate, 1e-9) / (span / 2) if abs(z) >= SLOPE_Z else 0.0
         return rate, cv, float(slope)
 
@@ -287,6 +290,19 @@ class Simulation:
         return GPUView(g.id, g.server, g.rack, self.cluster.servers[g.server].rdma, g.capacity_bytes, g.free_bytes,
                        g.tenant_sm_frac, frozenset(hosting), frozenset(shared))
 
+    def _instance_view(self, i) -> InstanceView:
+        """An instance as policies see it; the last one given while nothing in it changed (views
+        are immutable; a controller tick asks for every instance)."""
+        state = "refactoring" if i.refactoring else i.state
+        queued, running = len(i.waiting), i.running
+        v = self._inst_views.get(i.id)
+        if v is None or v[0] is not i.stages or v[1].state != state or v[1].queued != queued or v[1].running != running:
+            st = i.stages
+            v = self._inst_views[i.id] = (st, InstanceView(i.id, i.model, state, tuple(s.gpu for s in st),
+                                                           tuple((s.first_layer, s.end_layer) for s in st),
+                                                           queued, running))
+        return v[1]
+
     def view(self) -> ClusterView:
         cl = self.cluster
         # GPU views are rebuilt only for GPUs whose ledger changed (1,000-GPU clusters, every second)
@@ -298,11 +314,7 @@ class Simulation:
                 c = cache[g.id] = (g.version, self._gpu_view(g))
             gpus.append(c[1])
         gpus = tuple(gpus)
-        instances = tuple(
-            InstanceView(i.id, i.model, "refactoring" if i.refactoring else i.state, tuple(s.gpu for s in i.stages),
-                         tuple((s.first_layer, s.end_layer) for s in i.stages), len(i.waiting), i.running)
-            for i in self.transitions.instances.values()
-        )
+        instances = tuple(self._instance_view(i) for i in self.transitions.instances.values())
         models = {}
         queued: dict[str, int] = {m: len(q) for m, q in self.gateway.queues.items()}
         for i in self.transitions.instances.values():

@@ -1,0 +1,267 @@
+"""Run-ahead windows through the compiled loop (engine/stepkernel.py): Instance's mixin that copies
+its slots, stages and the KV growths a window can need into flat arrays, runs the loop and writes
+the result back, exactly where RunAhead's Python loops would have left it (tests/test_stepkernel.py).
+
+The copy costs a few tens of microseconds per window, so RunAhead._run_ahead sends a window here
+only where the instance's last one was long enough to gain. Only the grow entries that can come
+due before a tick limit are copied (a short window of a big batch copies few); a slot that reaches
+the limit stops as where KV is short, its process taking that step by the ordinary path.
+"""
+
+from __future__ import annotations
+
+from heapq import heapify, heappop, heappush
+
+import numpy as np
+
+from flexpipe_core.batcher import Batch
+from flexpipe_core.blocks import BlockCounter
+from flexpipe_core.work import BatchWork
+
+from . import stepkernel as sk
+from .runahead import Window
+
+
+class CompiledRunAhead:
+    """Mixed into Instance beside RunAhead."""
+
+    def _run_ahead_compiled(self, k: int, horizon: float, single: bool) -> bool | None:
+        """_run_ahead's loop (and _run_ahead_single's) in engine/stepkernel.py: the instance's state
+        copied into flat arrays (stepkernel.run says their layout), advanced there, and written
+        back. None, changing nothing, where the cost model or the KV has no array form (the Python
+        loop then runs)."""
+        kp = self._kplan
+        if kp is None:
+            kp = self._kplan = self._kernel_plan()
+        if kp is False:
+            return None
+        K, kind, oh, rows, cmax, hops, kn, khd, R = kp
+        slots, flight, cost = self.slots, self._flight, self.cost
+        if not 0 < slots[k].n_lazy <= slots[k].token_budget:
+            return False  # slot k's own step cannot be taken this way
+        m, P = self.n_active, len(self._plan)
+        span = self._kspan  # ticks per slot whose KV growths go in (adapts: see below)
+        fl: list[float] = []  # F: per slot C_DONE..C_HOPSUM, then stage clocks, sums, ext, last steps
+        il: list[int] = []  # I: per slot I_N..I_NEW, then last-step counts, free blocks, goff, gnext, gcnt
+        live: list[list] = []
+        g0: list[int] = []
+        goff = [0]
+        for i in range(m):
+            s = slots[i]
+            n = s.n_lazy
+            can = 0 < n <= s.token_budget
+            if can:
+                if kn[i] != n:  # the slot's pricing row, kept while its batch size stays
+                    tab = cost.decode_kernel(n)
+                    if tab is None:
+                        _push_back(slots, live)
+                        return None
+                    rows[i] = tab[1]
+                    cmax[i] = tab[2]
+                    hops[i] = tab[6]
+                    khd[i] = (tab[4], tab[5], tab[7])
+                    kn[i] = n
+                head, back, hop_sum = khd[i]
+                # the grow entries that can come due in this window: the slot stops before its tick
+                # reaches glim (its next finish, or `span` ticks on); taken off the heap (finished
+                # requests' stale entries dropped, as _due would) and pushed back after
+                grow, stop = s._grow, s._finish[0][0] if s._finish else 1 << 62
+                glim = s.tick + span
+                if glim > stop:
+                    glim = stop
+                ent = []
+                while grow and grow[0][0] < glim:
+                    e = heappop(grow)
+                    if e[2].finish_s != e[2].finish_s:
+                        ent.append(e)
+                live.append(ent)
+                g0 += [e[0] for e in ent]
+            else:
+                head = back = hop_sum = 0.0
+                glim = 0
+                live.append([])
+            goff.append(len(g0))
+            fin = s._finish
+            f = flight[i]
+            if i != k and f is not None:
+                batch = f[1]
+                steady = (batch is not None and not batch.items and s._last_fast and s.fast and s._step_lazy == n)
+                fl += [f[0], s.cum_compute, s.cum_comm, f[2], f[3], head, back, hop_sum]
+                il += [n, s.tick, s.ctx_sum, s.sampled, s.fast_steps, fin[0][0] if fin else 1 << 62, can, steady,
+                       1, 0, 0, 0, glim]
+            else:
+                fl += [0.0, s.cum_compute, s.cum_comm, 0.0, 0.0, head, back, hop_sum]
+                il += [n, s.tick, s.ctx_sum, s.sampled, s.fast_steps, fin[0][0] if fin else 1 << 62, can, 0,
+                       0, 0, 0, 0, glim]
+        if single:
+            stop = il[sk.I_STOP]
+            if stop >= 1 << 62:
+                _push_back(slots, live)
+                return None
+            lts = self._lts_buf
+            need = stop - il[sk.I_TICK] + 2  # at most one step per tick before the finishing one
+            if lts is None or len(lts) < need:
+                lts = self._lts_buf = np.empty(max(need, 256))
+        else:
+            lts = _NO_LTS
+        kv, sums, now = self.kv, self._sums, self.env.now
+        G = len(g0)
+        fl += self._stage_free
+        fl += [sums[0], sums[1], float(sums[2]), 0.0, 0.0, 0.0]
+        fl += [0.0] * (2 * P * P)
+        il += [0] * P
+        il.append(min([mg.num_free for mg in kv.managers]))
+        il += goff
+        il += g0
+        il += [0] * G
+        F = np.array(fl)
+        I = np.array(il, np.int64)
+        if single:
+            s0 = slots[0]
+            w0 = (now, self._stage_free[0], s0.tick, s0.cum_compute, s0.sampled, s0.ctx_sum,
+                  sums[0], sums[1], sums[2], s0.fast_steps, self.steps, self.steps_ahead, s0.n_lazy)
+        status, who, taken = sk.run(k, now, horizon, K, F, I, lts, kind, kv.block_size, oh, single, m, len(kn), P, R, G)
+        if status == sk.FIRST_FAILED:
+            _push_back(slots, live)
+            return False
+        # write the window back: slots, flights, stage clocks and last steps, sums, KV growths
+        fl, il = F.tolist(), I.tolist()
+        moved = self._moved
+        for i in range(m):
+            r = il[sk.ST_COLS * i: sk.ST_COLS * (i + 1)]
+            if not r[sk.I_NEW] and not r[sk.I_TAKEN]:
+                continue
+            f = fl[8 * i: 8 * i + 8]
+            s = slots[i]
+            n = r[sk.I_N]
+            if r[sk.I_FAST] != s.fast_steps:  # it scheduled: _schedule_ahead's settings
+                s.preempted_last = s.admitted_last = 0
+                s._step_lazy = n
+                s._last_fast = True
+            s.tick, s.ctx_sum, s.sampled, s.fast_steps = r[sk.I_TICK], r[sk.I_CTX], r[sk.I_SAMPLED], r[sk.I_FAST]
+            s.cum_compute, s.cum_comm = f[sk.C_CUMC], f[sk.C_CUMM]
+            if r[sk.I_NEW] == 1:
+                kvt = r[sk.I_KV]
+                flight[i] = (f[sk.C_DONE], Batch([], BatchWork(n, n, kvt, kvt, n), True), f[sk.C_COMP], f[sk.C_COMM])
+            elif r[sk.I_NEW] == 2:
+                flight[i] = (f[sk.C_DONE], None, 0.0, 0.0)  # its process schedules at its completion
+            if i != k and r[sk.I_TAKEN]:
+                moved[i] = True
+        b = 8 * m
+        self._stage_free[:] = fl[b: b + P]
+        sums[0], sums[1], sums[2] = fl[b + P], fl[b + P + 1], int(fl[b + P + 2])
+        n_lts, n_ext, ctx_ext = int(fl[b + P + 3]), int(fl[b + P + 4]), fl[b + P + 5]
+        b += P + 6
+        c = sk.ST_COLS * m
+        recent = self._recent
+        for p in range(P):  # each stage's last steps, oldest first (the ring at rec[p])
+            cnt = il[c + p]
+            if cnt:
+                ring = b + 2 * P * p
+                recent[p].extend([(fl[ring + 2 * (q % P)], fl[ring + 2 * (q % P) + 1]) for q in range(max(0, cnt - P), cnt)])
+        self.steps += taken
+        self.steps_ahead += taken
+        # the tick limit: doubled where a window reached it, halved where windows stop far short
+        if status == sk.SHORT and il[sk.ST_COLS * who + sk.I_TICK] >= il[sk.ST_COLS * who + sk.I_GLIM]:
+            self._kspan = min(2 * span, 1 << 16)
+        elif taken * 4 < span * m and span > 16:
+            self._kspan = span // 2
+        d = c + P + 2 + m
+        g1 = il[d: d + G]
+        for i in range(m):  # the taken grow entries back on their heaps, next due where the window left them
+            grow = slots[i]._grow
+            for j, e in enumerate(live[i], goff[i]):
+                heappush(grow, (g1[j], e[1], e[2]))
+        if g1 != g0:  # KV growths: the blocks and the requests' KV tokens
+            cnt = il[d + G: d + 2 * G]
+            total = sum(cnt)
+            bs = kv.block_size
+            grown = [(e, cnt[j]) for i in range(m) for j, e in enumerate(live[i], goff[i]) if cnt[j]]
+            for mg in kv.managers:
+                held = mg.held
+                for e, q in grown:
+                    held[e[1]] += q
+                mg.num_free -= total
+                mg.allocated_total += total
+            for e, q in grown:
+                e[2].kv_tokens += bs * q
+        if n_ext:
+            pr = cost.cost.profile
+            pr._warn("decode", f"decode batch {il[sk.I_N]} at context {ctx_ext:.0f}")
+            pr.extrapolations += n_ext - 1
+        if single:
+            slots[0]._grow_log = None
+            self._window = Window(*w0, lts[:n_lts].tolist(), (live[0], g0, g1))
+        self.windows_compiled += 1
+        return True
+
+    def _kernel_plan(self):
+        """The instance's constant part of the compiled loop's input (stepkernel.run's K: layers,
+        slowdown and head per stage; per slot the largest context, hop times and pricing row, kept
+        while its batch size stays; the cost model's shared numbers), with views of K's per-slot
+        parts, the batch size each slot's holds and its head, return and hop times. False where the
+        KV is not counted in bulk (BlockCounter) or the cost model has no array form
+        (costmodel.py decode_table)."""
+        if not all(isinstance(mg, BlockCounter) for mg in self.kv.managers):
+            return False
+        tab = getattr(self.cost, "decode_kernel", lambda n: None)(1)
+        if tab is None:
+            return False
+        plan = self._plan
+        m, P, R = len(self.slots), len(plan), len(tab[1])
+        K = np.array([float(p[1]) for p in plan] + [float(p[3]) for p in plan] + [float(bool(p[2])) for p in plan]
+                     + [0.0] * (m + m * P + m * R) + list(tab[3]))
+        a = 3 * P
+        cmax = K[a: a + m]
+        hops = K[a + m: a + m + m * P].reshape((m, P))
+        rows = K[a + m + m * P: a + m + m * P + m * R].reshape((m, R))
+        return K, tab[0], self.cost._overhead, rows, cmax, hops, [-1] * m, [(0.0, 0.0, 0.0)] * m, R
+
+    def _undo_growths(self, s, grown: tuple[list, list[int], list[int]], tick0: int, last: int) -> None:
+        """Take back the compiled window's KV growths at ticks after `last` (settle). Request j was
+        next due at a[j] when the window began and at z[j] when it ended; in between it grew at
+        max(a, tick0), then every block's worth of ticks (stepkernel._schedule), the last at z - bs."""
+        ent, a, z = grown
+        bs = self.kv.block_size
+        undone: list[tuple[int, int]] = []
+        grow = []  # the window's entries, next due where they are after the undo
+        for q, (e, aj, zj) in enumerate(zip(ent, a, z)):
+            g = zj
+            if zj != aj:
+                first = aj if aj > tick0 else tick0
+                if first > last:  # every growth of it was after `last`
+                    c, g = (zj - first) // bs, aj
+                else:
+                    kept = first + (last - first) // bs * bs  # its last growth at or before `last`
+                    c, g = (zj - bs - kept) // bs, kept + bs
+                if c:
+                    undone.append((e[1], c))
+                    e[2].kv_tokens -= bs * c
+            grow.append((g, e[1], e[2]))
+            z[q] = g  # the window now ends there (a later settle of it starts from this)
+        if not undone:
+            return
+        total = 0
+        for rid, c in undone:
+            total += c
+        for mg in self.kv.managers:
+            held = mg.held
+            for rid, c in undone:
+                held[rid] -= c
+            mg.num_free += total
+            mg.allocated_total -= total
+        ids = {e[1] for e in ent}
+        grow += [e for e in s._grow if e[1] not in ids]  # entries the window did not take
+        heapify(grow)
+        s._grow[:] = grow  # in place: callers hold the list
+        self.growths_undone += total
+
+
+def _push_back(slots: list, live: list[list]) -> None:
+    """The grow entries a compiled window took off its slots' heaps, back unchanged."""
+    for s, ent in zip(slots, live):
+        for e in ent:
+            heappush(s._grow, e)
+
+
+_NO_LTS = np.empty(1)  # the compiled loop keeps no layer times where nothing will be taken back
