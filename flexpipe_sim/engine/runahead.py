@@ -101,7 +101,7 @@ class RunAhead:
         # microseconds per step and stage: the last window's steps x stages choose (same records)
         before = self.steps_ahead
         took = None
-        if self._compiled and self._klast * len(self._plan) >= _COMPILED_MIN_WORK:
+        if self._compiled and self._klast * (2 + len(self._plan)) >= _COMPILED_MIN_WORK * self.n_active:
             took = self._run_ahead_compiled(k, horizon, single)
         if took is None:
             took = self._run_ahead_single(horizon) if single else self._run_ahead_multi(k, horizon)
@@ -298,10 +298,11 @@ class RunAhead:
         return True
 
 
-# Steps x stages of an instance's last window from which its next goes to the compiled loop.
-# Copying a window in and out costs ~15-45 us (the slots, their requests due to grow), the Python
-# loop ~2 us per step plus ~1 us per step and stage. The Azure replay's windows (~2 steps of 80
-# requests) lose with the compiled loop, ServerlessLLM's (~40 steps of 1-2 requests) gain; wall
-# times on the shared 2-core build machine varied too much (8.4-12 s for one setting) to tune
-# the threshold finer than that (docs/results/sim_speed/README.md, sitting 5).
-_COMPILED_MIN_WORK = 6
+# Which loop takes an instance's next window, from its last one: the Python loop costs ~2 us per
+# step plus ~1 us per step and stage, the compiled one ~10-15 us per slot to copy in and out (the
+# slot, its requests due to grow) plus little per step. Compiled where steps x (2 + stages) >=
+# this x slots: ServerlessLLM's one-stage windows (~40 steps of 1-2 requests) gain, the Azure
+# replay's (~2 steps of 80 requests) and AlpaServe's 8-slot 8-stage ones (~12 steps) do not
+# (measured on the 2-core build machine, whose walls vary by tens of percent; docs/results/
+# sim_speed/README.md, sitting 5).
+_COMPILED_MIN_WORK = 16

@@ -27,14 +27,26 @@ from __future__ import annotations
 import math
 
 try:  # numba is a dependency; without it (a broken install) run-ahead uses the Python loop
-    from numba import njit
+    from numba import njit as _njit
 
     AVAILABLE = True
 except ImportError:  # pragma: no cover - exercised only where numba is missing
     AVAILABLE = False
 
-    def njit(*args, **kwargs):
-        return (lambda f: f) if not args or not callable(args[0]) else args[0]
+    def _njit(*args, **kwargs):
+        return lambda f: f
+
+
+def njit(cache: bool = True, **kwargs):
+    """numba.njit, its machine code cached next to this file (compiling takes ~4 s, loading
+    ~0.3 s); where no cache can be written (a read-only install without a writable home), compiled
+    anew in each process instead of failing."""
+    def wrap(f):
+        try:
+            return _njit(cache=cache, **kwargs)(f)
+        except RuntimeError:  # numba: "cannot cache function ...: no locator available"
+            return _njit(cache=False, **kwargs)(f)
+    return wrap
 
 
 # advance's status
@@ -49,7 +61,7 @@ I_N, I_TICK, I_CTX, I_SAMPLED, I_FAST, I_STOP, I_CAN, I_STEADY, I_ACTIVE, I_TAKE
 ST_COLS = 13
 
 
-@njit(cache=True, inline="always")
+@njit(inline="always")
 def _price(kind, i, kv, n, rows, cmax, sh, ext):
     """A decode layer's time for slot i's n sequences holding kv tokens of context in all, as the
     cost model's decode_layer_fn gives it (costmodel.py decode_table says what the arrays hold).
@@ -94,7 +106,7 @@ def _price(kind, i, kv, n, rows, cmax, sh, ext):
     return v if v > sh[L + 3] else sh[L + 3]  # max(v, t_min)
 
 
-@njit(cache=True, inline="always")
+@njit(inline="always")
 def _schedule(i, t, fs, st, hops, kind, rows, cmax, sh, ext, gnext, goff, gcnt, free_blocks, bs,
               nl, hh, sd, oh, free, rec, rec_n, sums, lts, keep_lts):
     """Slot i's steady step scheduled at t (RunAhead._schedule_ahead): KV growth, pricing, the
@@ -154,7 +166,7 @@ def _schedule(i, t, fs, st, hops, kind, rows, cmax, sh, ext, gnext, goff, gcnt, 
     return need
 
 
-@njit(cache=True)
+@njit()
 def run(k, now, horizon, K, F, I, lts, kind, bs, oh, keep_lts, m, mk, P, R, G):
     """`advance` on three flat arrays (a compiled call costs a type check per argument, so fewer
     arguments is most of a short window's cost): K, the instance's plan and pricing (nl, sd, hh per
@@ -189,7 +201,7 @@ def run(k, now, horizon, K, F, I, lts, kind, bs, oh, keep_lts, m, mk, P, R, G):
                    bs, nl, hh, sd, oh, free, rec, rec_n, sums, lts, keep_lts)
 
 
-@njit(cache=True)
+@njit()
 def advance(k, now, horizon, fs, st, hops, kind, rows, cmax, sh, ext, gnext, goff, gcnt, free_blocks,
             bs, nl, hh, sd, oh, free, rec, rec_n, sums, lts, keep_lts):
     """RunAhead._run_ahead's loop: slot k schedules at now, then completions in (time, slot) order
