@@ -1,5 +1,5 @@
-"""The run-ahead window loop (engine/runahead.py), compiled with numba: steady decode steps at a few
-nanoseconds each instead of microseconds of Python.
+"""The run-ahead window loop (engine/runahead.py), compiled with numba: a steady decode step costs
+~0.1 microseconds here against ~2-10 in Python (one stage to eight).
 
 `advance` is `RunAhead._run_ahead`'s loop (and `_run_ahead_single`'s, its one-slot one-stage case)
 over flat arrays: slots' completions in time order (ties to the lower slot, as the heap of
@@ -10,9 +10,9 @@ bit: numba compiles `+ - * /` to IEEE double operations without fused multiply-a
 and calls the C library's `log`/`exp`, as CPython's math module does
 (tests/test_stepkernel.py checks both, and the records of whole runs against the Python loop).
 
-What the loop cannot do in arrays it hands back: a step priced beyond the profile's grid is priced
-here by the fitted roofline (profiles.Profile.decode_layer_s) and counted, so the caller can warn
-and count as the Python lookup would.
+A step priced beyond the profile's grid gets the fitted roofline (profiles.Profile.decode_layer_s)
+here too; the loop counts such steps (ext) so the caller warns and counts them as the Python
+lookup would.
 
 A KV growth is counted per lazy request: `gnext[j]` is the tick at which request j fills its last
 block; a step scheduled at tick t grows every request with gnext <= t by one block (all of them, or
