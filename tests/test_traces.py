@@ -50,6 +50,27 @@ def test_azure_functions_counts_expand_to_every_invocation():
     assert len(set(top.key)) == 10 and len(top) < len(tr)
 
 
+def test_azure_functions_fast_parse_equals_row_by_row(tmp_path):
+    """pandas' parse of the counts gives the row-by-row parse's names and counts; where a file is
+    off (a ragged row, a fraction, a negative, a word) it declines and the row-by-row parse runs."""
+    import csv
+    import io
+
+    from flexpipe_sim.workload import loaders
+
+    path = traces_dir() / "azure_functions_2019_invitro_sample/1350_inv.csv.gz"
+    text = loaders._read_text(path)
+    reader = csv.reader(io.StringIO(text))
+    header = next(reader)
+    names, m = loaders._counts_by_row(path, reader, header)
+    fast = loaders._counts_fast(text, len(header))
+    assert fast is not None and fast[0] == names and np.array_equal(fast[1], m) and m.shape == (1350, 1440)
+    head = "HashFunction,HashOwner,HashApp,1,2\n"
+    assert loaders._counts_fast(head + "f,o,a,1,2\n", 5)[1].tolist() == [[1, 2]]
+    for bad in ["f,o,a,1\n", "f,o,a,1,2.5\n", "f,o,a,1,-2\n", "f,o,a,1,x\n", "f,o,a,1,2,3\n", ""]:
+        assert loaders._counts_fast(head + bad, 5) is None, bad
+
+
 def test_servegen_clients_give_the_published_mean_rate():
     tr = load_trace(T / "servegen/data/reason/deepseek-r1", rng=np.random.default_rng(0))
     assert len(tr) / 86_400 == pytest.approx(16.0, rel=0.05)  # README: aggregate mean 16.0 req/s

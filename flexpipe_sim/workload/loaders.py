@@ -197,24 +197,8 @@ def load_azure_functions(path: Path, rng: np.random.Generator, expand: str = "un
     header = next(reader)
     if header[:1] != ["HashFunction"] or len(header) < 4:
         raise TraceError(path, "expected header HashFunction,HashOwner,HashApp,1,2,...", 1)
-    names, counts = [], []
-    for line, row in enumerate(reader, start=2):
-        if not row:
-            continue
-        if len(row) != len(header):
-            raise TraceError(path, f"expected {len(header)} fields, got {len(row)}", line)
-        try:
-            c = np.array(row[3:], dtype=float)
-        except ValueError:
-            bad = next(v for v in row[3:] if not _is_number(v))
-            raise TraceError(path, f"invocation count is not a number: {bad!r}", line) from None
-        if (c < 0).any() or (c != np.floor(c)).any():
-            raise TraceError(path, "invocation counts must be non-negative integers", line)
-        names.append(row[0][:12])
-        counts.append(c.astype(np.int64))
-    if not counts:
-        raise TraceError(path, "no functions in file")
-    m = np.vstack(counts)  # [functions, minutes]
+    fast = _counts_fast(text, len(header))
+    names, m = fast if fast is not None else _counts_by_row(path, reader, header)  # m: [functions, minutes]
     if top is not None:
         keep = np.argsort(-m.sum(axis=1), kind="stable")[:top]
         m, names = m[keep], [names[i] for i in keep]
@@ -238,6 +222,49 @@ def load_azure_functions(path: Path, rng: np.random.Generator, expand: str = "un
     order = np.argsort(t, kind="stable")
     keys = np.array(names, dtype=object)[fn[order]]
     return Trace(str(path), t[order] - (t[order][0] if len(t) else 0.0), None, None, keys)
+
+
+def _counts_by_row(path: Path, reader, header: list[str]) -> tuple[list[str], np.ndarray]:
+    """The per-minute counts row by row, each row checked (an error names its line)."""
+    names, counts = [], []
+    for line, row in enumerate(reader, start=2):
+        if not row:
+            continue
+        if len(row) != len(header):
+            raise TraceError(path, f"expected {len(header)} fields, got {len(row)}", line)
+        try:
+            c = np.array(row[3:], dtype=float)
+        except ValueError:
+            bad = next(v for v in row[3:] if not _is_number(v))
+            raise TraceError(path, f"invocation count is not a number: {bad!r}", line) from None
+        if (c < 0).any() or (c != np.floor(c)).any():
+            raise TraceError(path, "invocation counts must be non-negative integers", line)
+        names.append(row[0][:12])
+        counts.append(c.astype(np.int64))
+    if not counts:
+        raise TraceError(path, "no functions in file")
+    return names, np.vstack(counts)
+
+
+def _counts_fast(text: str, n_fields: int) -> tuple[list[str], np.ndarray] | None:
+    """The per-minute counts through pandas' parser (0.24 s against 0.53 s row by row for the
+    bundled 1,350-function day, which every paper scenario loads); None where anything is off (a
+    ragged row, a field that is not a non-negative integer, no rows), and the row-by-row parse
+    then says which line."""
+    import pandas as pd
+
+    try:
+        df = pd.read_csv(io.StringIO(text), header=0, index_col=False, dtype={"HashFunction": str},
+                         float_precision="round_trip")
+        c = df.iloc[:, 3:].to_numpy(dtype=float)
+    except Exception:  # noqa: BLE001 - any parse problem: the row-by-row path reports it
+        return None
+    # every row exactly n_fields fields (pandas would drop a longer row's extra ones)
+    if (text.count(",") != (n_fields - 1) * (len(df) + 1) or df.shape[1] != n_fields or len(df) == 0
+            or np.isnan(c).any() or (c < 0).any()
+            or (c != np.floor(c)).any() or df.iloc[:, 0].isna().any()):
+        return None
+    return [x[:12] for x in df.iloc[:, 0].tolist()], c.astype(np.int64)
 
 
 def _is_number(v: str) -> bool:
