@@ -353,7 +353,7 @@ class PipelineCost:
             table = getattr(self.cost, "decode_table", None)
             tab = table(self.stages[0].gpu, n) if table is not None and self._uniform else None
             if tab is not None:
-                _, head, oh = self.decode_pricing(n)
+                head = self.decode_pricing(n)[1]
                 back, hops, hop_sum = self.decode_hops(n)
                 t = tab + (head, back, hops, hop_sum)
             self._kernel_memo[n] = t

@@ -89,8 +89,8 @@ class Instance(RunAhead, CompiledRunAhead):
         self._window = None  # runahead.Window: a run-ahead that `settle` may take back (runahead.py)
         self._compiled = compiled and stepkernel.AVAILABLE  # windows' steps in numba (stepkernel.py)
         self._klast = 1 << 30  # steps of the last run-ahead window (chooses the loop; runahead.py)
-        self._kspan = 64  # ticks per slot a compiled window takes KV growths for (runahead.py)
-        self._lts_buf = None  # the compiled one-stage window's layer times (reused; runahead.py)
+        self._kspan = 64  # ticks per slot a compiled window takes KV growths for (kernelwindow.py)
+        self._lts_buf = None  # the compiled one-stage window's layer times (reused; kernelwindow.py)
         self.steps_undone = self.growths_undone = 0  # statistics: what `settle` took back
         self.windows_compiled = 0  # statistics: run-ahead windows taken by the compiled loop
         managers = [BlockCounter(s.kv_blocks, block_size) for s in stages]
@@ -156,7 +156,7 @@ class Instance(RunAhead, CompiledRunAhead):
         self._sums = [0.0, 0.0, 0]  # uniform plan: layer times, head times and steps summed (busy_s)
         self._sole = [False] * n  # stage k is its GPU's only stage: no booking on the timeline
         self._recent: list[deque[tuple[float, float]]] = [deque(maxlen=n) for _ in range(n)]  # sole stages' last steps
-        self._kplan = None  # the plan as arrays for the compiled run-ahead (runahead.py), built on first use
+        self._kplan = None  # the plan as arrays for the compiled run-ahead (kernelwindow.py), built on first use
 
     def set_sole(self, k: int, sole: bool) -> list[tuple[float, float]]:
         """GpuTimeline.join/leave: stage k is (not) its GPU's only stage. Returns the steps it kept

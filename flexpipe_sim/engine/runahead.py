@@ -97,8 +97,8 @@ class RunAhead:
         horizon = self._horizon(self, now, not single)
         if horizon <= now:
             return False
-        # The compiled loop costs a fixed copy in and out per window, the Python one a few
-        # microseconds per step and stage: the last window's steps x stages choose (same records)
+        # The compiled loop costs a copy in and out per slot, the Python one a few microseconds per
+        # step and stage: the last window's length chooses (_COMPILED_MIN_WORK; same records)
         before = self.steps_ahead
         took = None
         if self._compiled and self._klast * (2 + len(self._plan)) >= _COMPILED_MIN_WORK * self.n_active:
