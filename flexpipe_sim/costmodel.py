@@ -82,13 +82,7 @@ class CostModel:
         if type(self).layer_time is not CostModel.layer_time:  # a subclass prices otherwise: ask it
             layer_time = self.layer_time
             return lambda kv: layer_time(gpu, BatchWork(n, n, kv, kv, n))
-        # layer_time with n_tokens = n, attn_pairs = kv_tokens = kv: what depends on n computed once,
-        # every float operation the same and in the same order
-        r = self.roofline
-        flops_n, flops_pair, kvb = n * self._flops_tok, self._flops_pair, self._kvb
-        compute_rate = gpu.peak_flops * r.eff_compute
-        streamed_s = (self._layer_bytes + n * kvb) / (gpu.hbm_bytes_per_s * r.eff_weight_bw)
-        kv_rate = gpu.hbm_bytes_per_s * r.eff_kv_bw
+        flops_n, flops_pair, kvb, compute_rate, streamed_s, kv_rate = self._decode_constants(gpu, n)
 
         def layer(kv: int) -> float:
             t_compute = (flops_n + kv * flops_pair) / compute_rate
@@ -96,6 +90,15 @@ class CostModel:
             return t_compute if t_compute > t_memory else t_memory
 
         return layer
+
+    def _decode_constants(self, gpu: GPUSpec, n: int) -> tuple:
+        """layer_time with n_tokens = n, attn_pairs = kv_tokens = kv: what depends on n computed
+        once (flops of n tokens, FLOPs per pair, KV bytes per token, compute rate, streamed
+        seconds, KV rate), every float operation the same and in the same order."""
+        r = self.roofline
+        return (n * self._flops_tok, self._flops_pair, self._kvb, gpu.peak_flops * r.eff_compute,
+                (self._layer_bytes + n * self._kvb) / (gpu.hbm_bytes_per_s * r.eff_weight_bw),
+                gpu.hbm_bytes_per_s * r.eff_kv_bw)
 
     def decode_table(self, gpu: GPUSpec, n: int) -> tuple | None:
         """decode_layer_fn as numbers, for the compiled run-ahead (engine/stepkernel.py `_price`):
@@ -107,11 +110,9 @@ class CostModel:
                 or not all(isinstance(v, int) for v in (self._flops_tok, self._flops_pair, self._layer_bytes, self._kvb))
                 or max(n * self._flops_tok + self._flops_pair * 2**31, self._kvb * 2**31) >= 2**53):
             return None
-        r = self.roofline
-        streamed_s = (self._layer_bytes + n * self._kvb) / (gpu.hbm_bytes_per_s * r.eff_weight_bw)
-        return (1, np.array([float(n * self._flops_tok), streamed_s]), 0.0,
-                np.array([float(self._flops_pair), gpu.peak_flops * r.eff_compute, float(self._kvb),
-                          gpu.hbm_bytes_per_s * r.eff_kv_bw]))
+        flops_n, flops_pair, kvb, compute_rate, streamed_s, kv_rate = self._decode_constants(gpu, n)
+        return (1, np.array([float(flops_n), streamed_s]), 0.0,
+                np.array([float(flops_pair), compute_rate, float(kvb), kv_rate]))
 
     def head_time(self, gpu: GPUSpec, n_seqs: int) -> float:
         """LM head for the last token of each sequence: a vocab x hidden matmul."""

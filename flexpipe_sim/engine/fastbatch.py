@@ -168,15 +168,24 @@ class FastSlotBatcher(SlotBatcher):
         grow.extend(due)
         heapify(grow)
         self._grow[:] = grow  # in place: callers hold the list
-        k = len(due)
+        self.count_blocks([(e[2], -1) for e in due])
+
+    def count_blocks(self, blocks: list[tuple[Request, int]]) -> None:
+        """KV blocks added to (or, negative, taken back from) lazy requests on every stage, counted
+        in bulk on the BlockCounters, with the requests' KV tokens (undo_block; the compiled
+        run-ahead's growths, engine/kernelwindow.py). _add_block counts its one block each inline."""
+        total = 0
+        for _, c in blocks:
+            total += c
         for m in self.kv.managers:
             held = m.held
-            for _, rid, _ in due:
-                held[rid] -= 1
-            m.num_free += k
-            m.allocated_total -= k
-        for _, _, r in due:
-            r.kv_tokens -= bs
+            for r, c in blocks:
+                held[r.id] += c
+            m.num_free -= total
+            m.allocated_total += total
+        bs = self.kv.block_size
+        for r, c in blocks:
+            r.kv_tokens += bs * c
 
     # --- the batcher's interface -------------------------------------------------------------
     def schedule(self, now: float, admit: bool, growth_reserve: int | Callable[[], int] = 0) -> Batch | None:

@@ -50,6 +50,7 @@ class CompiledRunAhead:
             s = slots[i]
             n = s.n_lazy
             can = 0 < n <= s.token_budget
+            stop = s._finish[0][0] if s._finish else 1 << 62  # the tick whose step finishes someone
             if can:
                 if kn[i] != n:  # the slot's pricing row, kept while its batch size stays
                     tab = cost.decode_kernel(n)
@@ -65,7 +66,7 @@ class CompiledRunAhead:
                 # the grow entries that can come due in this window: the slot stops before its tick
                 # reaches glim (its next finish, or `span` ticks on); taken off the heap (finished
                 # requests' stale entries dropped, as _due would) and pushed back after
-                grow, stop = s._grow, s._finish[0][0] if s._finish else 1 << 62
+                grow = s._grow
                 glim = s.tick + span
                 if glim > stop:
                     glim = stop
@@ -81,18 +82,14 @@ class CompiledRunAhead:
                 glim = 0
                 live.append([])
             goff.append(len(g0))
-            fin = s._finish
-            f = flight[i]
-            if i != k and f is not None:
+            f = flight[i] if i != k else None  # slot k schedules first, inside the loop
+            if f is not None:  # in flight: the loop takes its completion if it is a steady step
                 batch = f[1]
                 steady = (batch is not None and not batch.items and s._last_fast and s.fast and s._step_lazy == n)
-                fl += [f[0], s.cum_compute, s.cum_comm, f[2], f[3], head, back, hop_sum]
-                il += [n, s.tick, s.ctx_sum, s.sampled, s.fast_steps, fin[0][0] if fin else 1 << 62, can, steady,
-                       1, 0, 0, 0, glim]
             else:
-                fl += [0.0, s.cum_compute, s.cum_comm, 0.0, 0.0, head, back, hop_sum]
-                il += [n, s.tick, s.ctx_sum, s.sampled, s.fast_steps, fin[0][0] if fin else 1 << 62, can, 0,
-                       0, 0, 0, 0, glim]
+                f, steady = _IDLE, False
+            fl += [f[0], s.cum_compute, s.cum_comm, f[2], f[3], head, back, hop_sum]
+            il += [n, s.tick, s.ctx_sum, s.sampled, s.fast_steps, stop, can, steady, f is not _IDLE, 0, 0, 0, glim]
         if single:
             stop = il[sk.I_STOP]
             if stop >= 1 << 62:
@@ -174,17 +171,7 @@ class CompiledRunAhead:
                 heappush(grow, (g1[j], e[1], e[2]))
         if g1 != g0:  # KV growths: the blocks and the requests' KV tokens
             cnt = il[d + G: d + 2 * G]
-            total = sum(cnt)
-            bs = kv.block_size
-            grown = [(e, cnt[j]) for i in range(m) for j, e in enumerate(live[i], goff[i]) if cnt[j]]
-            for mg in kv.managers:
-                held = mg.held
-                for e, q in grown:
-                    held[e[1]] += q
-                mg.num_free -= total
-                mg.allocated_total += total
-            for e, q in grown:
-                e[2].kv_tokens += bs * q
+            slots[0].count_blocks([(e[2], cnt[j]) for i in range(m) for j, e in enumerate(live[i], goff[i]) if cnt[j]])
         if n_ext:
             pr = cost.cost.profile
             pr._warn("decode", f"decode batch {il[sk.I_N]} at context {ctx_ext:.0f}")
@@ -223,7 +210,7 @@ class CompiledRunAhead:
         max(a, tick0), then every block's worth of ticks (stepkernel._schedule), the last at z - bs."""
         ent, a, z = grown
         bs = self.kv.block_size
-        undone: list[tuple[int, int]] = []
+        undone: list[tuple] = []  # (request, -blocks taken back)
         grow = []  # the window's entries, next due where they are after the undo
         for q, (e, aj, zj) in enumerate(zip(ent, a, z)):
             g = zj
@@ -235,26 +222,17 @@ class CompiledRunAhead:
                     kept = first + (last - first) // bs * bs  # its last growth at or before `last`
                     c, g = (zj - bs - kept) // bs, kept + bs
                 if c:
-                    undone.append((e[1], c))
-                    e[2].kv_tokens -= bs * c
+                    undone.append((e[2], -c))
             grow.append((g, e[1], e[2]))
             z[q] = g  # the window now ends there (a later settle of it starts from this)
         if not undone:
             return
-        total = 0
-        for rid, c in undone:
-            total += c
-        for mg in self.kv.managers:
-            held = mg.held
-            for rid, c in undone:
-                held[rid] -= c
-            mg.num_free += total
-            mg.allocated_total -= total
+        s.count_blocks(undone)
         ids = {e[1] for e in ent}
         grow += [e for e in s._grow if e[1] not in ids]  # entries the window did not take
         heapify(grow)
         s._grow[:] = grow  # in place: callers hold the list
-        self.growths_undone += total
+        self.growths_undone -= sum(c for _, c in undone)
 
 
 def _push_back(slots: list, live: list[list]) -> None:
@@ -264,4 +242,5 @@ def _push_back(slots: list, live: list[list]) -> None:
             heappush(s._grow, e)
 
 
+_IDLE = (0.0, None, 0.0, 0.0)  # a slot with no step in flight (or slot k, about to schedule)
 _NO_LTS = np.empty(1)  # the compiled loop keeps no layer times where nothing will be taken back
