@@ -24,7 +24,7 @@ state to the bit.
 
 from __future__ import annotations
 
-from heapq import heapify, heappop, heappush
+from heapq import heapify, heapreplace
 from typing import NamedTuple
 
 from flexpipe_core.batcher import Batch
@@ -117,6 +117,10 @@ class RunAhead:
         heap = [(f[0], i) for i, f in enumerate(flight[: self.n_active]) if f is not None]
         heapify(heap)
         moved = self._moved
+        cost, plan, free, recent, sums = self.cost, self._plan, self._stage_free, self._recent, self._sums
+        pricing: dict[int, tuple] = {}  # batch size -> decode_hops + decode_pricing (one lookup per window)
+        last_kv: dict[int, int] = {}  # slot -> KV tokens of its step in flight, where that is _PENDING
+        taken = 0  # steps taken, added to the counters once (nothing in the loop reads them)
         while heap:
             c, i = heap[0]
             s = slots[i]
@@ -125,16 +129,57 @@ class RunAhead:
             if (c >= horizon or batch is None or batch.items or not s._last_fast or not s.fast
                     or (fin and fin[0][0] <= s.tick + 1)):
                 break  # its own process takes it: at/after the horizon, finishing, or not steady
-            heappop(heap)
-            s.step_lazy(compute, comm)  # postprocess for lazy requests none of which finishes
-            self.steps += 1
-            self.steps_ahead += 1
+            # FastSlotBatcher.step_lazy: postprocess for lazy requests none of which finishes
+            s.tick += 1
+            s.cum_compute += compute
+            s.cum_comm += comm
+            n = s._step_lazy
+            s.sampled += n
+            s.ctx_sum += n
+            taken += 1
             if i != k:
                 moved[i] = True
-            if not self._schedule_ahead(i, c):
+            # _schedule_ahead(i, c), inline: the batch in flight was steady, so the slot's
+            # preempted_last, admitted_last, _step_lazy and _last_fast already hold its settings
+            n = s.n_lazy
+            grow = s._grow
+            if (not n or n > s.token_budget) or (grow and grow[0][0] <= s.tick and not s.grow_lazy()):
                 flight[i] = (c, None, 0.0, 0.0)  # its process schedules at c, by the ordinary path
+                last_kv.pop(i, None)
                 break
-            heappush(heap, (flight[i][0], i))
+            s.fast_steps += 1
+            kv = s.ctx_sum + n
+            pr = pricing.get(n)
+            if pr is None:
+                pr = pricing[n] = cost.decode_hops(n) + cost.decode_pricing(n)
+            back, hops, hop_sum, layer, head, oh = pr
+            lt = layer(kv)
+            sums[0] += lt
+            sums[1] += head
+            sums[2] += 1
+            t = c + back
+            compute = 0.0
+            q = 0
+            for _, nl, hh, sd in plan:
+                dt = (nl * lt + head + oh) * sd if hh else (nl * lt + oh) * sd
+                f = free[q]
+                if f > t:
+                    t = f
+                end = t + dt
+                recent[q].append((t, end))
+                free[q] = end
+                compute += dt
+                t = end + hops[q]
+                q += 1
+            flight[i] = (t, _PENDING, compute, hop_sum + back)
+            last_kv[i] = kv
+            heapreplace(heap, (t, i))
+        for i, kv in last_kv.items():  # the steps still in flight get their batches
+            f = flight[i]
+            n = slots[i].n_lazy
+            flight[i] = (f[0], Batch([], BatchWork(n, n, kv, kv, n), True), f[2], f[3])
+        self.steps += taken
+        self.steps_ahead += taken
         return True
 
     def _run_ahead_single(self, horizon: float) -> bool:
@@ -297,6 +342,8 @@ class RunAhead:
         self._flight[i] = (t, Batch([], w, True), compute, comm + back)
         return True
 
+
+_PENDING = Batch([], BatchWork(0, 0, 0, 0, 0), True)  # a step _run_ahead_multi takes before its end (its batch unbuilt)
 
 # Which loop takes an instance's next window, from its last one: the Python loop costs ~2 us per
 # step plus ~1 us per step and stage, the compiled one ~10-15 us per slot to copy in and out (the

@@ -48,7 +48,9 @@ class _ModelState(ModelProfile):
         super().__init__(mv, view, p)
         self.chooser = Chooser(self.cands, p.alpha, p.sigma, p.hysteresis, p.patience, p.surge, p.dwell_s)
         self.excess_since: float | None = None
-        self.required: deque[tuple[float, float]] = deque()  # (time, required req/s) over the last reclaim_s
+        # (time, required req/s) over the last reclaim_s, only those no later one exceeds (a
+        # monotone queue: its head is the window's largest, each tick's value pushed and popped once)
+        self.required: deque[tuple[float, float]] = deque()
 
 
 def eq12_new(deadline_s: float, init_s: float, have: float, mu_new: float, queue: float) -> int:
@@ -114,16 +116,19 @@ class FlexPipePolicy:
             # initialisation. Not while one is still loading (its capacity is on its way).
             n = eq12_new(mv.ttft_slo_s, self._init_s(view, mv, st, depth), serve_cap, st.mu[depth], mv.queued)
             required = max(required, have + min(n, p.scale_step) * st.mu[depth])
-        st.required.append((view.now, required))
-        while st.required and st.required[0][0] < view.now - p.reclaim_s:
-            st.required.popleft()
+        reqs = st.required
+        while reqs and reqs[-1][1] <= required:
+            reqs.pop()  # below this tick's value and older: never the window's largest again
+        reqs.append((view.now, required))
+        while reqs[0][0] < view.now - p.reclaim_s:
+            reqs.popleft()
         acts: list[Action] = []
         if required - have > 1e-9:
             st.excess_since = None
             wants.append(_Want(mv, st, depth, required - have, max(0.0, floor - have)))
         else:
             # reclaim capacity idle for reclaim_s: above every requirement of the whole window
-            peak_req = max(r for _, r in st.required)
+            peak_req = reqs[0][1]
             victims, left = [], have
             for i in sorted(ready, key=lambda i: (i.running + i.queued, -i.id)):
                 if left - cap[i.id] >= peak_req - 1e-9:
