@@ -54,6 +54,15 @@ class StageInfo:
     weights: str | None = None  # ledger entry of shared weights this stage maps (Tetris), else its own copy
 
 
+def _kv_set(stages: list[StageInfo], block_size: int) -> KVSet:
+    """The pipeline's KV: every stage holds blocks for the same tokens (KVSet grows and frees them
+    together), so blocks used are the same on every stage and the smallest pool is the first to
+    run short. One BlockCounter of that pool's size answers every question the stages' counters
+    would (fits, grow, free), at 1/S of the bookkeeping."""
+    n = min(s.kv_blocks for s in stages)
+    return KVSet([BlockCounter(n, block_size)], watermark_blocks=max(1, n // 100))
+
+
 class Instance(RunAhead, CompiledRunAhead):
     def __init__(
         self,
@@ -72,6 +81,7 @@ class Instance(RunAhead, CompiledRunAhead):
         fast_forward: bool = False,
         compiled: bool = False,
         horizon: Callable[["Instance", float, bool], float] | None = None,
+        finish_ahead: Callable[[int], bool] | None = None,
     ) -> None:
         self.env = env
         self.id = instance_id
@@ -85,16 +95,15 @@ class Instance(RunAhead, CompiledRunAhead):
         # run-ahead (one event for many steady decode steps, `_run_ahead`): needs fast-forward and
         # the backend's horizon: (instance, now, arrivals?) -> the earliest time anything else may touch us
         self._horizon = horizon if fast_forward else None
+        self._finish_ahead = finish_ahead  # (n) -> may a run-ahead finish n requests early (the backend's)
         self.steps_ahead = 0  # statistics: steps taken inside run-ahead windows
         self._window = None  # runahead.Window: a run-ahead that `settle` may take back (runahead.py)
         self._compiled = compiled and stepkernel.AVAILABLE  # windows' steps in numba (stepkernel.py)
         self._klast = 1 << 30  # steps of the last run-ahead window (chooses the loop; runahead.py)
-        self._kspan = 64  # ticks per slot a compiled window takes KV growths for (kernelwindow.py)
         self._lts_buf = None  # the compiled one-stage window's layer times (reused; kernelwindow.py)
         self.steps_undone = self.growths_undone = 0  # statistics: what `settle` took back
         self.windows_compiled = 0  # statistics: run-ahead windows taken by the compiled loop
-        managers = [BlockCounter(s.kv_blocks, block_size) for s in stages]
-        self.kv = KVSet(managers, watermark_blocks=max(1, min(s.kv_blocks for s in stages) // 100))
+        self.kv = _kv_set(stages, block_size)
         n_slots = len(stages)
         self.expected_output = expected_output
         self.slots = [self._new_slot(token_budget, max_seqs) for _ in range(n_slots)]
@@ -222,8 +231,7 @@ class Instance(RunAhead, CompiledRunAhead):
         self.stages, self.cost = stages, cost
         self._set_stages(stages, cost)
         self._join_gpus()
-        self.kv = KVSet([BlockCounter(s.kv_blocks, block_size) for s in stages],
-                        watermark_blocks=max(1, min(s.kv_blocks for s in stages) // 100))
+        self.kv = _kv_set(stages, block_size)
         n_new = len(stages)
         while len(self.slots) < n_new:
             self.slots.append(self._new_slot(*self._slot_args))

@@ -3,14 +3,14 @@ its slots, stages and the KV growths a window can need into flat arrays, runs th
 the result back, exactly where RunAhead's Python loops would have left it (tests/test_stepkernel.py).
 
 The copy costs a few tens of microseconds per window, so RunAhead._run_ahead sends a window here
-only where the instance's last one was long enough to gain. Only the grow entries that can come
-due before a tick limit are copied (a short window of a big batch copies few); a slot that reaches
-the limit stops as where KV is short, its process taking that step by the ordinary path.
+only where the instance's last one was long enough to gain. Every lazy request's grow entry goes in
+(each comes due within a block's worth of ticks) as a list, not popped off its heap; a slot's heap
+is rebuilt only where some of its requests grew.
 """
 
 from __future__ import annotations
 
-from heapq import heapify, heappop, heappush
+from heapq import heapify
 
 import numpy as np
 
@@ -25,7 +25,7 @@ from .runahead import Window
 class CompiledRunAhead:
     """Mixed into Instance beside RunAhead."""
 
-    def _run_ahead_compiled(self, k: int, horizon: float, single: bool) -> bool | None:
+    def _run_ahead_compiled(self, k: int, horizon: float, single: bool, stops: tuple[int, ...] = ()) -> bool | None:
         """_run_ahead's loop (and _run_ahead_single's) in engine/stepkernel.py: the instance's state
         copied into flat arrays (stepkernel.run says their layout), advanced there, and written
         back. None, changing nothing, where the cost model or the KV has no array form (the Python
@@ -40,10 +40,9 @@ class CompiledRunAhead:
         if not 0 < slots[k].n_lazy <= slots[k].token_budget:
             return False  # slot k's own step cannot be taken this way
         m, P = self.n_active, len(self._plan)
-        span = self._kspan  # ticks per slot whose KV growths go in (adapts: see below)
         fl: list[float] = []  # F: per slot C_DONE..C_HOPSUM, then stage clocks, sums, ext, last steps
         il: list[int] = []  # I: per slot I_N..I_NEW, then last-step counts, free blocks, goff, gnext, gcnt
-        live: list[list] = []
+        live: list[list] = []  # per slot, its lazy requests' grow entries (finished requests' dropped)
         g0: list[int] = []
         goff = [0]
         for i in range(m):
@@ -55,7 +54,6 @@ class CompiledRunAhead:
                 if kn[i] != n:  # the slot's pricing row, kept while its batch size stays
                     tab = cost.decode_kernel(n)
                     if tab is None:
-                        _push_back(slots, live)
                         return None
                     rows[i] = tab[1]
                     cmax[i] = tab[2]
@@ -63,20 +61,12 @@ class CompiledRunAhead:
                     khd[i] = (tab[4], tab[5], tab[7])
                     kn[i] = n
                 head, back, hop_sum = khd[i]
-                # the grow entries that can come due in this window: the slot stops before its tick
-                # reaches glim (its next finish, or `span` ticks on); taken off the heap (finished
-                # requests' stale entries dropped, as _due would) and pushed back after
-                grow = s._grow
-                glim = s.tick + span
-                if glim > stop:
-                    glim = stop
-                ent = []
-                while grow and grow[0][0] < glim:
-                    e = heappop(grow)
-                    if e[2].finish_s != e[2].finish_s:
-                        ent.append(e)
+                # every live grow entry (each request's is due within a block's worth of ticks);
+                # the heap is rebuilt from them after, where some grew (_due drops stale ones too)
+                ent = [e for e in s._grow if e[2].finish_s != e[2].finish_s]
                 live.append(ent)
                 g0 += [e[0] for e in ent]
+                glim = 1 << 62
             else:
                 head = back = hop_sum = 0.0
                 glim = 0
@@ -85,7 +75,8 @@ class CompiledRunAhead:
             f = flight[i] if i != k else None  # slot k schedules first, inside the loop
             if f is not None:  # in flight: the loop takes its completion if it is a steady step
                 batch = f[1]
-                steady = (batch is not None and not batch.items and s._last_fast and s.fast and s._step_lazy == n)
+                steady = (batch is not None and not batch.items and s._last_fast and s.fast and s._step_lazy == n
+                          and i not in stops)  # (a slot in `stops` admits when it next schedules)
             else:
                 f, steady = _IDLE, False
             fl += [f[0], s.cum_compute, s.cum_comm, f[2], f[3], head, back, hop_sum]
@@ -93,7 +84,6 @@ class CompiledRunAhead:
         if single:
             stop = il[sk.I_STOP]
             if stop >= 1 << 62:
-                _push_back(slots, live)
                 return None
             lts = self._lts_buf
             need = stop - il[sk.I_TICK] + 2  # at most one step per tick before the finishing one
@@ -119,7 +109,6 @@ class CompiledRunAhead:
                   sums[0], sums[1], sums[2], s0.fast_steps, self.steps, self.steps_ahead, s0.n_lazy)
         status, who, taken = sk.run(k, now, horizon, K, F, I, lts, kind, kv.block_size, oh, single, m, len(kn), P, R, G)
         if status == sk.FIRST_FAILED:
-            _push_back(slots, live)
             return False
         # write the window back: slots, flights, stage clocks and last steps, sums, KV growths
         fl, il = F.tolist(), I.tolist()
@@ -151,27 +140,26 @@ class CompiledRunAhead:
         b += P + 6
         c = sk.ST_COLS * m
         recent = self._recent
-        for p in range(P):  # each stage's last steps, oldest first (the ring at rec[p])
+        for p in range(P):  # each stage's last steps, oldest first (step q at ring[q % P])
             cnt = il[c + p]
             if cnt:
                 ring = b + 2 * P * p
-                recent[p].extend([(fl[ring + 2 * (q % P)], fl[ring + 2 * (q % P) + 1]) for q in range(max(0, cnt - P), cnt)])
+                steps = list(zip(fl[ring: ring + 2 * P: 2], fl[ring + 1: ring + 2 * P: 2]))
+                recent[p].extend(steps[cnt % P:] + steps[: cnt % P] if cnt >= P else steps[:cnt])
         self.steps += taken
         self.steps_ahead += taken
-        # the tick limit: doubled where a window reached it, halved where windows stop far short
-        if status == sk.SHORT and il[sk.ST_COLS * who + sk.I_TICK] >= il[sk.ST_COLS * who + sk.I_GLIM]:
-            self._kspan = min(2 * span, 1 << 16)
-        elif taken * 4 < span * m and span > 16:
-            self._kspan = span // 2
         d = c + P + 2 + m
         g1 = il[d: d + G]
-        for i in range(m):  # the taken grow entries back on their heaps, next due where the window left them
-            grow = slots[i]._grow
-            for j, e in enumerate(live[i], goff[i]):
-                heappush(grow, (g1[j], e[1], e[2]))
-        if g1 != g0:  # KV growths: the blocks and the requests' KV tokens
-            cnt = il[d + G: d + 2 * G]
-            slots[0].count_blocks([(e[2], cnt[j]) for i in range(m) for j, e in enumerate(live[i], goff[i]) if cnt[j]])
+        if g1 != g0:  # KV growths: the heaps (next due where the window left them), blocks, KV tokens
+            for i in range(m):
+                a, z = goff[i], goff[i + 1]
+                if g1[a:z] != g0[a:z]:
+                    grow = slots[i]._grow
+                    grow[:] = [(g, e[1], e[2]) for g, e in zip(g1[a:z], live[i])]  # in place: callers hold it
+                    heapify(grow)
+            cnt = I[d + G: d + 2 * G]
+            flat = [e for ent in live for e in ent]
+            slots[0].count_blocks([(flat[j][2], int(cnt[j])) for j in np.flatnonzero(cnt)])
         if n_ext:
             pr = cost.cost.profile
             pr._warn("decode", f"decode batch {il[sk.I_N]} at context {ctx_ext:.0f}")
@@ -233,13 +221,6 @@ class CompiledRunAhead:
         heapify(grow)
         s._grow[:] = grow  # in place: callers hold the list
         self.growths_undone -= sum(c for _, c in undone)
-
-
-def _push_back(slots: list, live: list[list]) -> None:
-    """The grow entries a compiled window took off its slots' heaps, back unchanged."""
-    for s, ent in zip(slots, live):
-        for e in ent:
-            heappush(s._grow, e)
 
 
 _IDLE = (0.0, None, 0.0, 0.0)  # a slot with no step in flight (or slot k, about to schedule)

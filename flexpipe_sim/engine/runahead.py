@@ -81,6 +81,7 @@ class RunAhead:
         if self.state != "ready" or self.refactoring or self._plan is None or not all(self._sole):
             return False
         reserve = self.kv.watermark + self._running_now() if self.waiting else 0
+        stops: tuple[int, ...] = ()  # slots in flight that admit the queue's head when they next schedule
         for i in range(self.n_active):
             s = slots[i]
             steady = s.fast and not s.explicit
@@ -90,7 +91,11 @@ class RunAhead:
                 return False  # a slot about to schedule at this same time: its turn comes first
             # (a slot in flight with a step that is not steady stops the run where it completes)
             if reserve and steady and s.running and s.would_admit(s.token_budget - s.n_lazy, reserve):
-                return False
+                if i == k:
+                    return False
+                # it admits at its step's completion (no other slot can before: loads stay, free KV
+                # only shrinks): the run stops there, its process scheduling by the ordinary path
+                stops += (i,)
         # one stage, one slot: its steps past an arrival of the model can be undone (`settle`), so
         # only an arrival routed here ends them, not every arrival of the model
         single = self.n_active == 1 and len(self._plan) == 1
@@ -102,15 +107,16 @@ class RunAhead:
         before = self.steps_ahead
         took = None
         if self._compiled and self._klast * (2 + len(self._plan)) >= _COMPILED_MIN_WORK * self.n_active:
-            took = self._run_ahead_compiled(k, horizon, single)
+            took = self._run_ahead_compiled(k, horizon, single, stops)
         if took is None:
-            took = self._run_ahead_single(horizon) if single else self._run_ahead_multi(k, horizon)
+            took = self._run_ahead_single(horizon) if single else self._run_ahead_multi(k, horizon, stops)
         if took:
             self._klast = self.steps_ahead - before
         return took
 
-    def _run_ahead_multi(self, k: int, horizon: float) -> bool:
-        """_run_ahead's loop in Python: slot k schedules now, then completions in time order."""
+    def _run_ahead_multi(self, k: int, horizon: float, stops: tuple[int, ...] = ()) -> bool:
+        """_run_ahead's loop in Python: slot k schedules now, then completions in time order, up to
+        the horizon or the completion of a slot in `stops`."""
         slots, flight = self.slots, self._flight
         if not self._schedule_ahead(k, self.env.now):
             return False
@@ -121,32 +127,45 @@ class RunAhead:
         pricing: dict[int, tuple] = {}  # batch size -> decode_hops + decode_pricing (one lookup per window)
         last_kv: dict[int, int] = {}  # slot -> KV tokens of its step in flight, where that is _PENDING
         taken = 0  # steps taken, added to the counters once (nothing in the loop reads them)
+        ahead = self._finish_ahead if not self.waiting else None
         while heap:
             c, i = heap[0]
             s = slots[i]
             _, batch, compute, comm = flight[i]
+            if c >= horizon or batch is None or batch.items or not s._last_fast or not s.fast or i in stops:
+                break  # its own process takes it: at/after the horizon, not steady, admitting
             fin = s._finish
-            if (c >= horizon or batch is None or batch.items or not s._last_fast or not s.fast
-                    or (fin and fin[0][0] <= s.tick + 1)):
-                break  # its own process takes it: at/after the horizon, finishing, or not steady
-            # FastSlotBatcher.step_lazy: postprocess for lazy requests none of which finishes
-            s.tick += 1
-            s.cum_compute += compute
-            s.cum_comm += comm
-            n = s._step_lazy
-            s.sampled += n
-            s.ctx_sum += n
+            if fin and fin[0][0] <= s.tick + 1:
+                # The step finishes requests. With nobody waiting (their KV would admit someone),
+                # nothing here or outside reads what a finish changes before the horizon (routing
+                # reads outstanding work at the model's next arrival; ticks read counts): the slot
+                # loop's postprocess and accounting, at its completion time (the records are sorted
+                # by id, not by when they are written). Not the run's last (its finish ends the run).
+                if ahead is None or not ahead(len(fin)):
+                    break
+                for r in s.postprocess(batch, c, compute, comm):
+                    self.outstanding_work -= self.work_of(r)
+                    self._on_finish(r)
+            else:
+                # FastSlotBatcher.step_lazy: postprocess for lazy requests none of which finishes
+                s.tick += 1
+                s.cum_compute += compute
+                s.cum_comm += comm
+                n = s._step_lazy
+                s.sampled += n
+                s.ctx_sum += n
             taken += 1
             if i != k:
                 moved[i] = True
             # _schedule_ahead(i, c), inline: the batch in flight was steady, so the slot's
-            # preempted_last, admitted_last, _step_lazy and _last_fast already hold its settings
+            # preempted_last, admitted_last and _last_fast already hold its settings
             n = s.n_lazy
             grow = s._grow
             if (not n or n > s.token_budget) or (grow and grow[0][0] <= s.tick and not s.grow_lazy()):
                 flight[i] = (c, None, 0.0, 0.0)  # its process schedules at c, by the ordinary path
                 last_kv.pop(i, None)
                 break
+            s._step_lazy = n
             s.fast_steps += 1
             kv = s.ctx_sum + n
             pr = pricing.get(n)

@@ -88,6 +88,7 @@ class Simulation:
             gpu_memory_utilization=e.gpu_memory_utilization, workspace_bytes=int(e.workspace_gb * 2**30),
             expected_output={n: self.workload.mean_output_of(i) for i, n in enumerate(self.workload.model_names)},
             prewarm=e.prewarm, fast_forward=e.fast_forward, compiled=e.compiled, horizon=self._horizon,
+            finish_ahead=self._may_finish_ahead,
             load_rates=LoadRates(c.storage_gb_s * 1e9, c.cluster_storage_gb_s * 1e9, c.gpus_per_pcie_uplink),
         )
         self.policy = registry.create(sc.policy.name, sc.policy.params, sc)
@@ -162,6 +163,11 @@ class Simulation:
         del self._live[r.id]
         self.records.add(r)
         self._count_done()
+
+    def _may_finish_ahead(self, n: int) -> bool:
+        """Whether a run-ahead may finish n requests before their time (engine/runahead.py): not
+        the run's last ones, whose finish ends the run at the time it is accounted."""
+        return self.n_done + n < len(self.workload)
 
     def _drop(self, r: Request, reason: str) -> None:
         r.drop_reason = reason
