@@ -102,6 +102,7 @@ class Instance(RunAhead, CompiledRunAhead):
         self._klast = 1 << 30  # steps of the last run-ahead window (chooses the loop; runahead.py)
         self._lts_buf = None  # the compiled one-stage window's layer times (reused; kernelwindow.py)
         self.steps_undone = self.growths_undone = 0  # statistics: what `settle` took back
+        self.finished_ahead = 0  # statistics: requests finished inside run-ahead windows
         self.windows_compiled = 0  # statistics: run-ahead windows taken by the compiled loop
         self.kv = _kv_set(stages, block_size)
         n_slots = len(stages)

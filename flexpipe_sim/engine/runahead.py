@@ -10,6 +10,10 @@ step scheduled and submitted exactly as the slot loop (instance.py) would, and t
 then sleep until their latest step. tests/test_fastforward.py checks the records equal the step-by-
 step run's on the paper scenarios, refactors, KV pressure and random small cases.
 
+A window of several slots also takes the steps that finish requests where nobody waits (a finish
+then changes only what routing reads at the model's next arrival, beyond the horizon), and where a
+slot in flight will admit the queue's head it runs up to that slot's completion.
+
 An instance of one stage and one slot (most baselines') need not stop at its model's arrivals:
 routing reads only what steady steps leave unchanged (outstanding work, capacity), so most
 arrivals go elsewhere and change nothing here. Its window runs to the next tick, keeping what it
@@ -67,13 +71,14 @@ class RunAhead:
         and the head stay, free KV only shrinks); nothing outside changes or reads the
         instance before the backend's horizon (the next arrival of this model, controller or
         monitor tick, end of run: routing reads outstanding work and capacity, which only arrivals
-        and finishes change, and finishes are never run ahead). So the slots' completions are
+        and finishes change). So the slots' completions are
         taken here in time order (the order their events would fire; one instance's completions
         never tie, its last stage being FIFO): each completion before the horizon is accounted
         (postprocess) and the slot's next step scheduled and submitted, exactly as the slot loop
         would (same calls, same float sums in the same order). It stops at the first completion
-        at or after the horizon, one that finishes a request, or a schedule that needs the
-        ordinary path. Every slot's latest step is then in `_flight`; processes whose step was
+        at or after the horizon, one that finishes a request (in `_run_ahead_multi`: only where
+        someone waits, whom the freed KV could admit), one of a slot that admits next, or a
+        schedule that needs the ordinary path. Every slot's latest step is then in `_flight`; processes whose step was
         taken wake at its old time and wait for the new one (`_moved`). Returns False, changing
         nothing, where slot k's own step cannot be taken this way."""
         now = self.env.now
@@ -146,6 +151,7 @@ class RunAhead:
                 for r in s.postprocess(batch, c, compute, comm):
                     self.outstanding_work -= self.work_of(r)
                     self._on_finish(r)
+                    self.finished_ahead += 1
             else:
                 # FastSlotBatcher.step_lazy: postprocess for lazy requests none of which finishes
                 s.tick += 1
