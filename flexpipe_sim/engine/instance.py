@@ -224,7 +224,6 @@ class Instance(RunAhead, CompiledRunAhead):
         the new stages' pools; returns how many had to be preempted for lack of room there."""
         assert self.paused and self.inflight == 0
         self.materialize()
-        running = [r for s in self.slots[: self.n_active] for r in s.running]
         old = self.kv
         self.retired_busy_s += sum(self.busy_s)
         self.retired_interference_s += sum(self.interference_s)
