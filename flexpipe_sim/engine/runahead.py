@@ -108,10 +108,11 @@ class RunAhead:
         if horizon <= now:
             return False
         # The compiled loop costs a copy in and out per slot, the Python one a few microseconds per
-        # step and stage: the last window's length chooses (_COMPILED_MIN_WORK; same records)
+        # step and stage: the last window's length chooses (_COMPILED_MIN_WORK; same records). One
+        # slot on one stage always goes compiled (its copy is built directly, kernelwindow.py).
         before = self.steps_ahead
         took = None
-        if self._compiled and self._klast * (2 + len(self._plan)) >= _COMPILED_MIN_WORK * self.n_active:
+        if self._compiled and (single or self._klast * (2 + len(self._plan)) >= _COMPILED_MIN_WORK * self.n_active):
             took = self._run_ahead_compiled(k, horizon, single, stops)
         if took is None:
             took = self._run_ahead_single(horizon) if single else self._run_ahead_multi(k, horizon, stops)
@@ -370,11 +371,13 @@ class RunAhead:
 
 _PENDING = Batch([], BatchWork(0, 0, 0, 0, 0), True)  # a step _run_ahead_multi takes before its end (its batch unbuilt)
 
-# Which loop takes an instance's next window, from its last one: the Python loop costs ~2 us per
-# step plus ~1 us per step and stage, the compiled one ~10-15 us per slot to copy in and out (the
-# slot, its requests due to grow) plus little per step. Compiled where steps x (2 + stages) >=
-# this x slots: ServerlessLLM's one-stage windows (~40 steps of 1-2 requests) gain, the Azure
-# replay's (~2 steps of 80 requests) and AlpaServe's 8-slot 8-stage ones (~12 steps) do not
-# (measured on the 2-core build machine, whose walls vary by tens of percent; docs/results/
-# sim_speed/README.md, sitting 5).
+# Which loop takes a several-slot instance's next window, from its last one: the Python loop
+# costs ~2 us per step plus ~1 us per step and stage, the compiled one ~15-25 us per slot to copy
+# in and out (the slot, its requests' grow ticks) plus little per step. Compiled where
+# steps x (2 + stages) >= this x slots: AlpaServe's 8-slot 8-stage windows of ~9 steps stay in
+# Python, FlexPipe's longer ones go compiled (measured on the 2-core build machine, whose walls
+# vary by tens of percent; docs/results/sim_speed/README.md, sittings 5 and 6). A one-slot
+# one-stage window always goes compiled: ~22 us to copy against ~1.5 us per Python step, and its
+# windows (~40 steps under ServerlessLLM) are long; always compiling them took 2-10% less CPU than
+# choosing by the last window on quarter-size ServerlessLLM and static runs (sitting 6).
 _COMPILED_MIN_WORK = 16
