@@ -209,8 +209,13 @@ class SlotBatcher:
 
     def postprocess(self, batch: Batch, now: float, compute_s: float, comm_s: float) -> list[Request]:
         """Advance token counts; returns the requests that finished (their KV is already freed)."""
+        return self.postprocess_items(batch.items, now, compute_s, comm_s)
+
+    def postprocess_items(self, items: list[tuple[Request, int]], now: float, compute_s: float,
+                          comm_s: float) -> list[Request]:
+        """postprocess for a step's (request, tokens) items (all it reads of the batch)."""
         finished: list[Request] = []
-        for r, n in batch.items:
+        for r, n in items:
             if self.advance(r, n, now, compute_s, comm_s) and r.generated >= r.output_tokens:
                 r.finish_s = now
                 self.kv.free(r)

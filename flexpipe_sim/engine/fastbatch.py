@@ -274,7 +274,7 @@ class FastSlotBatcher(SlotBatcher):
             # every running request was in the batch (the budget held them all): the lazy ones
             # computed one token each, the explicit ones what the batch says.
             lazy = [(r, 1) for r in self.running if r.ff_tick >= 0]
-            return super().postprocess(Batch(lazy + batch.items, batch.work, True), now, compute_s, comm_s)
+            return self.postprocess_items(lazy + batch.items, now, compute_s, comm_s)
         self.step_lazy(compute_s, comm_s)
         t = self.tick
         finished: list[Request] = []

@@ -14,12 +14,10 @@ from heapq import heapify
 
 import numpy as np
 
-from flexpipe_core.batcher import Batch
 from flexpipe_core.blocks import BlockCounter
-from flexpipe_core.work import BatchWork
 
 from . import stepkernel as sk
-from .runahead import Window
+from .runahead import STEADY, Window
 
 
 class CompiledRunAhead:
@@ -129,8 +127,7 @@ class CompiledRunAhead:
             s.tick, s.ctx_sum, s.sampled, s.fast_steps = r[sk.I_TICK], r[sk.I_CTX], r[sk.I_SAMPLED], r[sk.I_FAST]
             s.cum_compute, s.cum_comm = f[sk.C_CUMC], f[sk.C_CUMM]
             if r[sk.I_NEW] == 1:
-                kvt = r[sk.I_KV]
-                flight[i] = (f[sk.C_DONE], Batch([], BatchWork(n, n, kvt, kvt, n), True), f[sk.C_COMP], f[sk.C_COMM])
+                flight[i] = (f[sk.C_DONE], STEADY, f[sk.C_COMP], f[sk.C_COMM])
             elif r[sk.I_NEW] == 2:
                 flight[i] = (f[sk.C_DONE], None, 0.0, 0.0)  # its process schedules at its completion
             if i != k and r[sk.I_TAKEN]:
@@ -223,9 +220,7 @@ class CompiledRunAhead:
             s.tick, s.ctx_sum, s.sampled, s.fast_steps = il[sk.I_TICK], il[sk.I_CTX], il[sk.I_SAMPLED], il[sk.I_FAST]
             s.cum_compute, s.cum_comm = fl[sk.C_CUMC], fl[sk.C_CUMM]
             if new == 1:
-                kvt = il[sk.I_KV]
-                self._flight[0] = (fl[sk.C_DONE], Batch([], BatchWork(n, n, kvt, kvt, n), True), fl[sk.C_COMP],
-                                   fl[sk.C_COMM])
+                self._flight[0] = (fl[sk.C_DONE], STEADY, fl[sk.C_COMP], fl[sk.C_COMM])
             elif new == 2:
                 self._flight[0] = (fl[sk.C_DONE], None, 0.0, 0.0)  # its process schedules at its completion
         self._stage_free[0] = fl[8]

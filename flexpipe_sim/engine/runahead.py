@@ -32,7 +32,6 @@ from heapq import heapify, heapreplace
 from typing import NamedTuple
 
 from flexpipe_core.batcher import Batch
-from flexpipe_core.work import BatchWork
 
 
 class Window(NamedTuple):
@@ -131,7 +130,6 @@ class RunAhead:
         moved = self._moved
         cost, plan, free, recent, sums = self.cost, self._plan, self._stage_free, self._recent, self._sums
         pricing: dict[int, tuple] = {}  # batch size -> decode_hops + decode_pricing (one lookup per window)
-        last_kv: dict[int, int] = {}  # slot -> KV tokens of its step in flight, where that is _PENDING
         taken = 0  # steps taken, added to the counters once (nothing in the loop reads them)
         ahead = self._finish_ahead if not self.waiting else None
         while heap:
@@ -170,7 +168,6 @@ class RunAhead:
             grow = s._grow
             if (not n or n > s.token_budget) or (grow and grow[0][0] <= s.tick and not s.grow_lazy()):
                 flight[i] = (c, None, 0.0, 0.0)  # its process schedules at c, by the ordinary path
-                last_kv.pop(i, None)
                 break
             s._step_lazy = n
             s.fast_steps += 1
@@ -197,13 +194,8 @@ class RunAhead:
                 compute += dt
                 t = end + hops[q]
                 q += 1
-            flight[i] = (t, _PENDING, compute, hop_sum + back)
-            last_kv[i] = kv
+            flight[i] = (t, STEADY, compute, hop_sum + back)
             heapreplace(heap, (t, i))
-        for i, kv in last_kv.items():  # the steps still in flight get their batches
-            f = flight[i]
-            n = slots[i].n_lazy
-            flight[i] = (f[0], Batch([], BatchWork(n, n, kv, kv, n), True), f[2], f[3])
         self.steps += taken
         self.steps_ahead += taken
         return True
@@ -253,7 +245,7 @@ class RunAhead:
                 s.preempted_last = s.admitted_last = 0
                 s._step_lazy = n
                 s._last_fast = True
-                self._flight[0] = (end, Batch([], BatchWork(n, n, kv, kv, n), True), dt, 0.0)
+                self._flight[0] = (end, STEADY, dt, 0.0)
                 break
             # completes at end: postprocess's counters for lazy requests (nobody finishes)
             s._step_lazy = n
@@ -320,8 +312,7 @@ class RunAhead:
         sums[0], sums[1], sums[2] = s0, s1, s2 + j + 1
         self._stage_free[0] = end
         self._recent[0].append((b, end))
-        kv = ctx0 + n * j + n
-        self._flight[0] = (end, Batch([], BatchWork(n, n, kv, kv, n), True), dt, 0.0)
+        self._flight[0] = (end, STEADY, dt, 0.0)
         self._procs[0].interrupt()  # it sleeps until the old last step; wake it to wait for this one
 
     def _schedule_ahead(self, i: int, t: float) -> bool:
@@ -340,7 +331,6 @@ class RunAhead:
         s._last_fast = True
         s.fast_steps += 1
         kv = s.ctx_sum + n
-        w = BatchWork(n, n, kv, kv, n)
         # Instance._submit for a uniform pipeline whose stages are all alone on their GPUs (checked
         # by _run_ahead): the same prices and float operations in the same order, without booking
         back, hops, comm = self.cost.decode_hops(n)
@@ -365,11 +355,15 @@ class RunAhead:
             compute += dt
             t = end + hops[k]
             k += 1
-        self._flight[i] = (t, Batch([], w, True), compute, comm + back)
+        self._flight[i] = (t, STEADY, compute, comm + back)
         return True
 
 
-_PENDING = Batch([], BatchWork(0, 0, 0, 0, 0), True)  # a step _run_ahead_multi takes before its end (its batch unbuilt)
+# The batch of a steady decode step taken ahead (all its requests lazy): its slot's process reads
+# only that it has no explicit items (FastSlotBatcher.postprocess); its work was priced when it was
+# submitted and is not kept (one object, no Batch per step; reading its `work` raises).
+STEADY = Batch.__new__(Batch)
+STEADY.items, STEADY.has_decode = [], True
 
 # Which loop takes a several-slot instance's next window, from its last one: the Python loop
 # costs ~2 us per step plus ~1 us per step and stage, the compiled one ~15-25 us per slot to copy
