@@ -86,6 +86,8 @@ class RunAhead:
             return False
         reserve = self.kv.watermark + self._running_now() if self.waiting else 0
         stops: tuple[int, ...] = ()  # slots in flight that admit the queue's head when they next schedule
+        # only a least-loaded slot admits (SlotBatcher._least_loaded): one min instead of each asking
+        lmin = min([s.load for s in slots[: self.n_active]]) if reserve else 0.0
         for i in range(self.n_active):
             s = slots[i]
             steady = s.fast and not s.explicit
@@ -94,7 +96,8 @@ class RunAhead:
             if i != k and flight[i] is None and (s.running or self._wake[i] is None):
                 return False  # a slot about to schedule at this same time: its turn comes first
             # (a slot in flight with a step that is not steady stops the run where it completes)
-            if reserve and steady and s.running and s.would_admit(s.token_budget - s.n_lazy, reserve):
+            if (reserve and steady and s.running and s.load <= lmin
+                    and s.would_admit(s.token_budget - s.n_lazy, reserve)):
                 if i == k:
                     return False
                 # it admits at its step's completion (no other slot can before: loads stay, free KV
