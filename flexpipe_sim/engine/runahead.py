@@ -110,11 +110,14 @@ class RunAhead:
         if horizon <= now:
             return False
         # The compiled loop costs a copy in and out per slot, the Python one a few microseconds per
-        # step and stage: the last window's length chooses (_COMPILED_MIN_WORK; same records). One
-        # slot on one stage always goes compiled (its copy is built directly, kernelwindow.py).
+        # step and stage (_COMPILED_MIN_WORK; same records either way). Several slots: the last
+        # window's length chooses. One slot on one stage: the steps it can take at most, up to its
+        # next finish (a big batch finishes someone within a few steps; its copy would cost more).
         before = self.steps_ahead
         took = None
-        if self._compiled and (single or self._klast * (2 + len(self._plan)) >= _COMPILED_MIN_WORK * self.n_active):
+        if self._compiled and (
+                (single and slots[0]._finish and slots[0]._finish[0][0] - slots[0].tick >= _COMPILED_MIN_WORK)
+                or (not single and self._klast * (2 + len(self._plan)) >= _COMPILED_MIN_WORK * self.n_active)):
             took = self._run_ahead_compiled(k, horizon, single, stops)
         if took is None:
             took = self._run_ahead_single(horizon) if single else self._run_ahead_multi(k, horizon, stops)
@@ -374,7 +377,9 @@ STEADY.items, STEADY.has_decode = [], True
 # steps x (2 + stages) >= this x slots: AlpaServe's 8-slot 8-stage windows of ~9 steps stay in
 # Python, FlexPipe's longer ones go compiled (measured on the 2-core build machine, whose walls
 # vary by tens of percent; docs/results/sim_speed/README.md, sittings 5 and 6). A one-slot
-# one-stage window always goes compiled: ~22 us to copy against ~1.5 us per Python step, and its
-# windows (~40 steps under ServerlessLLM) are long; always compiling them took 2-10% less CPU than
-# choosing by the last window on quarter-size ServerlessLLM and static runs (sitting 6).
+# one-stage window (~22 us to copy, ~1.5 us per Python step) goes compiled where its next finish is
+# at least this many ticks away: ServerlessLLM's (1-2 requests, ~40 steps) do, the Azure replay's
+# (~80 requests, one finishing every few steps) do not. Choosing by the last window instead
+# (windows there alternate long and short) took 2-10% more CPU on quarter-size ServerlessLLM and
+# static runs; compiling every one made the replay ~20% slower (sitting 6).
 _COMPILED_MIN_WORK = 16
