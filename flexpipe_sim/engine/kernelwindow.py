@@ -2,8 +2,9 @@
 its slots, stages and the KV growths a window can need into flat arrays, runs the loop and writes
 the result back, exactly where RunAhead's Python loops would have left it (tests/test_stepkernel.py).
 
-The copy costs a few tens of microseconds per window, so RunAhead._run_ahead sends a window here
-only where the instance's last one was long enough to gain. Every lazy request's grow entry goes in
+The copy costs ~15-25 us per slot, so RunAhead._run_ahead sends a window here only where it is
+likely long enough to gain (one slot on one stage, the most common, has its own direct copy:
+`_run_ahead_compiled_one`). Every lazy request's grow entry goes in
 (each comes due within a block's worth of ticks) as a list, not popped off its heap; a slot's heap
 is rebuilt only where some of its requests grew.
 """

@@ -77,9 +77,9 @@ class RunAhead:
         would (same calls, same float sums in the same order). It stops at the first completion
         at or after the horizon, one that finishes a request (in `_run_ahead_multi`: only where
         someone waits, whom the freed KV could admit), one of a slot that admits next, or a
-        schedule that needs the ordinary path. Every slot's latest step is then in `_flight`; processes whose step was
-        taken wake at its old time and wait for the new one (`_moved`). Returns False, changing
-        nothing, where slot k's own step cannot be taken this way."""
+        schedule that needs the ordinary path. Every slot's latest step is then in `_flight`;
+        processes whose step was taken wake at its old time and wait for the new one (`_moved`).
+        Returns False, changing nothing, where slot k's own step cannot be taken this way."""
         now = self.env.now
         slots, flight = self.slots, self._flight
         if self.state != "ready" or self.refactoring or self._plan is None or not all(self._sole):

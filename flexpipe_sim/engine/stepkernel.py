@@ -17,9 +17,9 @@ lookup would.
 A KV growth is counted per lazy request: `gnext[j]` is the tick at which request j fills its last
 block; a step scheduled at tick t grows every request with gnext <= t by one block (all of them, or
 none where fewer blocks are free: the ordinary path then decides), and that request is next due at
-t + block size, as FastSlotBatcher._add_block pushes it. The caller passes only the requests due
-before a slot's tick limit (I_GLIM); a slot reaching it stops as where KV is short (its process
-schedules that step by the ordinary path, the same step), so a short window copies few requests.
+t + block size, as FastSlotBatcher._add_block pushes it. A slot reaching its tick limit (I_GLIM)
+stops as where KV is short (its process schedules that step by the ordinary path, the same step);
+kernelwindow.py passes every live request and no limit (copying a list costs less than choosing).
 """
 
 from __future__ import annotations
