@@ -78,12 +78,13 @@ def place_pipeline(
             continue
         need = stage_need_bytes(spec, first, end, eng, kv_tokens)
         prev = chosen[-1] if chosen else None
+        used = {c.id for c in chosen}
         fits = [
             g
             for g in view.gpus
             if g.id not in taken
             and model not in g.models
-            and all(g.id != c.id for c in chosen)
+            and g.id not in used
             and usable_bytes(g.free_bytes, eng) >= need
             and not (isolate >= 2 and g.models)
         ]
