@@ -67,10 +67,8 @@ class CompiledRunAhead:
                 ent = [e for e in s._grow if e[2].finish_s != e[2].finish_s]
                 live.append(ent)
                 g0 += [e[0] for e in ent]
-                glim = 1 << 62
             else:
                 head = back = hop_sum = 0.0
-                glim = 0
                 live.append([])
             goff.append(len(g0))
             f = flight[i] if i != k else None  # slot k schedules first, inside the loop
@@ -81,7 +79,7 @@ class CompiledRunAhead:
             else:
                 f, steady = _IDLE, False
             fl += [f[0], s.cum_compute, s.cum_comm, f[2], f[3], head, back, hop_sum]
-            il += [n, s.tick, s.ctx_sum, s.sampled, s.fast_steps, stop, can, steady, f is not _IDLE, 0, 0, 0, glim]
+            il += [n, s.tick, s.ctx_sum, s.sampled, s.fast_steps, stop, can, steady, f is not _IDLE, 0, 0, 0]
         if single:
             stop = il[sk.I_STOP]
             if stop >= 1 << 62:
@@ -118,19 +116,7 @@ class CompiledRunAhead:
             r = il[sk.ST_COLS * i: sk.ST_COLS * (i + 1)]
             if not r[sk.I_NEW] and not r[sk.I_TAKEN]:
                 continue
-            f = fl[8 * i: 8 * i + 8]
-            s = slots[i]
-            n = r[sk.I_N]
-            if r[sk.I_FAST] != s.fast_steps:  # it scheduled: _schedule_ahead's settings
-                s.preempted_last = s.admitted_last = 0
-                s._step_lazy = n
-                s._last_fast = True
-            s.tick, s.ctx_sum, s.sampled, s.fast_steps = r[sk.I_TICK], r[sk.I_CTX], r[sk.I_SAMPLED], r[sk.I_FAST]
-            s.cum_compute, s.cum_comm = f[sk.C_CUMC], f[sk.C_CUMM]
-            if r[sk.I_NEW] == 1:
-                flight[i] = (f[sk.C_DONE], STEADY, f[sk.C_COMP], f[sk.C_COMM])
-            elif r[sk.I_NEW] == 2:
-                flight[i] = (f[sk.C_DONE], None, 0.0, 0.0)  # its process schedules at its completion
+            _slot_back(slots[i], r, fl[8 * i: 8 * i + 8], flight, i)
             if i != k and r[sk.I_TAKEN]:
                 moved[i] = True
         b = 8 * m
@@ -204,7 +190,7 @@ class CompiledRunAhead:
         # I: the slot, the last-step count, free blocks, goff, gnext, gcnt (stepkernel.run)
         F = np.array([0.0, s.cum_compute, s.cum_comm, 0.0, 0.0, head, back, hop_sum, free0,
                       sums[0], sums[1], float(sums[2]), 0.0, 0.0, 0.0, 0.0, 0.0])
-        I = np.array([n, tick, s.ctx_sum, s.sampled, s.fast_steps, stop, 1, 0, 0, 0, 0, 0, 1 << 62, 0,
+        I = np.array([n, tick, s.ctx_sum, s.sampled, s.fast_steps, stop, 1, 0, 0, 0, 0, 0, 0,
                       min([mg.num_free for mg in kv.managers]), 0, G] + g0 + [0] * G, np.int64)
         w0 = (now, free0, tick, s.cum_compute, s.sampled, s.ctx_sum, sums[0], sums[1], sums[2], s.fast_steps,
               self.steps, self.steps_ahead, n)
@@ -212,18 +198,8 @@ class CompiledRunAhead:
         if status == sk.FIRST_FAILED:
             return False
         fl, il = F.tolist(), I.tolist()
-        new = il[sk.I_NEW]
-        if new or il[sk.I_TAKEN]:
-            if il[sk.I_FAST] != s.fast_steps:  # it scheduled: _schedule_ahead's settings
-                s.preempted_last = s.admitted_last = 0
-                s._step_lazy = n
-                s._last_fast = True
-            s.tick, s.ctx_sum, s.sampled, s.fast_steps = il[sk.I_TICK], il[sk.I_CTX], il[sk.I_SAMPLED], il[sk.I_FAST]
-            s.cum_compute, s.cum_comm = fl[sk.C_CUMC], fl[sk.C_CUMM]
-            if new == 1:
-                self._flight[0] = (fl[sk.C_DONE], STEADY, fl[sk.C_COMP], fl[sk.C_COMM])
-            elif new == 2:
-                self._flight[0] = (fl[sk.C_DONE], None, 0.0, 0.0)  # its process schedules at its completion
+        if il[sk.I_NEW] or il[sk.I_TAKEN]:
+            _slot_back(s, il, fl, self._flight, 0)  # the slot's row leads both lists
         self._stage_free[0] = fl[8]
         sums[0], sums[1], sums[2] = fl[9], fl[10], int(fl[11])
         n_lts, n_ext = int(fl[12]), int(fl[13])
@@ -231,12 +207,13 @@ class CompiledRunAhead:
             self._recent[0].append((fl[15], fl[16]))
         self.steps += taken
         self.steps_ahead += taken
-        g1 = il[17: 17 + G]
+        d = sk.ST_COLS + 4  # after the slot: last-step count, free blocks, goff (2)
+        g1 = il[d: d + G]
         if g1 != g0:  # KV growths: the heap (next due where the window left them), blocks, KV tokens
             grow = s._grow
             grow[:] = [(g, e[1], e[2]) for g, e in zip(g1, ent)]  # in place: callers hold it
             heapify(grow)
-            s.count_blocks([(e[2], c) for e, c in zip(ent, il[17 + G: 17 + 2 * G]) if c])
+            s.count_blocks([(e[2], c) for e, c in zip(ent, il[d + G: d + 2 * G]) if c])
         if n_ext:
             pr = self.cost.cost.profile
             pr._warn("decode", f"decode batch {n} at context {fl[14]:.0f}")
@@ -297,6 +274,21 @@ class CompiledRunAhead:
         heapify(grow)
         s._grow[:] = grow  # in place: callers hold the list
         self.growths_undone -= sum(c for _, c in undone)
+
+
+def _slot_back(s, r: list[int], f: list[float], flight: list, i: int) -> None:
+    """Slot i's row of the compiled loop's output (r: its integers, f: its floats) written back
+    into it, and its step in flight where it scheduled one."""
+    if r[sk.I_FAST] != s.fast_steps:  # it scheduled: _schedule_ahead's settings
+        s.preempted_last = s.admitted_last = 0
+        s._step_lazy = r[sk.I_N]
+        s._last_fast = True
+    s.tick, s.ctx_sum, s.sampled, s.fast_steps = r[sk.I_TICK], r[sk.I_CTX], r[sk.I_SAMPLED], r[sk.I_FAST]
+    s.cum_compute, s.cum_comm = f[sk.C_CUMC], f[sk.C_CUMM]
+    if r[sk.I_NEW] == 1:
+        flight[i] = (f[sk.C_DONE], STEADY, f[sk.C_COMP], f[sk.C_COMM])
+    elif r[sk.I_NEW] == 2:
+        flight[i] = (f[sk.C_DONE], None, 0.0, 0.0)  # its process schedules at its completion
 
 
 _IDLE = (0.0, None, 0.0, 0.0)  # a slot with no step in flight (or slot k, about to schedule)

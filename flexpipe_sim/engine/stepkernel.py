@@ -17,9 +17,8 @@ lookup would.
 A KV growth is counted per lazy request: `gnext[j]` is the tick at which request j fills its last
 block; a step scheduled at tick t grows every request with gnext <= t by one block (all of them, or
 none where fewer blocks are free: the ordinary path then decides), and that request is next due at
-t + block size, as FastSlotBatcher._add_block pushes it. A slot reaching its tick limit (I_GLIM)
-stops as where KV is short (its process schedules that step by the ordinary path, the same step);
-kernelwindow.py passes every live request and no limit (copying a list costs less than choosing).
+t + block size, as FastSlotBatcher._add_block pushes it. kernelwindow.py passes every live request
+of a slot that can schedule (copying a list costs less than choosing the ones due in the window).
 """
 
 from __future__ import annotations
@@ -57,8 +56,8 @@ SHORT = 2  # a slot could not schedule (KV short): its process schedules by the 
 # columns of the per-slot float state `fs`
 C_DONE, C_CUMC, C_CUMM, C_COMP, C_COMM, C_HEAD, C_BACK, C_HOPSUM = range(8)
 # columns of the per-slot int state `st`
-I_N, I_TICK, I_CTX, I_SAMPLED, I_FAST, I_STOP, I_CAN, I_STEADY, I_ACTIVE, I_TAKEN, I_KV, I_NEW, I_GLIM = range(13)
-ST_COLS = 13
+I_N, I_TICK, I_CTX, I_SAMPLED, I_FAST, I_STOP, I_CAN, I_STEADY, I_ACTIVE, I_TAKEN, I_KV, I_NEW = range(12)
+ST_COLS = 12
 
 
 @njit(inline="always")
@@ -111,8 +110,8 @@ def _schedule(i, t, fs, st, hops, kind, rows, cmax, sh, ext, gnext, goff, gcnt, 
               nl, hh, sd, oh, free, rec, rec_n, sums, lts, keep_lts):
     """Slot i's steady step scheduled at t (RunAhead._schedule_ahead): KV growth, pricing, the
     stages' clocks. Returns the blocks it grew, or -1 where it cannot (the caller stops)."""
-    if st[i, I_CAN] == 0 or st[i, I_TICK] >= st[i, I_GLIM]:
-        return -1  # cannot, or past the ticks whose KV growths the caller gave (gnext holds no others)
+    if st[i, I_CAN] == 0:
+        return -1  # its batch cannot be taken this way (none, or over the token budget)
     tick = st[i, I_TICK]
     need = 0
     for j in range(goff[i], goff[i + 1]):
