@@ -208,3 +208,64 @@ def test_stage_joining_a_gpu_while_its_only_stage_runs_ahead():
     assert launches["llama2-13b"]["gpus"] == launches["llama2-7b"]["gpus"] == "0"
     assert _ahead(sim) > 100
     # before the fix, 7B ran ahead through the 13B's load and its steps missed the 13B's bookings
+
+
+class JoinPipelineLater:
+    """Llama-2-7B as a two-stage pipeline on GPUs 0 and 1 from t=0; Llama-2-13B launched onto GPU 1
+    at t=15: the pipeline's second stage, until then alone on its GPU (its steps kept by the run-ahead
+    windows' compiled stage steps, not booked), hands its last steps over when the 13B joins."""
+
+    name = "test"
+
+    def __init__(self) -> None:
+        self.done: set[str] = set()
+
+    def decide(self, view):
+        from flexpipe_core.policyapi import Launch, StagePlan
+
+        acts = []
+        if "a" not in self.done:
+            self.done.add("a")
+            acts.append(Launch("llama2-7b", (StagePlan(0, 16, 0), StagePlan(16, 32, 1)), kv_tokens=30_000))
+        if view.now >= 15 and "b" not in self.done:
+            self.done.add("b")
+            acts.append(Launch("llama2-13b", (StagePlan(0, 40, 1),), kv_tokens=20_000))
+        return acts
+
+
+def _pipeline_scenario(**changes):
+    return parse_scenario(small_raw(**{
+        "models": [{"name": "llama2-7b", "share": 6, "slo": {"ttft_s": 2.0, "tpot_s": 0.1}},
+                   {"name": "llama2-13b", "share": 1, "slo": {"ttft_s": 2.0, "tpot_s": 0.2}}],
+        "workload.arrivals.rate": 8.0, "horizon_s": 40, "cluster.tenant_scale": 0.0, "seed": 2, **changes}))
+
+
+@pytest.mark.parametrize("compiled", [True, False])
+def test_pipeline_windows_with_a_stage_joining(compiled, monkeypatch):
+    """Pipeline windows (several slots) with a stage joining one of their GPUs mid-run: the same
+    records as step by step, the windows' stage steps compiled or in Python. Every slot whose
+    step a window took waits for its latest one (RunAhead._retarget): none wakes stale."""
+    monkeypatch.setattr(runahead, "_COMPILED_STEPS_PER_SLOT", 1 << 30)  # no whole-window kernel
+    sim, _, _ = _both(lambda ff: _pipeline_scenario(**{"engine.compiled": compiled,
+                                                        "engine.fast_forward": ff == "true"}), JoinPipelineLater)
+    pipe = next(i for i in sim.transitions.instances.values() if i.model == "llama2-7b")
+    assert len(pipe.stages) == 2 and pipe.steps_ahead > 100
+    assert pipe.retargets > 10 and pipe.stale_wakes == 0
+
+
+def test_compiled_stage_steps_keep_the_last_steps(monkeypatch):
+    """Instance.set_sole hands over a stage's last steps (those that can still run) when a second
+    stage joins its GPU. Windows whose stage steps are compiled keep theirs in the buffer's rings:
+    mid-run, every stage's kept steps equal the Python loop's (its deques alone)."""
+    monkeypatch.setattr(runahead, "_COMPILED_STEPS_PER_SLOT", 1 << 30)
+    kept = {}
+    for compiled in (True, False):
+        sim = Simulation(_pipeline_scenario(**{"engine.compiled": compiled}))
+        sim.policy = JoinPipelineLater()
+        for proc in (sim._controller(), sim._feeder(), sim._monitor(None)):
+            sim.env.process(proc)
+        sim.env.run(until=12.3)  # before the 13B is launched: the pipeline's stages run alone
+        pipe = next(i for i in sim.transitions.instances.values() if i.model == "llama2-7b")
+        assert pipe.steps_ahead > 50
+        kept[compiled] = [pipe.set_sole(k, False) for k in range(2)]
+    assert all(kept[True]) and kept[True] == kept[False]

@@ -104,6 +104,8 @@ class Instance(RunAhead, CompiledRunAhead):
         self.steps_undone = self.growths_undone = 0  # statistics: what `settle` took back
         self.finished_ahead = 0  # statistics: requests finished inside run-ahead windows
         self.windows_compiled = 0  # statistics: run-ahead windows taken by the compiled loop
+        self.retargets = 0  # statistics: slot processes whose wait a window moved to their latest step
+        self.stale_wakes = 0  # statistics: slot processes woken at a step a window took (none: retargeted)
         self.kv = _kv_set(stages, block_size)
         n_slots = len(stages)
         self.expected_output = expected_output
@@ -167,12 +169,16 @@ class Instance(RunAhead, CompiledRunAhead):
         self._sole = [False] * n  # stage k is its GPU's only stage: no booking on the timeline
         self._recent: list[deque[tuple[float, float]]] = [deque(maxlen=n) for _ in range(n)]  # sole stages' last steps
         self._kplan = None  # the plan as arrays for the compiled run-ahead (kernelwindow.py), built on first use
+        self._kbuf = None  # the Python window loop's compiled stage steps' buffers (kernelwindow.py)
 
     def set_sole(self, k: int, sole: bool) -> list[tuple[float, float]]:
         """GpuTimeline.join/leave: stage k is (not) its GPU's only stage. Returns the steps it kept
         while it was (its last n steps: at most one per slot can still be running)."""
         kept = list(self._recent[k])
         self._recent[k].clear()
+        more = self._hybrid_kept(k)  # steps the Python window loop's compiled stage steps kept
+        if more:  # a stage's steps never overlap (FIFO): in time order, its last n of both
+            kept = sorted(kept + more)[-len(self.stages):]
         self._sole[k] = sole
         return kept
 
@@ -434,7 +440,10 @@ class Instance(RunAhead, CompiledRunAhead):
                     continue
                 if not moved[k]:
                     break
-                moved[k] = False  # a run-ahead took that step (and maybe later ones): wait for the latest
+                # a run-ahead took that step and did not move this wait (RunAhead._retarget does;
+                # kept as the safe fallback: wait for the latest)
+                moved[k] = False
+                self.stale_wakes += 1
             if self._window is not None:
                 self._window = slot._grow_log = None  # its steps are done: nothing to take back
             self.inflight -= 1

@@ -7,6 +7,11 @@ likely long enough to gain (one slot on one stage, the most common, has its own 
 `_run_ahead_compiled_one`). Every lazy request's grow entry goes in
 (each comes due within a block's worth of ticks) as a list, not popped off its heap; a slot's heap
 is rebuilt only where some of its requests grew.
+
+A several-slot window that stays in RunAhead's Python loop still prices its steps and clocks the
+stages here (`_hybrid_start`/`_hybrid_end` around stepkernel.stage_step): only the stage clocks
+and busy sums are copied per window; the stages' last steps stay in the buffer's rings, which
+Instance.set_sole reads with its deques when a second stage joins a GPU.
 """
 
 from __future__ import annotations
@@ -52,15 +57,8 @@ class CompiledRunAhead:
             can = 0 < n <= s.token_budget
             stop = s._finish[0][0] if s._finish else 1 << 62  # the tick whose step finishes someone
             if can:
-                if kn[i] != n:  # the slot's pricing row, kept while its batch size stays
-                    tab = cost.decode_kernel(n)
-                    if tab is None:
-                        return None
-                    rows[i] = tab[1]
-                    cmax[i] = tab[2]
-                    hops[i] = tab[6]
-                    khd[i] = (tab[4], tab[5], tab[7])
-                    kn[i] = n
+                if kn[i] != n and not self._kernel_row(kp, i, n):  # (kept while its batch size stays)
+                    return None
                 head, back, hop_sum = khd[i]
                 # every live grow entry (each request's is due within a block's worth of ticks);
                 # the heap is rebuilt from them after, where some grew (_due drops stale ones too)
@@ -125,13 +123,7 @@ class CompiledRunAhead:
         n_lts, n_ext, ctx_ext = int(fl[b + P + 3]), int(fl[b + P + 4]), fl[b + P + 5]
         b += P + 6
         c = sk.ST_COLS * m
-        recent = self._recent
-        for p in range(P):  # each stage's last steps, oldest first (step q at ring[q % P])
-            cnt = il[c + p]
-            if cnt:
-                ring = b + 2 * P * p
-                steps = list(zip(fl[ring: ring + 2 * P: 2], fl[ring + 1: ring + 2 * P: 2]))
-                recent[p].extend(steps[cnt % P:] + steps[: cnt % P] if cnt >= P else steps[:cnt])
+        _ring_back(self._recent, fl, b, il[c: c + P], P)
         self.steps += taken
         self.steps_ahead += taken
         d = c + P + 2 + m
@@ -168,15 +160,8 @@ class CompiledRunAhead:
         fin = s._finish
         if not fin:
             return None
-        if kn[0] != n:
-            tab = self.cost.decode_kernel(n)
-            if tab is None:
-                return None
-            rows[0] = tab[1]
-            cmax[0] = tab[2]
-            hops[0] = tab[6]
-            khd[0] = (tab[4], tab[5], tab[7])
-            kn[0] = n
+        if kn[0] != n and not self._kernel_row(kp, 0, n):
+            return None
         head, back, hop_sum = khd[0]
         stop, tick = fin[0][0], s.tick
         ent = [e for e in s._grow if e[2].finish_s != e[2].finish_s]  # live grow entries
@@ -222,6 +207,77 @@ class CompiledRunAhead:
         self._window = Window(*w0, lts[:n_lts].tolist(), (ent, g0, g1))
         self.windows_compiled += 1
         return True
+
+    def _kernel_row(self, kp: tuple, i: int, n: int) -> bool:
+        """Slot i's pricing row in the kernel plan for a batch of n (the cost model's decode_kernel),
+        kept while its batch size stays. False where the cost model has none for n."""
+        tab = self.cost.decode_kernel(n)
+        if tab is None:
+            return False
+        _, _, _, rows, cmax, hops, kn, khd, _ = kp
+        rows[i] = tab[1]
+        cmax[i] = tab[2]
+        hops[i] = tab[6]
+        khd[i] = (tab[4], tab[5], tab[7])
+        kn[i] = n
+        return True
+
+    def _hybrid_start(self, k: int, kp: tuple) -> tuple | None:
+        """RunAhead._run_ahead_multi with compiled stage steps (stepkernel.stage_step): the stage
+        clocks and busy sums copied into the instance's buffer, then slot k's step scheduled now
+        (_schedule_ahead's settings and prices). Returns what the loop needs, or None, changing
+        nothing, where slot k's step cannot be taken this way."""
+        K, kind, oh, _, _, _, kn, khd, R = kp
+        s = self.slots[k]
+        n = s.n_lazy
+        if not n or n > s.token_budget or (kn[k] != n and not self._kernel_row(kp, k, n)):
+            return None
+        grow = s._grow
+        if grow and grow[0][0] <= s.tick and not s.grow_lazy():
+            return None
+        P, mk = len(self._plan), len(kn)
+        buf = self._kbuf
+        if buf is None:  # stage clocks, sums (4), ext (3), the last-step rings; the rings' counts
+            buf = self._kbuf = (np.zeros(P + 7 + 2 * P * P), np.zeros(P, np.int64))
+        S, RN = buf
+        sums = self._sums
+        S[:P] = self._stage_free
+        S[P: P + 5] = (sums[0], sums[1], float(sums[2]), 0.0, 0.0)
+        s.preempted_last = s.admitted_last = 0
+        s._step_lazy = n
+        s._last_fast = True
+        s.fast_steps += 1
+        head, back, hop_sum = khd[k]
+        t, compute = sk.stage_step(k, self.env.now + back, s.ctx_sum + n, n, head, K, S, RN, kind, oh, P, mk, R)
+        self._flight[k] = (t, STEADY, compute, hop_sum + back)
+        return K, kind, oh, kn, khd, R, S, RN, P, mk
+
+    def _hybrid_end(self, S: np.ndarray, P: int) -> None:
+        """_hybrid_start's buffer written back: stage clocks, busy sums, and the steps priced beyond
+        the profile's grid (warned and counted as the Python lookup does). The stages' last steps
+        stay in the buffer's rings (Instance.set_sole reads them with the deques)."""
+        sl = S[: P + 7].tolist()
+        self._stage_free[:] = sl[:P]
+        sums = self._sums
+        sums[0], sums[1], sums[2] = sl[P], sl[P + 1], int(sl[P + 2])
+        n_ext = int(sl[P + 4])
+        if n_ext:
+            pr = self.cost.cost.profile
+            pr._warn("decode", f"decode batch {sl[P + 6]:.0f} at context {sl[P + 5]:.0f}")
+            pr.extrapolations += n_ext - 1
+
+    def _hybrid_kept(self, k: int) -> list[tuple[float, float]]:
+        """Stage k's last steps taken by compiled stage steps (its ring in the buffer, at most P), and
+        the ring emptied (Instance.set_sole)."""
+        if self._kbuf is None:
+            return []
+        S, RN = self._kbuf
+        P = RN.shape[0]
+        cnt = int(RN[k])
+        RN[k] = 0
+        ring = S[P + 7 + 2 * P * k: P + 7 + 2 * P * (k + 1)].tolist()
+        steps = list(zip(ring[0::2], ring[1::2]))
+        return steps[cnt % P:] + steps[: cnt % P] if cnt >= P else steps[:cnt]
 
     def _kernel_plan(self):
         """The instance's constant part of the compiled loop's input (stepkernel.run's K: layers,
@@ -289,6 +345,17 @@ def _slot_back(s, r: list[int], f: list[float], flight: list, i: int) -> None:
         flight[i] = (f[sk.C_DONE], STEADY, f[sk.C_COMP], f[sk.C_COMM])
     elif r[sk.I_NEW] == 2:
         flight[i] = (f[sk.C_DONE], None, 0.0, 0.0)  # its process schedules at its completion
+
+
+def _ring_back(recent: list, fl: list[float], b: int, counts: list[int], P: int) -> None:
+    """The compiled steps' last steps per stage (a ring of P from fl[b], stage p's at b + 2 P p,
+    step q at slot q % P; counts[p] written there) appended to the stages' deques, oldest first."""
+    for p in range(P):
+        cnt = counts[p]
+        if cnt:
+            ring = b + 2 * P * p
+            steps = list(zip(fl[ring: ring + 2 * P: 2], fl[ring + 1: ring + 2 * P: 2]))
+            recent[p].extend(steps[cnt % P:] + steps[: cnt % P] if cnt >= P else steps[:cnt])
 
 
 _IDLE = (0.0, None, 0.0, 0.0)  # a slot with no step in flight (or slot k, about to schedule)

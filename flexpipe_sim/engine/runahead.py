@@ -7,7 +7,7 @@ Where every running request decodes (lazy, fastbatch.py), no slot would admit th
 every stage is alone on its GPU, the instance's future up to that horizon follows from its own
 state: the slots' completions are taken here in time order, each accounted and the slot's next
 step scheduled and submitted exactly as the slot loop (instance.py) would, and the slot processes
-then sleep until their latest step. tests/test_fastforward.py checks the records equal the step-by-
+then sleep until their latest step (`_retarget` moves each one's wait there). tests/test_fastforward.py checks the records equal the step-by-
 step run's on the paper scenarios, refactors, KV pressure and random small cases.
 
 A window of several slots also takes the steps that finish requests where nobody waits (a finish
@@ -23,7 +23,8 @@ On the paper's cv4 under ServerlessLLM this ends ~70% fewer windows (docs/result
 
 The loops here are the reference; a window long enough to gain goes instead to the same loop
 compiled (engine/kernelwindow.py, engine/stepkernel.py; `engine.compiled`), which leaves the same
-state to the bit.
+state to the bit, and a several-slot window that stays here prices its steps and pushes them
+through the stages in one compiled call each (`stepkernel.stage_step`), also to the bit.
 """
 
 from __future__ import annotations
@@ -31,7 +32,11 @@ from __future__ import annotations
 from heapq import heapify, heapreplace
 from typing import NamedTuple
 
+from simpy.events import Timeout
+
 from flexpipe_core.batcher import Batch
+
+from .stepkernel import stage_step
 
 
 class Window(NamedTuple):
@@ -110,26 +115,58 @@ class RunAhead:
         if horizon <= now:
             return False
         # The compiled loop costs a copy in and out per slot, the Python one a few microseconds per
-        # step and stage (_COMPILED_MIN_WORK; same records either way). Several slots: the last
-        # window's length chooses. One slot on one stage: the steps it can take at most, up to its
-        # next finish (a big batch finishes someone within a few steps; its copy would cost more).
+        # step (_COMPILED_STEPS_PER_SLOT, _COMPILED_MIN_WORK; same records either way). Several
+        # slots: the last window's length chooses. One slot on one stage: the steps it can take at
+        # most, up to its next finish (a big batch finishes someone within a few steps; its copy
+        # would cost more).
         before = self.steps_ahead
         took = None
         if self._compiled and (
                 (single and slots[0]._finish and slots[0]._finish[0][0] - slots[0].tick >= _COMPILED_MIN_WORK)
-                or (not single and self._klast * (2 + len(self._plan)) >= _COMPILED_MIN_WORK * self.n_active)):
+                or (not single and self._klast >= _COMPILED_STEPS_PER_SLOT * self.n_active)):
             took = self._run_ahead_compiled(k, horizon, single, stops)
         if took is None:
             took = self._run_ahead_single(horizon) if single else self._run_ahead_multi(k, horizon, stops)
         if took:
             self._klast = self.steps_ahead - before
+            if True in self._moved:
+                self._retarget()
         return took
+
+    def _retarget(self) -> None:
+        """Slots whose steps a window took wait for their latest step instead of waking at the one
+        they were waiting for (each such wake cost an event and a generator resumption, ~40% of
+        a pipeline instance's events on the paper's cv4): the process's wait moves to a new timeout at
+        its latest completion; the old one fires with nobody on it. SimPy has no public way to
+        move a wait: this uses what Process.interrupt does (`_target`, `_resume`, the callbacks)."""
+        env, moved, flight, procs = self.env, self._moved, self._flight, self._procs
+        now = env.now
+        for i in range(self.n_active):
+            if moved[i]:
+                p = procs[i]
+                p._target.callbacks.remove(p._resume)
+                ev = Timeout(env, flight[i][0] - now)
+                ev.callbacks.append(p._resume)
+                p._target = ev
+                moved[i] = False
+                self.retargets += 1
 
     def _run_ahead_multi(self, k: int, horizon: float, stops: tuple[int, ...] = ()) -> bool:
         """_run_ahead's loop in Python: slot k schedules now, then completions in time order, up to
-        the horizon or the completion of a slot in `stops`."""
+        the horizon or the completion of a slot in `stops`. Where the compiled loop is on, each
+        step's pricing and stage clocks go through it (stepkernel.stage_step, ~0.5 us a call
+        against ~1-3 us in Python for one to eight stages) while the bookkeeping stays here."""
         slots, flight = self.slots, self._flight
-        if not self._schedule_ahead(k, self.env.now):
+        kp = self._kplan if self._compiled else False
+        if kp is None:
+            kp = self._kplan = self._kernel_plan()
+        hy = None
+        if kp is not False:
+            hy = self._hybrid_start(k, kp)
+            if hy is None:
+                return False
+            K, kind, oh, kn, khd, R, S, RN, P, mk = hy
+        elif not self._schedule_ahead(k, self.env.now):
             return False
         heap = [(f[0], i) for i, f in enumerate(flight[: self.n_active]) if f is not None]
         heapify(heap)
@@ -172,9 +209,18 @@ class RunAhead:
             # preempted_last, admitted_last and _last_fast already hold its settings
             n = s.n_lazy
             grow = s._grow
-            if (not n or n > s.token_budget) or (grow and grow[0][0] <= s.tick and not s.grow_lazy()):
+            if ((not n or n > s.token_budget) or (hy is not None and kn[i] != n and not self._kernel_row(kp, i, n))
+                    or (grow and grow[0][0] <= s.tick and not s.grow_lazy())):
                 flight[i] = (c, None, 0.0, 0.0)  # its process schedules at c, by the ordinary path
                 break
+            if hy is not None:
+                s._step_lazy = n
+                s.fast_steps += 1
+                head, back, hop_sum = khd[i]
+                t, compute = stage_step(i, c + back, s.ctx_sum + n, n, head, K, S, RN, kind, oh, P, mk, R)
+                flight[i] = (t, STEADY, compute, hop_sum + back)
+                heapreplace(heap, (t, i))
+                continue
             s._step_lazy = n
             s.fast_steps += 1
             kv = s.ctx_sum + n
@@ -202,6 +248,8 @@ class RunAhead:
                 q += 1
             flight[i] = (t, STEADY, compute, hop_sum + back)
             heapreplace(heap, (t, i))
+        if hy is not None:
+            self._hybrid_end(S, P)
         self.steps += taken
         self.steps_ahead += taken
         return True
@@ -371,15 +419,17 @@ class RunAhead:
 STEADY = Batch.__new__(Batch)
 STEADY.items, STEADY.has_decode = [], True
 
-# Which loop takes a several-slot instance's next window, from its last one: the Python loop
-# costs ~2 us per step plus ~1 us per step and stage, the compiled one ~15-25 us per slot to copy
-# in and out (the slot, its requests' grow ticks) plus little per step. Compiled where
-# steps x (2 + stages) >= this x slots: AlpaServe's 8-slot 8-stage windows of ~9 steps stay in
-# Python, FlexPipe's longer ones go compiled (measured on the 2-core build machine, whose walls
-# vary by tens of percent; docs/results/sim_speed/README.md, sittings 5 and 6). A one-slot
+# Which loop takes a several-slot instance's next window, from its last one: the Python loop with
+# compiled stage steps costs ~3-4 us per step (one to eight stages), the whole-window compiled one
+# ~15 us per slot to copy in and out (the slot, its requests' grow ticks) plus little per step.
+# Compiled where the last window took at least this many steps per slot (break-even ~5): most of
+# AlpaServe's 8-slot windows (~10 steps) and FlexPipe's (~15 over ~5 slots) stay in Python (measured
+# on the 2-core build machine, whose walls vary by tens of percent; docs/results/sim_speed/README.md,
+# sitting 7). A one-slot
 # one-stage window (~22 us to copy, ~1.5 us per Python step) goes compiled where its next finish is
-# at least this many ticks away: ServerlessLLM's (1-2 requests, ~40 steps) do, the Azure replay's
+# at least _COMPILED_MIN_WORK ticks away: ServerlessLLM's (1-2 requests, ~40 steps) do, the Azure replay's
 # (~80 requests, one finishing every few steps) do not. Choosing by the last window instead
 # (windows there alternate long and short) took 2-10% more CPU on quarter-size ServerlessLLM and
 # static runs; compiling every one made the replay ~20% slower (sitting 6).
 _COMPILED_MIN_WORK = 16
+_COMPILED_STEPS_PER_SLOT = 6

@@ -99,7 +99,9 @@ def _price(kind, i, kv, n, rows, cmax, sh, ext):
         y0 = rows[i, j]
         return math.exp(y0 + t * (rows[i, j + 1] - y0))
     if ext[0] == 0:
-        ext[1] = ctx  # the first one's context, for the warning
+        ext[1] = ctx  # the first one's context (and batch, where there is room), for the warning
+        if ext.shape[0] > 2:
+            ext[2] = n
     ext[0] += 1
     v = sh[L] + sh[L + 1] * n + sh[L + 2] * n * ctx
     return v if v > sh[L + 3] else sh[L + 3]  # max(v, t_min)
@@ -163,6 +165,49 @@ def _schedule(i, t, fs, st, hops, kind, rows, cmax, sh, ext, gnext, goff, gcnt, 
     st[i, I_ACTIVE] = 1
     st[i, I_NEW] = 1
     return need
+
+
+@njit()
+def stage_step(i, t, kv, n, head, K, S, RN, kind, oh, P, mk, R):
+    """One steady step of slot i submitted at t (its token return added), for RunAhead's Python
+    window loop: the layer priced and the step pushed through the stages as `_schedule` does (the
+    same float operations in the same order), its steps kept in the last-step ring. K is `run`'s;
+    S holds the stage clocks (P), the sums (4), ext (count, context, batch) and the ring (P x P x 2);
+    RN the ring's counts per stage. Returns (completion, compute)."""
+    nl, sd, hh = K[0:P], K[P:2 * P], K[2 * P:3 * P]
+    a = 3 * P
+    cmax = K[a:a + mk]
+    a += mk
+    hops = K[a:a + mk * P].reshape((mk, P))
+    a += mk * P
+    rows = K[a:a + mk * R].reshape((mk, R))
+    sh = K[a + mk * R:]
+    free = S[0:P]
+    sums = S[P:P + 4]
+    ext = S[P + 4:P + 7]
+    rec = S[P + 7:P + 7 + 2 * P * P].reshape((P, P, 2))
+    lt = _price(kind, i, kv, n, rows, cmax, sh, ext)
+    sums[0] += lt
+    sums[1] += head
+    sums[2] += 1.0
+    compute = 0.0
+    for k in range(P):
+        if hh[k]:
+            dt = (nl[k] * lt + head + oh) * sd[k]
+        else:
+            dt = (nl[k] * lt + oh) * sd[k]
+        f = free[k]
+        if f > t:
+            t = f
+        end = t + dt
+        w = RN[k] % P
+        rec[k, w, 0] = t
+        rec[k, w, 1] = end
+        RN[k] += 1
+        free[k] = end
+        compute += dt
+        t = end + hops[i, k]
+    return t, compute
 
 
 @njit()
