@@ -346,8 +346,9 @@ class PipelineCost:
     def decode_kernel(self, n: int) -> tuple | None:
         """What the compiled run-ahead (engine/stepkernel.py) prices a decode step of n sequences
         from, memoised: the cost model's decode_table (kind, per-n numbers, shared numbers), then
-        the LM-head time, return time, hop times and their sum (decode_pricing's and decode_hops's
-        values). None where the cost model has no such table."""
+        the LM-head time, return time, hop times (an array, as the kernel's plan holds them) and
+        their sum (decode_pricing's and decode_hops's values). None where the cost model has no
+        such table."""
         t = self._kernel_memo.get(n, False)
         if t is False:
             t = None
@@ -356,7 +357,7 @@ class PipelineCost:
             if tab is not None:
                 head = self.decode_pricing(n)[1]
                 back, hops, hop_sum = self.decode_hops(n)
-                t = tab + (head, back, hops, hop_sum)
+                t = tab + (head, back, np.array(hops), hop_sum)
             self._kernel_memo[n] = t
         return t
 

@@ -6,8 +6,8 @@ keeps those advances for all such "lazy" requests in slot-level counters (`tick`
 `cum_comm`) instead of touching each, and applies them to a request only when something needs it
 (`_sync`): when it finishes, when its KV must grow by a block, or when the slot is materialised.
 The lazy part of a batch's cost summary follows from one running sum (`ctx_sum`: attention pairs
-= KV read = sum of contexts + n). Two heaps say when each lazy request finishes and when it
-crosses its next KV block boundary. Requests still prefilling, and admissions, are handled one by
+= KV read = sum of contexts + n). A heap says when each lazy request finishes and a sorted list
+when it crosses its next KV block boundary. Requests still prefilling, and admissions, are handled one by
 one as in SlotBatcher (the `explicit` list); once one has sampled a token it turns lazy. A step
 costs O(explicit requests + those finishing or growing), not O(running).
 
@@ -22,7 +22,8 @@ summed step times are added in another order) on several scenarios.
 
 from __future__ import annotations
 
-from heapq import heapify, heappop, heappush
+from bisect import insort
+from heapq import heappop, heappush
 from typing import Callable
 
 from flexpipe_core.batcher import Batch, SlotBatcher
@@ -42,7 +43,9 @@ class FastSlotBatcher(SlotBatcher):
         self.n_lazy = 0
         self.explicit: list[Request] = []  # running requests that are not lazy, in running order
         self._finish: list[tuple[int, int, Request]] = []  # (tick after which r is done, id, r)
-        self._grow: list[tuple[int, int, Request]] = []  # (tick at which r needs a new KV block, id, r)
+        # (tick at which r needs a new KV block, id, r), sorted: the due ones are a prefix, and a
+        # growth's entries (due a block later, after everyone else as a rule) go on the end
+        self._grow: list[tuple[int, int, Request]] = []
         self._last_fast = False
         self._step_lazy = 0  # lazy requests in the batch in flight
         self.fast_steps = 0  # statistics: steps taken on the fast path
@@ -68,15 +71,22 @@ class FastSlotBatcher(SlotBatcher):
         self.ctx_sum += c
         self.n_lazy += 1
         heappush(self._finish, (t + r.output_tokens - r.generated, r.id, r))
-        heappush(self._grow, (t + r.kv_tokens - c, r.id, r))
+        insort(self._grow, (t + r.kv_tokens - c, r.id, r))
 
     def _add_block(self, due: list[tuple[int, int, Request]], t: int) -> None:
         """One more KV block on every stage for each due lazy request (its context just filled its
         last block; the caller checked there are enough): KVSet.try_grow's effect, counted in bulk.
         Each is due again a block's worth of ticks after t."""
         bs = self.kv.block_size
-        for e in due:
-            heappush(self._grow, (t + bs, e[2].id, e[2]))
+        grow, again = self._grow, t + bs
+        new = [(again, e[1], e[2]) for e in due]  # (in id order where all were due at t, as usual)
+        if len(new) > 1 and any(e[0] != t for e in due):
+            new.sort()
+        if grow and grow[-1] > new[0]:  # someone is due later than t + bs: merge
+            grow.extend(new)
+            grow.sort()
+        else:
+            grow.extend(new)
         managers = self.kv.managers
         if not all(isinstance(m, BlockCounter) for m in managers):
             for _, _, r in due:
@@ -127,13 +137,14 @@ class FastSlotBatcher(SlotBatcher):
                 self.explicit.append(r)
 
     def _due(self, t: int) -> list[tuple[int, int, Request]]:
-        """Pop the lazy requests whose context fills its last KV block at tick t (live ones)."""
+        """Take the lazy requests whose context fills its last KV block at tick t (live ones) off the
+        front of the grow list."""
         grow = self._grow
-        due = []
-        while grow and grow[0][0] <= t:
-            e = heappop(grow)
-            if e[2].finish_s != e[2].finish_s:  # not finished since (finished: a stale entry)
-                due.append(e)
+        k, n = 0, len(grow)
+        while k < n and grow[k][0] <= t:
+            k += 1
+        due = [e for e in grow[:k] if e[2].finish_s != e[2].finish_s]  # (finished: a stale entry)
+        del grow[:k]
         return due
 
     def grow_lazy(self) -> bool:
@@ -149,8 +160,7 @@ class FastSlotBatcher(SlotBatcher):
             return True
         k = len(due)
         if any(m.num_free < k for m in self.kv.managers):
-            for e in due:
-                heappush(self._grow, e)
+            grow[:0] = due  # back in front, in order
             return False
         self._add_block(due, t)
         if self._grow_log is not None:
@@ -166,7 +176,7 @@ class FastSlotBatcher(SlotBatcher):
         again = t + bs
         grow = [e for e in self._grow if not (e[0] == again and e[1] in ids)]
         grow.extend(due)
-        heapify(grow)
+        grow.sort()
         self._grow[:] = grow  # in place: callers hold the list
         self.count_blocks([(e[2], -1) for e in due])
 
@@ -224,8 +234,7 @@ class FastSlotBatcher(SlotBatcher):
             if total > r.kv_tokens:
                 blocks += -(-total // bs) - r.kv_tokens // bs
         if blocks and any(m.num_free < blocks for m in kv.managers):
-            for e in due:  # not enough for all: the ordinary path decides who is preempted
-                heappush(grow, e)
+            grow[:0] = due  # not enough for all: the ordinary path decides who is preempted
             return _ORDINARY
         if due:
             self._add_block(due, t)

@@ -17,6 +17,7 @@ over-committed relative to speed.
 
 from __future__ import annotations
 
+import math
 from collections import deque
 from typing import Callable
 
@@ -75,11 +76,18 @@ class Gateway:
                 self._drop(q.popleft(), "queue timeout (no instance)")
         for insts in self.instances.values():
             for inst in insts:
-                stale = [
-                    r
-                    for r in inst.waiting
-                    if r.generated == 0 and r.num_computed == 0 and now - r.arrival_s > max_wait_s
-                ]
+                w = inst.waiting
+                if not w or now - w.oldest <= max_wait_s:
+                    continue  # nobody there can have waited that long (WaitQueue's bound)
+                stale = []
+                oldest = math.inf  # of those that may still time out (never admitted, staying)
+                for r in w:
+                    if r.generated == 0 and r.num_computed == 0:
+                        if now - r.arrival_s > max_wait_s:
+                            stale.append(r)
+                        elif r.arrival_s < oldest:
+                            oldest = r.arrival_s
+                w.oldest = oldest  # (one admitted since never times out: nothing enters unseen)
                 for r in stale:
                     inst.remove_waiting(r)
                     self._drop(r, "queue timeout (instance busy)")

@@ -41,6 +41,7 @@ from .gputime import GpuTimeline
 from . import stepkernel
 from .kernelwindow import CompiledRunAhead
 from .runahead import RunAhead
+from .waitqueue import WaitQueue
 from flexpipe_core.request import Request
 
 
@@ -89,7 +90,7 @@ class Instance(RunAhead, CompiledRunAhead):
         self.stages = stages
         self.cost = cost
         self.state = "loading"
-        self.waiting: deque[Request] = deque()
+        self.waiting = WaitQueue()  # a deque (shared with the slots) with its oldest arrival bounded
         self._fast = fast_forward
         self._batcher = FastSlotBatcher if fast_forward else SlotBatcher
         # run-ahead (one event for many steady decode steps, `_run_ahead`): needs fast-forward and

@@ -5,8 +5,8 @@ the result back, exactly where RunAhead's Python loops would have left it (tests
 The copy costs ~15-25 us per slot, so RunAhead._run_ahead sends a window here only where it is
 likely long enough to gain (one slot on one stage, the most common, has its own direct copy:
 `_run_ahead_compiled_one`). Every lazy request's grow entry goes in
-(each comes due within a block's worth of ticks) as a list, not popped off its heap; a slot's heap
-is rebuilt only where some of its requests grew.
+(each comes due within a block's worth of ticks) as a list, not taken off its grow list; a slot's
+list is rebuilt (sorted) only where some of its requests grew.
 
 A several-slot window that stays in RunAhead's Python loop still prices its steps and clocks the
 stages here (`_hybrid_start`/`_hybrid_end` around stepkernel.stage_step): only the stage clocks
@@ -15,8 +15,6 @@ Instance.set_sole reads with its deques when a second stage joins a GPU.
 """
 
 from __future__ import annotations
-
-from heapq import heapify
 
 import numpy as np
 
@@ -61,7 +59,7 @@ class CompiledRunAhead:
                     return None
                 head, back, hop_sum = khd[i]
                 # every live grow entry (each request's is due within a block's worth of ticks);
-                # the heap is rebuilt from them after, where some grew (_due drops stale ones too)
+                # the grow list is rebuilt from them after, where some grew (_due drops stale ones too)
                 ent = [e for e in s._grow if e[2].finish_s != e[2].finish_s]
                 live.append(ent)
                 g0 += [e[0] for e in ent]
@@ -128,13 +126,13 @@ class CompiledRunAhead:
         self.steps_ahead += taken
         d = c + P + 2 + m
         g1 = il[d: d + G]
-        if g1 != g0:  # KV growths: the heaps (next due where the window left them), blocks, KV tokens
+        if g1 != g0:  # KV growths: the grow lists (next due where the window left them), blocks, KV tokens
             for i in range(m):
                 a, z = goff[i], goff[i + 1]
                 if g1[a:z] != g0[a:z]:
                     grow = slots[i]._grow
                     grow[:] = [(g, e[1], e[2]) for g, e in zip(g1[a:z], live[i])]  # in place: callers hold it
-                    heapify(grow)
+                    grow.sort()
             cnt = I[d + G: d + 2 * G]
             flat = [e for ent in live for e in ent]
             slots[0].count_blocks([(flat[j][2], int(cnt[j])) for j in np.flatnonzero(cnt)])
@@ -194,10 +192,10 @@ class CompiledRunAhead:
         self.steps_ahead += taken
         d = sk.ST_COLS + 4  # after the slot: last-step count, free blocks, goff (2)
         g1 = il[d: d + G]
-        if g1 != g0:  # KV growths: the heap (next due where the window left them), blocks, KV tokens
+        if g1 != g0:  # KV growths: the grow list (next due where the window left them), blocks, KV tokens
             grow = s._grow
             grow[:] = [(g, e[1], e[2]) for g, e in zip(g1, ent)]  # in place: callers hold it
-            heapify(grow)
+            grow.sort()
             s.count_blocks([(e[2], c) for e, c in zip(ent, il[d + G: d + 2 * G]) if c])
         if n_ext:
             pr = self.cost.cost.profile
@@ -241,8 +239,7 @@ class CompiledRunAhead:
             buf = self._kbuf = (np.zeros(P + 7 + 2 * P * P), np.zeros(P, np.int64))
         S, RN = buf
         sums = self._sums
-        S[:P] = self._stage_free
-        S[P: P + 5] = (sums[0], sums[1], float(sums[2]), 0.0, 0.0)
+        S[: P + 5] = self._stage_free + [sums[0], sums[1], float(sums[2]), 0.0, 0.0]
         s.preempted_last = s.admitted_last = 0
         s._step_lazy = n
         s._last_fast = True
@@ -327,7 +324,7 @@ class CompiledRunAhead:
         s.count_blocks(undone)
         ids = {e[1] for e in ent}
         grow += [e for e in s._grow if e[1] not in ids]  # entries the window did not take
-        heapify(grow)
+        grow.sort()
         s._grow[:] = grow  # in place: callers hold the list
         self.growths_undone -= sum(c for _, c in undone)
 
