@@ -11,7 +11,6 @@ from __future__ import annotations
 import math
 import time
 from bisect import bisect_left
-from collections import deque
 from dataclasses import dataclass, field
 from typing import Callable
 
@@ -101,10 +100,12 @@ class Simulation:
         self._inst_views: dict[int, tuple[list, InstanceView]] = {}  # id -> (its stages, last view)
         self._model_views_static = self._static_model_facts()
         self.gateway.typical_prompt = {m: f[1] for m, f in self._model_views_static.items() if f[1] > 0}
-        self._recent: dict[str, deque[float]] = {m: deque() for m in self.specs}
+        self._released_of: dict[str, int] = {m: 0 for m in self.specs}  # arrivals released so far, per model
         # run-ahead horizon (engine/runahead.py): each model's arrival times, the next ticks, the end
         w = self.workload
-        self._arrivals_of = {name: w.arrival_s[w.model_idx == i].tolist() for i, name in enumerate(w.model_names)}
+        # each model's arrival times, sorted (the horizon's next arrival; the policy view's recent window)
+        self._arrivals_np = {name: w.arrival_s[w.model_idx == i].astype(float) for i, name in enumerate(w.model_names)}
+        self._arrivals_of = {name: a.tolist() for name, a in self._arrivals_np.items()}
         self._next_control = self._next_sample = 0.0
         self._limit = sc.horizon_s + sc.drain_s
 
@@ -207,7 +208,7 @@ class Simulation:
             r = Request(i, names[w.model_idx[i]], t, int(w.prompt_tokens[i]), int(w.output_tokens[i]))
             self._live[i] = r
             self.n_released = i + 1
-            self._recent[r.model].append(t)
+            self._released_of[r.model] += 1
             self.gateway.arrive(r)
 
     def _controller(self):
@@ -259,27 +260,29 @@ class Simulation:
     def _arrival_stats(self, model: str) -> tuple[float, float, float]:
         """Rate, IAT CV and relative rate slope over the last stats window."""
         win = self.sc.engine.stats_window_s
-        q, now = self._recent[model], self.env.now
-        while q and q[0] < now - win:
-            q.popleft()
+        now, arr = self.env.now, self._arrivals_of[model]
+        # the released arrivals at or after now - win: a slice of the model's sorted arrival times
+        hi = self._released_of[model]
+        lo = bisect_left(arr, now - win, 0, hi)
+        n = hi - lo
         # Over the full window even while it fills: a rate from the first second alone would be
         # one burst's (policies scaled for it at t=1 s and kept the capacity for minutes).
         span = win
-        rate = len(q) / span
-        if len(q) < 3:
+        rate = n / span
+        if n < 3:
             return rate, 0.0, 0.0
-        t = np.fromiter(q, float)
+        t = self._arrivals_np[model][lo:hi]
         iat = np.diff(t)
         mean = iat.mean()
         cv = float(iat.std() / mean) if mean > 0 else 0.0
         if now < win:  # the first window is still filling: no trend to speak of yet
             return rate, cv, 0.0
         half = now - span / 2
-        late = int((t >= half).sum())
-        early = len(q) - late  # (t < half): the times are finite
+        late = hi - bisect_left(arr, half, lo, hi)  # (t >= half)
+        early = n - late  # (t < half): the times are finite
         # A trend only when the halves differ beyond Poisson noise (|z| >= SLOPE_Z): at a few req/s
         # per model, a 15 s window's halves differ by ~0.07/s of relative slope by chance alone.
-        z = (late - early) / math.sqrt(late + early)  # late + early = len(q) >= 3
+        z = (late - early) / math.sqrt(late + early)  # late + early = n >= 3
         slope = (late - early) / (span / 2) / max(rate, 1e-9) / (span / 2) if abs(z) >= SLOPE_Z else 0.0
         return rate, cv, float(slope)
 
