@@ -79,8 +79,8 @@ class FastSlotBatcher(SlotBatcher):
         Each is due again a block's worth of ticks after t."""
         bs = self.kv.block_size
         grow, again = self._grow, t + bs
-        new = [(again, e[1], e[2]) for e in due]  # (in id order where all were due at t, as usual)
-        if len(new) > 1 and any(e[0] != t for e in due):
+        new = [(again, e[1], e[2]) for e in due]
+        if len(new) > 1 and due[0][0] != t:  # (all due at t, as usual: already in id order)
             new.sort()
         if grow and grow[-1] > new[0]:  # someone is due later than t + bs: merge
             grow.extend(new)
@@ -88,12 +88,21 @@ class FastSlotBatcher(SlotBatcher):
         else:
             grow.extend(new)
         managers = self.kv.managers
+        k = len(due)
+        if len(managers) == 1 and type(managers[0]) is BlockCounter:  # the simulator's (instance._kv_set)
+            m = managers[0]
+            held = m.held
+            for _, rid, r in due:
+                held[rid] += 1
+                r.kv_tokens += bs
+            m.num_free -= k
+            m.allocated_total += k
+            return
         if not all(isinstance(m, BlockCounter) for m in managers):
             for _, _, r in due:
                 self._sync(r)
                 self.kv.try_grow(r, r.num_computed + 1)
             return
-        k = len(due)
         for m in managers:
             held = m.held
             for _, rid, _ in due:
@@ -155,13 +164,17 @@ class FastSlotBatcher(SlotBatcher):
         grow = self._grow
         if not grow or grow[0][0] > t:
             return True  # nobody's context fills a block this step (the common case)
-        due = self._due(t)
-        if not due:
-            return True
+        j, n = 1, len(grow)  # _due, inline: the due ones are a prefix
+        while j < n and grow[j][0] <= t:
+            j += 1
+        due = [e for e in grow[:j] if e[2].finish_s != e[2].finish_s]  # (finished: a stale entry)
         k = len(due)
-        if any(m.num_free < k for m in self.kv.managers):
-            grow[:0] = due  # back in front, in order
-            return False
+        managers = self.kv.managers
+        if k and (managers[0].num_free < k if len(managers) == 1 else any(m.num_free < k for m in managers)):
+            return False  # (its entries stay: nothing changed)
+        del grow[:j]
+        if not k:
+            return True
         self._add_block(due, t)
         if self._grow_log is not None:
             self._grow_log.append((t, due))
