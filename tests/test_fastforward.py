@@ -253,11 +253,13 @@ def test_pipeline_windows_with_a_stage_joining(compiled, monkeypatch):
     assert pipe.retargets > 10 and pipe.stale_wakes == 0
 
 
-def test_compiled_stage_steps_keep_the_last_steps(monkeypatch):
+@pytest.mark.parametrize("whole", [False, True])
+def test_compiled_stage_steps_keep_the_last_steps(whole, monkeypatch):
     """Instance.set_sole hands over a stage's last steps (those that can still run) when a second
-    stage joins its GPU. Windows whose stage steps are compiled keep theirs in the buffer's rings:
-    mid-run, every stage's kept steps equal the Python loop's (its deques alone)."""
-    monkeypatch.setattr(runahead, "_COMPILED_STEPS_PER_SLOT", 1 << 30)
+    stage joins its GPU. Compiled windows (stage steps in the Python loop, or whole windows) keep
+    theirs in the instance's rings: mid-run, every stage's kept steps equal the Python loop's (its
+    deques alone)."""
+    monkeypatch.setattr(runahead, "_COMPILED_STEPS_PER_SLOT", 0 if whole else 1 << 30)
     kept = {}
     for compiled in (True, False):
         sim = Simulation(_pipeline_scenario(**{"engine.compiled": compiled}))
@@ -267,5 +269,6 @@ def test_compiled_stage_steps_keep_the_last_steps(monkeypatch):
         sim.env.run(until=12.3)  # before the 13B is launched: the pipeline's stages run alone
         pipe = next(i for i in sim.transitions.instances.values() if i.model == "llama2-7b")
         assert pipe.steps_ahead > 50
+        assert (pipe.windows_compiled > 10) == (whole and compiled)
         kept[compiled] = [pipe.set_sole(k, False) for k in range(2)]
     assert all(kept[True]) and kept[True] == kept[False]

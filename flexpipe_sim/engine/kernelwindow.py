@@ -10,8 +10,9 @@ list is rebuilt (sorted) only where some of its requests grew.
 
 A several-slot window that stays in RunAhead's Python loop still prices its steps and clocks the
 stages here (`_hybrid_start`/`_hybrid_end` around stepkernel.stage_step): only the stage clocks
-and busy sums are copied per window; the stages' last steps stay in the buffer's rings, which
-Instance.set_sole reads with its deques when a second stage joins a GPU.
+and busy sums are copied per window. Both kinds of window leave each stage's last steps in the
+instance's rings (`_kbuffers`, kept across windows), which Instance.set_sole reads with its deques
+when a second stage joins a GPU.
 """
 
 from __future__ import annotations
@@ -44,8 +45,8 @@ class CompiledRunAhead:
         if not 0 < slots[k].n_lazy <= slots[k].token_budget:
             return False  # slot k's own step cannot be taken this way
         m, P = self.n_active, len(self._plan)
-        fl: list[float] = []  # F: per slot C_DONE..C_HOPSUM, then stage clocks, sums, ext, last steps
-        il: list[int] = []  # I: per slot I_N..I_NEW, then last-step counts, free blocks, goff, gnext, gcnt
+        fl: list[float] = []  # F: per slot C_DONE..C_HOPSUM, then stage clocks, sums, ext
+        il: list[int] = []  # I: per slot I_N..I_NEW, then free blocks, goff, gnext, gcnt
         live: list[list] = []  # per slot, its lazy requests' grow entries (finished requests' dropped)
         g0: list[int] = []
         goff = [0]
@@ -76,36 +77,23 @@ class CompiledRunAhead:
                 f, steady = _IDLE, False
             fl += [f[0], s.cum_compute, s.cum_comm, f[2], f[3], head, back, hop_sum]
             il += [n, s.tick, s.ctx_sum, s.sampled, s.fast_steps, stop, can, steady, f is not _IDLE, 0, 0, 0]
-        if single:
-            stop = il[sk.I_STOP]
-            if stop >= 1 << 62:
-                return None
-            lts = self._lts_buf
-            need = stop - il[sk.I_TICK] + 2  # at most one step per tick before the finishing one
-            if lts is None or len(lts) < need:
-                lts = self._lts_buf = np.empty(max(need, 256))
-        else:
-            lts = _NO_LTS
         kv, sums, now = self.kv, self._sums, self.env.now
         G = len(g0)
         fl += self._stage_free
         fl += [sums[0], sums[1], float(sums[2]), 0.0, 0.0, 0.0]
-        fl += [0.0] * (2 * P * P)
-        il += [0] * P
         il.append(min([mg.num_free for mg in kv.managers]))
         il += goff
         il += g0
         il += [0] * G
         F = np.array(fl)
         I = np.array(il, np.int64)
-        if single:
-            s0 = slots[0]
-            w0 = (now, self._stage_free[0], s0.tick, s0.cum_compute, s0.sampled, s0.ctx_sum,
-                  sums[0], sums[1], sums[2], s0.fast_steps, self.steps, self.steps_ahead, s0.n_lazy)
-        status, who, taken = sk.run(k, now, horizon, K, F, I, lts, kind, kv.block_size, oh, single, m, len(kn), P, R, G)
+        _, RN, REC = self._kbuffers(P)
+        status, who, taken = sk.run(k, now, horizon, K, F, I, _NO_LTS, kind, kv.block_size, oh, False, m, len(kn), P,
+                                    R, G, REC, RN)
         if status == sk.FIRST_FAILED:
             return False
-        # write the window back: slots, flights, stage clocks and last steps, sums, KV growths
+        # write the window back: slots, flights, stage clocks, sums, KV growths (the last steps are
+        # in the rings already)
         fl, il = F.tolist(), I.tolist()
         moved = self._moved
         for i in range(m):
@@ -118,13 +106,10 @@ class CompiledRunAhead:
         b = 8 * m
         self._stage_free[:] = fl[b: b + P]
         sums[0], sums[1], sums[2] = fl[b + P], fl[b + P + 1], int(fl[b + P + 2])
-        n_lts, n_ext, ctx_ext = int(fl[b + P + 3]), int(fl[b + P + 4]), fl[b + P + 5]
-        b += P + 6
-        c = sk.ST_COLS * m
-        _ring_back(self._recent, fl, b, il[c: c + P], P)
+        n_ext, ctx_ext = int(fl[b + P + 4]), fl[b + P + 5]
         self.steps += taken
         self.steps_ahead += taken
-        d = c + P + 2 + m
+        d = sk.ST_COLS * m + 2 + m  # after the slots: free blocks, goff
         g1 = il[d: d + G]
         if g1 != g0:  # KV growths: the grow lists (next due where the window left them), blocks, KV tokens
             for i in range(m):
@@ -140,9 +125,6 @@ class CompiledRunAhead:
             pr = cost.cost.profile
             pr._warn("decode", f"decode batch {il[sk.I_N]} at context {ctx_ext:.0f}")
             pr.extrapolations += n_ext - 1
-        if single:
-            slots[0]._grow_log = None
-            self._window = Window(*w0, lts[:n_lts].tolist(), (live[0], g0, g1))
         self.windows_compiled += 1
         return True
 
@@ -169,15 +151,17 @@ class CompiledRunAhead:
         if lts is None or len(lts) < stop - tick + 2:  # at most one step per tick before the finishing one
             lts = self._lts_buf = np.empty(max(stop - tick + 2, 256))
         sums, free0, kv, now = self._sums, self._stage_free[0], self.kv, self.env.now
-        # F: the slot (nothing in flight), the stage clock, sums and ext, the last-step ring;
-        # I: the slot, the last-step count, free blocks, goff, gnext, gcnt (stepkernel.run)
+        # F: the slot (nothing in flight), the stage clock, sums and ext;
+        # I: the slot, free blocks, goff, gnext, gcnt (stepkernel.run)
         F = np.array([0.0, s.cum_compute, s.cum_comm, 0.0, 0.0, head, back, hop_sum, free0,
-                      sums[0], sums[1], float(sums[2]), 0.0, 0.0, 0.0, 0.0, 0.0])
-        I = np.array([n, tick, s.ctx_sum, s.sampled, s.fast_steps, stop, 1, 0, 0, 0, 0, 0, 0,
+                      sums[0], sums[1], float(sums[2]), 0.0, 0.0, 0.0])
+        I = np.array([n, tick, s.ctx_sum, s.sampled, s.fast_steps, stop, 1, 0, 0, 0, 0, 0,
                       min([mg.num_free for mg in kv.managers]), 0, G] + g0 + [0] * G, np.int64)
         w0 = (now, free0, tick, s.cum_compute, s.sampled, s.ctx_sum, sums[0], sums[1], sums[2], s.fast_steps,
               self.steps, self.steps_ahead, n)
-        status, _, taken = sk.run(0, now, horizon, K, F, I, lts, kind, kv.block_size, oh, True, 1, len(kn), 1, R, G)
+        _ONE_RN[0] = 0
+        status, _, taken = sk.run(0, now, horizon, K, F, I, lts, kind, kv.block_size, oh, True, 1, len(kn), 1, R, G,
+                                  _ONE_REC, _ONE_RN)
         if status == sk.FIRST_FAILED:
             return False
         fl, il = F.tolist(), I.tolist()
@@ -186,11 +170,11 @@ class CompiledRunAhead:
         self._stage_free[0] = fl[8]
         sums[0], sums[1], sums[2] = fl[9], fl[10], int(fl[11])
         n_lts, n_ext = int(fl[12]), int(fl[13])
-        if il[sk.ST_COLS]:  # the stage's last step
-            self._recent[0].append((fl[15], fl[16]))
+        if _ONE_RN[0]:  # the stage's last step (in its deque, which `settle` may overwrite)
+            self._recent[0].append(tuple(_ONE_REC.tolist()))
         self.steps += taken
         self.steps_ahead += taken
-        d = sk.ST_COLS + 4  # after the slot: last-step count, free blocks, goff (2)
+        d = sk.ST_COLS + 3  # after the slot: free blocks, goff (2)
         g1 = il[d: d + G]
         if g1 != g0:  # KV growths: the grow list (next due where the window left them), blocks, KV tokens
             grow = s._grow
@@ -234,10 +218,7 @@ class CompiledRunAhead:
         if grow and grow[0][0] <= s.tick and not s.grow_lazy():
             return None
         P, mk = len(self._plan), len(kn)
-        buf = self._kbuf
-        if buf is None:  # stage clocks, sums (4), ext (3), the last-step rings; the rings' counts
-            buf = self._kbuf = (np.zeros(P + 7 + 2 * P * P), np.zeros(P, np.int64))
-        S, RN = buf
+        S, RN, _ = self._kbuffers(P)
         sums = self._sums
         S[: P + 5] = self._stage_free + [sums[0], sums[1], float(sums[2]), 0.0, 0.0]
         s.preempted_last = s.admitted_last = 0
@@ -248,6 +229,17 @@ class CompiledRunAhead:
         t, compute = sk.stage_step(k, self.env.now + back, s.ctx_sum + n, n, head, K, S, RN, kind, oh, P, mk, R)
         self._flight[k] = (t, STEADY, compute, hop_sum + back)
         return K, kind, oh, kn, khd, R, S, RN, P, mk
+
+    def _kbuffers(self, P: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+        """The instance's buffers for compiled steps of its P stages: S (stage clocks, sums (4),
+        ext (3), then the last-step rings, P x P x 2), the rings' counts per stage, and the rings
+        (a view of S). The rings keep every compiled step's last steps across windows (whole-window
+        or stage steps); Instance.set_sole reads them with the deques."""
+        buf = self._kbuf
+        if buf is None:
+            S = np.zeros(P + 7 + 2 * P * P)
+            buf = self._kbuf = (S, np.zeros(P, np.int64), S[P + 7:])
+        return buf
 
     def _hybrid_end(self, S: np.ndarray, P: int) -> None:
         """_hybrid_start's buffer written back: stage clocks, busy sums, and the steps priced beyond
@@ -268,7 +260,7 @@ class CompiledRunAhead:
         the ring emptied (Instance.set_sole)."""
         if self._kbuf is None:
             return []
-        S, RN = self._kbuf
+        S, RN, _ = self._kbuf
         P = RN.shape[0]
         cnt = int(RN[k])
         RN[k] = 0
@@ -344,16 +336,6 @@ def _slot_back(s, r: list[int], f: list[float], flight: list, i: int) -> None:
         flight[i] = (f[sk.C_DONE], None, 0.0, 0.0)  # its process schedules at its completion
 
 
-def _ring_back(recent: list, fl: list[float], b: int, counts: list[int], P: int) -> None:
-    """The compiled steps' last steps per stage (a ring of P from fl[b], stage p's at b + 2 P p,
-    step q at slot q % P; counts[p] written there) appended to the stages' deques, oldest first."""
-    for p in range(P):
-        cnt = counts[p]
-        if cnt:
-            ring = b + 2 * P * p
-            steps = list(zip(fl[ring: ring + 2 * P: 2], fl[ring + 1: ring + 2 * P: 2]))
-            recent[p].extend(steps[cnt % P:] + steps[: cnt % P] if cnt >= P else steps[:cnt])
-
-
+_ONE_REC, _ONE_RN = np.zeros(2), np.zeros(1, np.int64)  # a one-stage window's last step (scratch)
 _IDLE = (0.0, None, 0.0, 0.0)  # a slot with no step in flight (or slot k, about to schedule)
 _NO_LTS = np.empty(1)  # the compiled loop keeps no layer times where nothing will be taken back

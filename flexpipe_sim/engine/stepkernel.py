@@ -211,13 +211,14 @@ def stage_step(i, t, kv, n, head, K, S, RN, kind, oh, P, mk, R):
 
 
 @njit()
-def run(k, now, horizon, K, F, I, lts, kind, bs, oh, keep_lts, m, mk, P, R, G):
-    """`advance` on three flat arrays (a compiled call costs a type check per argument, so fewer
+def run(k, now, horizon, K, F, I, lts, kind, bs, oh, keep_lts, m, mk, P, R, G, REC, RN):
+    """`advance` on flat arrays (a compiled call costs a type check per argument, so fewer
     arguments is most of a short window's cost): K, the instance's plan and pricing (nl, sd, hh per
     stage; per slot the largest context, hop times, pricing row; the cost model's shared numbers),
-    F, the floats that change (slot state fs, stage clocks, sums, ext, last steps), and I, the
-    integers (slot state st, last-step counts, free blocks, then per lazy request gnext and gcnt,
-    slot by slot from goff). m slots are active of the mk that K holds rows for; P stages; R
+    F, the floats that change (slot state fs, stage clocks, sums, ext), and I, the integers (slot
+    state st, free blocks, then per lazy request gnext and gcnt, slot by slot from goff); REC and
+    RN, the instance's last-step rings (P x P x 2) and their counts per stage, kept across windows
+    (kernelwindow.py `_kbuffers`). m slots are active of the mk that K holds rows for; P stages; R
     numbers in a pricing row; G lazy requests."""
     nl, sd, hh = K[0:P], K[P:2 * P], K[2 * P:3 * P]
     a = 3 * P
@@ -232,17 +233,16 @@ def run(k, now, horizon, K, F, I, lts, kind, bs, oh, keep_lts, m, mk, P, R, G):
     free = F[b:b + P]
     sums = F[b + P:b + P + 4]
     ext = F[b + P + 4:b + P + 6]
-    rec = F[b + P + 6:b + P + 6 + 2 * P * P].reshape((P, P, 2))
+    rec = REC[0:2 * P * P].reshape((P, P, 2))
     st = I[0:ST_COLS * m].reshape((m, ST_COLS))
     c = ST_COLS * m
-    rec_n = I[c:c + P]
-    free_blocks = I[c + P:c + P + 1]
-    goff = I[c + P + 1:c + P + 2 + m]
-    d = c + P + 2 + m
+    free_blocks = I[c:c + 1]
+    goff = I[c + 1:c + 2 + m]
+    d = c + 2 + m
     gnext = I[d:d + G]
     gcnt = I[d + G:d + 2 * G]
     return advance(k, now, horizon, fs, st, hops, kind, rows, cmax, sh, ext, gnext, goff, gcnt, free_blocks,
-                   bs, nl, hh, sd, oh, free, rec, rec_n, sums, lts, keep_lts)
+                   bs, nl, hh, sd, oh, free, rec, RN, sums, lts, keep_lts)
 
 
 @njit()
