@@ -149,7 +149,9 @@ class FastSlotBatcher(SlotBatcher):
         """Take the lazy requests whose context fills its last KV block at tick t (live ones) off the
         front of the grow list."""
         grow = self._grow
-        k, n = 0, len(grow)
+        if not grow or grow[0][0] > t:
+            return []  # (the common case)
+        k, n = 1, len(grow)
         while k < n and grow[k][0] <= t:
             k += 1
         due = [e for e in grow[:k] if e[2].finish_s != e[2].finish_s]  # (finished: a stale entry)
