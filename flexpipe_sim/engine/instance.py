@@ -216,6 +216,15 @@ class Instance(RunAhead, CompiledRunAhead):
     def interference_total_s(self) -> float:
         return self.retired_interference_s + sum(self.interference_s)
 
+    def busy_totals(self) -> tuple[float, float]:
+        """(busy_total_s, interference_total_s), the per-stage busy time worked out once (the
+        monitor asks for both every tick); the same sums in the same order."""
+        busy = self.busy_s
+        if self._plan is None:
+            return self.retired_busy_s + sum(busy), self.retired_interference_s + sum(self._inter)
+        inter = [i + (sd - 1.0) * b for i, b, (_, _, _, sd) in zip(self._inter, busy, self._plan)]
+        return self.retired_busy_s + sum(busy), self.retired_interference_s + sum(inter)
+
     # --- refactoring support (engine/refactor.py drives these) ---------------------------------
     def pause(self):
         """Stop starting micro-batches; the returned event fires when none is in flight."""
