@@ -77,7 +77,10 @@ class LiveBackend(PipelineActions):
         self.retired_busy_s = 0.0
         self.queues: dict[str, deque[Request]] = {m: deque() for m in self.args}
         self.requests: list[Request] = []
-        self._recent: dict[str, deque[float]] = {m: deque() for m in self.args}
+        # what Simulation._arrival_stats reads: each model's arrival times (the workload's, sorted)
+        # and how many of them have been released
+        self._arrivals_of, self._arrivals_np = self.sim._arrivals_of, self.sim._arrivals_np
+        self._released_of: dict[str, int] = {m: 0 for m in self.args}
         self.launches: list[dict] = []
         self.refactors: list[dict] = []
         self.rejected: list[dict] = []
@@ -158,7 +161,7 @@ class LiveBackend(PipelineActions):
         while i < len(w) and w.arrival_s[i] <= now:
             r = Request(i, names[w.model_idx[i]], float(w.arrival_s[i]), int(w.prompt_tokens[i]), int(w.output_tokens[i]))
             self.requests.append(r)
-            self._recent[r.model].append(r.arrival_s)
+            self._released_of[r.model] += 1
             self.queues[r.model].append(r)
             i += 1
         return i
