@@ -7,9 +7,9 @@ keeps those advances for all such "lazy" requests in slot-level counters (`tick`
 (`_sync`): when it finishes, when its KV must grow by a block, or when the slot is materialised.
 The lazy part of a batch's cost summary follows from one running sum (`ctx_sum`: attention pairs
 = KV read = sum of contexts + n). A heap says when each lazy request finishes and a sorted list
-when it crosses its next KV block boundary. Requests still prefilling, and admissions, are handled one by
-one as in SlotBatcher (the `explicit` list); once one has sampled a token it turns lazy. A step
-costs O(explicit requests + those finishing or growing), not O(running).
+when it crosses its next KV block boundary. Requests still prefilling, and admissions, are
+handled one by one as in SlotBatcher (the `explicit` list); once one has sampled a token it turns
+lazy. A step costs O(explicit requests + those finishing or growing), not O(running).
 
 Every decision is the step-by-step batcher's (flexpipe_core/batcher.py SlotBatcher): the fast path
 runs only where that batcher would form exactly this batch (the token budget holds every running

@@ -170,14 +170,14 @@ class Instance(RunAhead, CompiledRunAhead):
         self._sole = [False] * n  # stage k is its GPU's only stage: no booking on the timeline
         self._recent: list[deque[tuple[float, float]]] = [deque(maxlen=n) for _ in range(n)]  # sole stages' last steps
         self._kplan = None  # the plan as arrays for the compiled run-ahead (kernelwindow.py), built on first use
-        self._kbuf = None  # the Python window loop's compiled stage steps' buffers (kernelwindow.py)
+        self._kbuf = None  # compiled windows' buffers: stage clocks, sums, last-step rings (kernelwindow._kbuffers)
 
     def set_sole(self, k: int, sole: bool) -> list[tuple[float, float]]:
         """GpuTimeline.join/leave: stage k is (not) its GPU's only stage. Returns the steps it kept
         while it was (its last n steps: at most one per slot can still be running)."""
         kept = list(self._recent[k])
         self._recent[k].clear()
-        more = self._hybrid_kept(k)  # steps the Python window loop's compiled stage steps kept
+        more = self._rings_kept(k)  # the steps compiled windows kept in the rings
         if more:  # a stage's steps never overlap (FIFO): in time order, its last n of both
             kept = sorted(kept + more)[-len(self.stages):]
         self._sole[k] = sole

@@ -255,8 +255,8 @@ class CompiledRunAhead:
             pr._warn("decode", f"decode batch {sl[P + 6]:.0f} at context {sl[P + 5]:.0f}")
             pr.extrapolations += n_ext - 1
 
-    def _hybrid_kept(self, k: int) -> list[tuple[float, float]]:
-        """Stage k's last steps taken by compiled stage steps (its ring in the buffer, at most P), and
+    def _rings_kept(self, k: int) -> list[tuple[float, float]]:
+        """Stage k's last steps taken by compiled windows (its ring, at most P, oldest first), and
         the ring emptied (Instance.set_sole)."""
         if self._kbuf is None:
             return []

@@ -7,8 +7,9 @@ Where every running request decodes (lazy, fastbatch.py), no slot would admit th
 every stage is alone on its GPU, the instance's future up to that horizon follows from its own
 state: the slots' completions are taken here in time order, each accounted and the slot's next
 step scheduled and submitted exactly as the slot loop (instance.py) would, and the slot processes
-then sleep until their latest step (`_retarget` moves each one's wait there). tests/test_fastforward.py checks the records equal the step-by-
-step run's on the paper scenarios, refactors, KV pressure and random small cases.
+then sleep until their latest step (`_retarget` moves each one's wait there).
+tests/test_fastforward.py checks the records equal the step-by-step run's on the paper scenarios,
+refactors, KV pressure and random small cases.
 
 A window of several slots also takes the steps that finish requests where nobody waits (a finish
 then changes only what routing reads at the model's next arrival, beyond the horizon), and where a
@@ -82,8 +83,8 @@ class RunAhead:
         would (same calls, same float sums in the same order). It stops at the first completion
         at or after the horizon, one that finishes a request (in `_run_ahead_multi`: only where
         someone waits, whom the freed KV could admit), one of a slot that admits next, or a
-        schedule that needs the ordinary path. Every slot's latest step is then in `_flight`;
-        processes whose step was taken wake at its old time and wait for the new one (`_moved`).
+        schedule that needs the ordinary path. Every slot's latest step is then in `_flight`, and
+        the processes whose step was taken wait for it (`_retarget`).
         Returns False, changing nothing, where slot k's own step cannot be taken this way."""
         now = self.env.now
         slots, flight = self.slots, self._flight
@@ -135,10 +136,10 @@ class RunAhead:
 
     def _retarget(self) -> None:
         """Slots whose steps a window took wait for their latest step instead of waking at the one
-        they were waiting for (each such wake cost an event and a generator resumption, ~40% of
-        a pipeline instance's events on the paper's cv4): the process's wait moves to a new timeout at
-        its latest completion; the old one fires with nobody on it. SimPy has no public way to
-        move a wait: this uses what Process.interrupt does (`_target`, `_resume`, the callbacks)."""
+        they were waiting for (each such wake cost an event and a generator resumption: ~40% of a
+        pipeline instance's events on the paper's cv4). The process's wait moves to a new timeout
+        at its latest completion; the old one fires with nobody on it. SimPy has no public way to
+        move a wait: this does what Process.interrupt does (`_target`, `_resume`, the callbacks)."""
         env, moved, flight, procs = self.env, self._moved, self._flight, self._procs
         now = env.now
         for i in range(self.n_active):
@@ -423,12 +424,12 @@ STEADY.items, STEADY.has_decode = [], True
 # compiled stage steps costs ~3-4 us per step (one to eight stages), the whole-window compiled one
 # ~15 us per slot to copy in and out (the slot, its requests' grow ticks) plus little per step.
 # Compiled where the last window took at least this many steps per slot (break-even ~5): most of
-# AlpaServe's 8-slot windows (~10 steps) and FlexPipe's (~15 over ~5 slots) stay in Python (measured
-# on the 2-core build machine, whose walls vary by tens of percent; docs/results/sim_speed/README.md,
-# sitting 7). A one-slot
-# one-stage window (~22 us to copy, ~1.5 us per Python step) goes compiled where its next finish is
-# at least _COMPILED_MIN_WORK ticks away: ServerlessLLM's (1-2 requests, ~40 steps) do, the Azure replay's
-# (~80 requests, one finishing every few steps) do not. Choosing by the last window instead
+# AlpaServe's 8-slot windows (~10 steps) and FlexPipe's (~15 over ~5 slots) stay in Python
+# (measured on the 2-core build machine, whose walls vary by tens of percent;
+# docs/results/sim_speed/README.md, sitting 7). A one-slot one-stage window (~22 us to copy, ~1.5 us
+# per Python step) goes compiled where its next finish is at least _COMPILED_MIN_WORK ticks away:
+# ServerlessLLM's (1-2 requests, ~40 steps) do, the Azure replay's (~80 requests, one finishing
+# every few steps) do not. Choosing by the last window instead
 # (windows there alternate long and short) took 2-10% more CPU on quarter-size ServerlessLLM and
 # static runs; compiling every one made the replay ~20% slower (sitting 6).
 _COMPILED_MIN_WORK = 16
