@@ -105,8 +105,9 @@ def test_kv_pressure_preempts_out_of_fast_mode():
 
 def test_finishes_taken_inside_windows():
     """Light load on 4-stage pipelines: nobody waits, so run-ahead windows take the steps that
-    finish requests (accounted at their completion times) instead of stopping there. Same records
-    and the same end of run (the last request is never finished ahead: its finish ends the run)."""
+    finish requests (accounted at their completion times) and the ordinary path's steps (an
+    admission's prefill) instead of stopping there. Same records and the same end of run (the last
+    request is never finished ahead: its finish ends the run)."""
     def load(ff):
         return parse_scenario(small_raw(**{
             "workload.arrivals.rate": 4.0, "horizon_s": 30, "drain_s": 60, "cluster.tenant_scale": 0.0, "seed": 1,
@@ -116,6 +117,7 @@ def test_finishes_taken_inside_windows():
     slow, df_slow = _run(load("false"))
     _same(df_fast, df_slow)
     assert sum(i.finished_ahead for i in fast.transitions.instances.values()) > 20
+    assert sum(i.nonsteady_ahead for i in fast.transitions.instances.values()) > 20
     assert fast.env.now == slow.env.now  # the run ended at the last finish, as step by step
     # (in this case the last finish would be inside a window: without the backend's finish_ahead
     # guard the run ends ~0.7 s early)

@@ -104,6 +104,7 @@ class Instance(RunAhead, CompiledRunAhead):
         self._lts_buf = None  # the compiled one-stage window's layer times (reused; kernelwindow.py)
         self.steps_undone = self.growths_undone = 0  # statistics: what `settle` took back
         self.finished_ahead = 0  # statistics: requests finished inside run-ahead windows
+        self.nonsteady_ahead = 0  # statistics: ordinary-path steps (admissions, prefills) a window accounted
         self.windows_compiled = 0  # statistics: run-ahead windows taken by the compiled loop
         self.retargets = 0  # statistics: slot processes whose wait a window moved to their latest step
         self.stale_wakes = 0  # statistics: slot processes woken at a step a window took (none: retargeted)

@@ -12,8 +12,10 @@ tests/test_fastforward.py checks the records equal the step-by-step run's on the
 refactors, KV pressure and random small cases.
 
 A window of several slots also takes the steps that finish requests where nobody waits (a finish
-then changes only what routing reads at the model's next arrival, beyond the horizon), and where a
-slot in flight will admit the queue's head it runs up to that slot's completion.
+then changes only what routing reads at the model's next arrival, beyond the horizon), and the
+completions of steps the ordinary path scheduled (an admission's prefill: postprocessed as the
+slot loop would, the slot's next step steady if nobody is left explicit); where a slot in flight
+will admit the queue's head it runs up to that slot's completion.
 
 An instance of one stage and one slot (most baselines') need not stop at its model's arrivals:
 routing reads only what steady steps leave unchanged (outstanding work, capacity), so most
@@ -81,9 +83,9 @@ class RunAhead:
         never tie, its last stage being FIFO): each completion before the horizon is accounted
         (postprocess) and the slot's next step scheduled and submitted, exactly as the slot loop
         would (same calls, same float sums in the same order). It stops at the first completion
-        at or after the horizon, one that finishes a request (in `_run_ahead_multi`: only where
-        someone waits, whom the freed KV could admit), one of a slot that admits next, or a
-        schedule that needs the ordinary path. Every slot's latest step is then in `_flight`, and
+        at or after the horizon, one that finishes a request or was the ordinary path's (in
+        `_run_ahead_multi`: only where someone waits, whom the freed KV could admit), one of a
+        slot that admits next, or a schedule that needs the ordinary path. Every slot's latest step is then in `_flight`, and
         the processes whose step was taken wait for it (`_retarget`).
         Returns False, changing nothing, where slot k's own step cannot be taken this way."""
         now = self.env.now
@@ -180,10 +182,22 @@ class RunAhead:
             c, i = heap[0]
             s = slots[i]
             _, batch, compute, comm = flight[i]
-            if c >= horizon or batch is None or batch.items or not s._last_fast or not s.fast or i in stops:
-                break  # its own process takes it: at/after the horizon, not steady, admitting
+            if c >= horizon or batch is None or not s._last_fast or not s.fast or i in stops:
+                break  # its own process takes it: at/after the horizon, not the fast path, admitting
             fin = s._finish
-            if fin and fin[0][0] <= s.tick + 1:
+            if batch.items:
+                # A step the ordinary path scheduled (an admission, a prefill: explicit requests).
+                # With nobody waiting, its postprocess changes this slot alone (requests sample
+                # their first token and turn lazy, or finish, as below): the slot loop's, at its
+                # completion time. Where a request is still explicit (a prefill in chunks), its
+                # process schedules the next step at c by the ordinary path.
+                if ahead is None or not ahead(len(fin) + len(batch.items)):
+                    break
+                for r in s.postprocess(batch, c, compute, comm):
+                    self.outstanding_work -= self.work_of(r)
+                    self._on_finish(r)
+                    self.finished_ahead += 1
+            elif fin and fin[0][0] <= s.tick + 1:
                 # The step finishes requests. With nobody waiting (their KV would admit someone),
                 # nothing here or outside reads what a finish changes before the horizon (routing
                 # reads outstanding work at the model's next arrival; ticks read counts): the slot
@@ -206,8 +220,14 @@ class RunAhead:
             taken += 1
             if i != k:
                 moved[i] = True
-            # _schedule_ahead(i, c), inline: the batch in flight was steady, so the slot's
-            # preempted_last, admitted_last and _last_fast already hold its settings
+            if batch.items:
+                if s.explicit:
+                    flight[i] = (c, None, 0.0, 0.0)  # (postprocessed: its process schedules at c)
+                    break
+                s.preempted_last = s.admitted_last = 0  # (_schedule_ahead's settings, below)
+                self.nonsteady_ahead += 1
+            # _schedule_ahead(i, c), inline: the batch in flight was the fast path's, so the slot's
+            # _last_fast holds its setting
             n = s.n_lazy
             grow = s._grow
             if ((not n or n > s.token_budget) or (hy is not None and kn[i] != n and not self._kernel_row(kp, i, n))
