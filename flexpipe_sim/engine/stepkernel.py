@@ -19,6 +19,11 @@ block; a step scheduled at tick t grows every request with gnext <= t by one blo
 none where fewer blocks are free: the ordinary path then decides), and that request is next due at
 t + block size, as FastSlotBatcher._add_block pushes it. kernelwindow.py passes every live request
 of a slot that can schedule (copying a list costs less than choosing the ones due in the window).
+
+`stage_step` is one step's pricing and pass through the stages alone (`_schedule`'s second half),
+for the Python window loop, which keeps the bookkeeping where a window is too short to repay
+`run`'s copy. Both write each stage's last steps into the instance's rings (kernelwindow.py
+`_kbuffers`), kept across windows.
 """
 
 from __future__ import annotations
