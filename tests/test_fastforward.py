@@ -178,9 +178,12 @@ def test_steps_past_arrivals_taken_back(mem, compiled, monkeypatch):
 
 class JoinLater:
     """Llama-2-7B alone on GPU 0 from t=0; Llama-2-13B launched onto the same GPU at t=5, so its
-    stage joins GPU 0 when its weights arrive: at a time no controller tick or arrival marks."""
+    stage joins GPU 0 when its weights arrive: at a time no controller tick or arrival marks.
+    (Subclasses change the 7B's stages, the 13B's GPU and the time.)"""
 
     name = "test"
+    first = ((0, 32, 0),)  # the 7B's stages: (first layer, end layer, GPU)
+    gpu, at = 0, 5  # the 13B's GPU and launch time
 
     def __init__(self) -> None:
         self.done: set[str] = set()
@@ -191,10 +194,10 @@ class JoinLater:
         acts = []
         if "a" not in self.done:
             self.done.add("a")
-            acts.append(Launch("llama2-7b", (StagePlan(0, 32, 0),), kv_tokens=30_000))
-        if view.now >= 5 and "b" not in self.done:
+            acts.append(Launch("llama2-7b", tuple(StagePlan(*p) for p in self.first), kv_tokens=30_000))
+        if view.now >= self.at and "b" not in self.done:
             self.done.add("b")
-            acts.append(Launch("llama2-13b", (StagePlan(0, 40, 0),), kv_tokens=20_000))
+            acts.append(Launch("llama2-13b", (StagePlan(0, 40, self.gpu),), kv_tokens=20_000))
         return acts
 
 
@@ -212,27 +215,13 @@ def test_stage_joining_a_gpu_while_its_only_stage_runs_ahead():
     # before the fix, 7B ran ahead through the 13B's load and its steps missed the 13B's bookings
 
 
-class JoinPipelineLater:
+class JoinPipelineLater(JoinLater):
     """Llama-2-7B as a two-stage pipeline on GPUs 0 and 1 from t=0; Llama-2-13B launched onto GPU 1
     at t=15: the pipeline's second stage, until then alone on its GPU (its steps kept by the run-ahead
     windows' compiled stage steps, not booked), hands its last steps over when the 13B joins."""
 
-    name = "test"
-
-    def __init__(self) -> None:
-        self.done: set[str] = set()
-
-    def decide(self, view):
-        from flexpipe_core.policyapi import Launch, StagePlan
-
-        acts = []
-        if "a" not in self.done:
-            self.done.add("a")
-            acts.append(Launch("llama2-7b", (StagePlan(0, 16, 0), StagePlan(16, 32, 1)), kv_tokens=30_000))
-        if view.now >= 15 and "b" not in self.done:
-            self.done.add("b")
-            acts.append(Launch("llama2-13b", (StagePlan(0, 40, 1),), kv_tokens=20_000))
-        return acts
+    first = ((0, 16, 0), (16, 32, 1))
+    gpu, at = 1, 15
 
 
 def _pipeline_scenario(**changes):

@@ -113,6 +113,46 @@ def _price(kind, i, kv, n, rows, cmax, sh, ext):
 
 
 @njit(inline="always")
+def _plan(K, P, mk, R):
+    """K's parts (run's layout): layers, slowdown and head per stage; per slot its largest
+    context, hop times and pricing row; the cost model's shared numbers."""
+    nl, sd, hh = K[0:P], K[P:2 * P], K[2 * P:3 * P]
+    a = 3 * P
+    cmax = K[a:a + mk]
+    a += mk
+    hops = K[a:a + mk * P].reshape((mk, P))
+    a += mk * P
+    rows = K[a:a + mk * R].reshape((mk, R))
+    return nl, sd, hh, cmax, hops, rows, K[a + mk * R:]
+
+
+@njit(inline="always")
+def _through_stages(i, t, lt, head, oh, nl, hh, sd, hops, free, rec, rec_n):
+    """Slot i's step, ready at t with layer time lt, through the stages (Instance._submit's FIFO
+    clocks for a uniform pipeline): each stage's clock, its last steps (Instance._recent, a ring of
+    P per stage) and the hop after it. Returns (completion, compute)."""
+    compute = 0.0
+    P = free.shape[0]
+    for k in range(P):
+        if hh[k]:
+            dt = (nl[k] * lt + head + oh) * sd[k]
+        else:
+            dt = (nl[k] * lt + oh) * sd[k]
+        f = free[k]
+        if f > t:
+            t = f
+        end = t + dt
+        w = rec_n[k] % P
+        rec[k, w, 0] = t
+        rec[k, w, 1] = end
+        rec_n[k] += 1
+        free[k] = end
+        compute += dt
+        t = end + hops[i, k]
+    return t, compute
+
+
+@njit(inline="always")
 def _schedule(i, t, fs, st, hops, kind, rows, cmax, sh, ext, gnext, goff, gcnt, free_blocks, bs,
               nl, hh, sd, oh, free, rec, rec_n, sums, lts, keep_lts):
     """Slot i's steady step scheduled at t (RunAhead._schedule_ahead): KV growth, pricing, the
@@ -143,25 +183,7 @@ def _schedule(i, t, fs, st, hops, kind, rows, cmax, sh, ext, gnext, goff, gcnt, 
     sums[0] += lt
     sums[1] += head
     sums[2] += 1.0
-    t = t + fs[i, C_BACK]
-    compute = 0.0
-    P = free.shape[0]
-    for k in range(P):
-        if hh[k]:
-            dt = (nl[k] * lt + head + oh) * sd[k]
-        else:
-            dt = (nl[k] * lt + oh) * sd[k]
-        f = free[k]
-        if f > t:
-            t = f
-        end = t + dt
-        w = rec_n[k] % rec.shape[1]  # the stage's last steps (Instance._recent, a deque of maxlen P)
-        rec[k, w, 0] = t
-        rec[k, w, 1] = end
-        rec_n[k] += 1
-        free[k] = end
-        compute += dt
-        t = end + hops[i, k]
+    t, compute = _through_stages(i, t + fs[i, C_BACK], lt, head, oh, nl, hh, sd, hops, free, rec, rec_n)
     fs[i, C_DONE] = t
     fs[i, C_COMP] = compute
     fs[i, C_COMM] = fs[i, C_HOPSUM] + fs[i, C_BACK]
@@ -179,14 +201,7 @@ def stage_step(i, t, kv, n, head, K, S, RN, kind, oh, P, mk, R):
     same float operations in the same order), its steps kept in the last-step ring. K is `run`'s;
     S holds the stage clocks (P), the sums (4), ext (count, context, batch) and the ring (P x P x 2);
     RN the ring's counts per stage. Returns (completion, compute)."""
-    nl, sd, hh = K[0:P], K[P:2 * P], K[2 * P:3 * P]
-    a = 3 * P
-    cmax = K[a:a + mk]
-    a += mk
-    hops = K[a:a + mk * P].reshape((mk, P))
-    a += mk * P
-    rows = K[a:a + mk * R].reshape((mk, R))
-    sh = K[a + mk * R:]
+    nl, sd, hh, cmax, hops, rows, sh = _plan(K, P, mk, R)
     free = S[0:P]
     sums = S[P:P + 4]
     ext = S[P + 4:P + 7]
@@ -195,24 +210,7 @@ def stage_step(i, t, kv, n, head, K, S, RN, kind, oh, P, mk, R):
     sums[0] += lt
     sums[1] += head
     sums[2] += 1.0
-    compute = 0.0
-    for k in range(P):
-        if hh[k]:
-            dt = (nl[k] * lt + head + oh) * sd[k]
-        else:
-            dt = (nl[k] * lt + oh) * sd[k]
-        f = free[k]
-        if f > t:
-            t = f
-        end = t + dt
-        w = RN[k] % P
-        rec[k, w, 0] = t
-        rec[k, w, 1] = end
-        RN[k] += 1
-        free[k] = end
-        compute += dt
-        t = end + hops[i, k]
-    return t, compute
+    return _through_stages(i, t, lt, head, oh, nl, hh, sd, hops, free, rec, RN)
 
 
 @njit()
@@ -225,14 +223,7 @@ def run(k, now, horizon, K, F, I, lts, kind, bs, oh, keep_lts, m, mk, P, R, G, R
     RN, the instance's last-step rings (P x P x 2) and their counts per stage, kept across windows
     (kernelwindow.py `_kbuffers`). m slots are active of the mk that K holds rows for; P stages; R
     numbers in a pricing row; G lazy requests."""
-    nl, sd, hh = K[0:P], K[P:2 * P], K[2 * P:3 * P]
-    a = 3 * P
-    cmax = K[a:a + mk]
-    a += mk
-    hops = K[a:a + mk * P].reshape((mk, P))
-    a += mk * P
-    rows = K[a:a + mk * R].reshape((mk, R))
-    sh = K[a + mk * R:]
+    nl, sd, hh, cmax, hops, rows, sh = _plan(K, P, mk, R)
     fs = F[0:8 * m].reshape((m, 8))
     b = 8 * m
     free = F[b:b + P]
