@@ -88,6 +88,8 @@ def test_refactor_heavy():
     sim, df, _ = _both(load, SplitThenMerge)
     assert len(sim.transitions.refactors) == 2
     assert _ahead(sim) > 1000  # 2- and 4-stage pipelines ran steps ahead, slots interleaved
+    # and while their refactors loaded weights and copied KV (up to each read, Simulation._horizon)
+    assert sum(i.refactor_ahead for i in sim.transitions.instances.values()) > 100
     spanning = df[(df.arrival_s < 20) & (df.finish_s > 40)]
     assert len(spanning) > 0  # requests decoded across both refactors
 

@@ -123,6 +123,7 @@ class Instance(RunAhead, CompiledRunAhead):
         self._set_stages(stages, cost)
         self.outstanding_work = 0.0  # tokens promised to unfinished requests (routing signal)
         self.steps = 0
+        self.refactor_ahead = 0  # statistics: steps run ahead while a refactor was under way
         self._on_finish = on_finish
         self.drained = env.event()
         self.n_active = n_slots  # slots in use (a merge retires the extra ones)
@@ -131,6 +132,10 @@ class Instance(RunAhead, CompiledRunAhead):
         self.retired_interference_s = 0.0
         self.paused = False
         self.refactoring = False  # a refactor is under way (engine/refactor.py)
+        # when the refactor next reads or changes the instance (its run-ahead horizon,
+        # Simulation._horizon): a time, or None while its new stages load (since refactor_since)
+        self.refactor_next: float | None = None
+        self.refactor_since = 0.0
         self._resume: simpy.Event | None = None
         self._drained_inflight: simpy.Event | None = None
         self._slot_args = (token_budget, max_seqs)

@@ -47,6 +47,9 @@ class FlowNetwork:
     log: list[tuple[float, float, tuple[Resource, ...]]] | None = None  # (start, end, resources) for tests
     _last: float = 0.0
     _gen: int = 0
+    # when a flow next ends (the earliest a load can complete; flows start only at the controller's
+    # ticks and at these ends): the run-ahead horizon of a refactoring instance (Simulation._horizon)
+    next_at: float = math.inf
 
     def transfer(self, nbytes: float, resources: tuple[Resource, ...], cap: float = math.inf) -> simpy.Event:
         """Start moving `nbytes` through `resources`; the event fires when they are all through."""
@@ -62,6 +65,11 @@ class FlowNetwork:
             done.callbacks.append(lambda _e, s=start, r=resources: self.log.append((s, self.env.now, r)))
         self._reshare()
         return done
+
+    @property
+    def changed_at(self) -> float:
+        """When flows last started or ended (a load that ended then may still be completing)."""
+        return self._last
 
     def _advance(self) -> None:
         dt = self.env.now - self._last
@@ -93,6 +101,7 @@ class FlowNetwork:
         self._gen += 1
         gen = self._gen
         nxt = min((f.remaining / f.rate for f in self.flows if f.rate > 0), default=None)
+        self.next_at = math.inf if nxt is None else self.env.now + max(nxt, 0.0)
         if nxt is not None:
             ev = self.env.timeout(max(nxt, 0.0))
             ev.callbacks.append(lambda _e: self._tick(gen))

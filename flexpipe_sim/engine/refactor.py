@@ -107,6 +107,7 @@ def refactor_process(tr: Transitions, inst: Instance, new: list[StageInfo]):
         kv_bytes += nbytes
         before = snap
         if secs > 0:
+            inst.refactor_next = env.now + secs  # its next read (the instance's run-ahead horizon)
             yield env.timeout(secs)
         if copy_seconds(tr, inst, new, _dirty(before, inst))[0] < STOP_S:
             break
@@ -119,6 +120,7 @@ def refactor_process(tr: Transitions, inst: Instance, new: list[StageInfo]):
     secs, nbytes = copy_seconds(tr, inst, new, _dirty(before, inst), by_link)
     kv_bytes += nbytes
     if secs > 0:
+        inst.refactor_next = env.now + secs  # (paused: nothing runs ahead)
         yield env.timeout(secs)
     for s in old:
         if s.gpu not in new_gpus:

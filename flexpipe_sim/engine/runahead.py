@@ -90,7 +90,7 @@ class RunAhead:
         Returns False, changing nothing, where slot k's own step cannot be taken this way."""
         now = self.env.now
         slots, flight = self.slots, self._flight
-        if self.state != "ready" or self.refactoring or self._plan is None or not all(self._sole):
+        if self.state != "ready" or self._plan is None or not all(self._sole):
             return False
         reserve = self.kv.watermark + self._running_now() if self.waiting else 0
         stops: tuple[int, ...] = ()  # slots in flight that admit the queue's head when they next schedule
@@ -132,6 +132,8 @@ class RunAhead:
             took = self._run_ahead_single(horizon) if single else self._run_ahead_multi(k, horizon, stops)
         if took:
             self._klast = self.steps_ahead - before
+            if self.refactoring:
+                self.refactor_ahead += self._klast
             if True in self._moved:
                 self._retarget()
         return took

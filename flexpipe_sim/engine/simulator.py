@@ -180,9 +180,10 @@ class Simulation:
     # --- processes ---------------------------------------------------------------------------
     def _horizon(self, inst, now: float, arrivals: bool = True) -> float:
         """The earliest time at or after `now` when anything outside `inst` may touch or read it:
-        an arrival of its model (routing), a controller or monitor tick, the end of the run; now
-        while a stage is loading onto one of its GPUs (it joins that GPU's timeline when ready, at
-        a time nothing marks in advance). Instances run steady steps ahead up to it
+        an arrival of its model (routing), a controller or monitor tick, the end of the run, its
+        refactor's next read (engine/refactor.py: a KV round's end, or the end of a load flow while
+        its new stages load); now while a stage is loading onto one of its GPUs (it joins that
+        GPU's timeline when ready, at a time nothing marks in advance). Instances run steady steps ahead up to it
         (engine/runahead.py); one that can take steps back past an arrival routed to it
         (Instance.settle) asks without arrivals."""
         model = inst.model
@@ -192,10 +193,17 @@ class Simulation:
         if joining and any(joining[s.gpu] for s in inst.stages):
             return now
         h = self._limit
+        if inst.refactoring:  # its refactor reads it (KV rounds) and pauses it at known times
+            h = inst.refactor_next
+            if h is None:  # its new stages load: done at a load flow's end at the earliest
+                net = self.transitions.fabric.net  # (engine/loads.py next_at)
+                if now <= inst.refactor_since or now <= net.changed_at:
+                    return now  # its flows start, or flows ended now: the load may be done now
+                h = net.next_at
         if arrivals:  # (without: the instance takes back what an arrival routed to it must not see)
             arr = self._arrivals_of[model]
             i = bisect_left(arr, now)
-            if i < len(arr):
+            if i < len(arr) and arr[i] < h:
                 h = arr[i]
         return min(h, self._next_control, self._next_sample, self._limit)
 

@@ -298,6 +298,7 @@ class Transitions:
             self._reject(a, infos)
             return
         inst.refactoring = True
+        inst.refactor_next, inst.refactor_since = None, self.env.now  # loading (refactor_process)
         self.joining.update(s.gpu for s in infos)  # refactor_process subtracts them at the switch
         self.env.process(refactor_process(self, inst, infos))
 
