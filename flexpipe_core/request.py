@@ -37,6 +37,7 @@ class Request:
     ff_tick: int = 0
     ff_compute: float = 0.0
     ff_comm: float = 0.0
+    ff_due: int = 0  # the slot's tick at which its KV next grows by a block, as of kv_tokens
 
     def __post_init__(self) -> None:
         assert self.prompt_tokens >= 1 and self.output_tokens >= 1

@@ -4,12 +4,20 @@ A running request that decodes (one token to compute, sampled before) advances b
 every step: context, generated count, critical-path compute and comm times. `FastSlotBatcher`
 keeps those advances for all such "lazy" requests in slot-level counters (`tick`, `cum_compute`,
 `cum_comm`) instead of touching each, and applies them to a request only when something needs it
-(`_sync`): when it finishes, when its KV must grow by a block, or when the slot is materialised.
+(`_sync`): when it finishes or when the slot is materialised.
 The lazy part of a batch's cost summary follows from one running sum (`ctx_sum`: attention pairs
-= KV read = sum of contexts + n). A heap says when each lazy request finishes and a sorted list
-when it crosses its next KV block boundary. Requests still prefilling, and admissions, are
-handled one by one as in SlotBatcher (the `explicit` list); once one has sampled a token it turns
-lazy. A step costs O(explicit requests + those finishing or growing), not O(running).
+= KV read = sum of contexts + n). A heap says when each lazy request finishes. Requests still
+prefilling, and admissions, are handled one by one as in SlotBatcher (the `explicit` list); once
+one has sampled a token it turns lazy. A step costs O(explicit requests + those finishing), not
+O(running).
+
+KV growth is counted by phase. A lazy request's context fills its last block every block size
+(bs) ticks, at ticks of one residue mod bs (its phase: it turns lazy with less than a block of
+room, so its first growth is within bs ticks); the step scheduled at tick t grows `_gc[t % bs]`
+requests by a block, all counted in bulk on the block counters (`_gt`: the last tick grown). A
+request's own blocks and `kv_tokens` catch up when it is synced (`kv_owed`), before anything
+reads them (its finish, materialise). The simulator's KV is BlockCounter (instance._kv_set), which
+this counts; run-ahead windows take growths back by setting `_gt` back (engine/runahead.py settle).
 
 Every decision is the step-by-step batcher's (flexpipe_core/batcher.py SlotBatcher): the fast path
 runs only where that batcher would form exactly this batch (the token budget holds every running
@@ -22,7 +30,6 @@ summed step times are added in another order) on several scenarios.
 
 from __future__ import annotations
 
-from bisect import insort
 from heapq import heappop, heappush
 from typing import Callable
 
@@ -43,14 +50,12 @@ class FastSlotBatcher(SlotBatcher):
         self.n_lazy = 0
         self.explicit: list[Request] = []  # running requests that are not lazy, in running order
         self._finish: list[tuple[int, int, Request]] = []  # (tick after which r is done, id, r)
-        # (tick at which r needs a new KV block, id, r), sorted: the due ones are a prefix, and a
-        # growth's entries (due a block later, after everyone else as a rule) go on the end
-        self._grow: list[tuple[int, int, Request]] = []
+        self._gc: list[int] = []  # lazy requests per KV phase (tick mod block size at which they grow)
+        self._gt = -1  # the last tick whose KV growth was made
         self._last_fast = False
         self._step_lazy = 0  # lazy requests in the batch in flight
         self.fast_steps = 0  # statistics: steps taken on the fast path
         self.slow_steps = 0
-        self._grow_log: list[tuple[int, list]] | None = None  # grow_lazy's growths, while a run-ahead may be undone
 
     # --- lazy state ----------------------------------------------------------------------------
     def _sync(self, r: Request) -> None:
@@ -62,55 +67,54 @@ class FastSlotBatcher(SlotBatcher):
             r.compute_s += self.cum_compute - r.ff_compute
             r.comm_s += self.cum_comm - r.ff_comm
         r.ff_tick, r.ff_compute, r.ff_comm = self.tick, self.cum_compute, self.cum_comm
+        k = self.kv_owed(r)
+        if k:  # the blocks its phase grew since its last sync
+            bs = self.kv.block_size
+            r.ff_due += k * bs
+            r.kv_tokens += k * bs
+            for m in self.kv.managers:
+                m.held[r.id] += k
 
-    def _make_lazy(self, r: Request) -> None:
-        """r decodes from now on: its fields are current as of this tick."""
+    def kv_owed(self, r: Request) -> int:
+        """Blocks lazy request r's phase grew (counted on the block counters) since its blocks and
+        kv_tokens were last brought up to date."""
+        g = self._gt
+        return (g - r.ff_due) // self.kv.block_size + 1 if g >= r.ff_due else 0
+
+    def _make_lazy(self, r: Request) -> bool:
+        """r decodes from now on: its fields are current as of this tick. False where its KV has a
+        block or more of room (it stays explicit; none is seen: admission and decode steps grow KV
+        to the tokens they compute)."""
         t = self.tick
-        r.ff_tick, r.ff_compute, r.ff_comm = t, self.cum_compute, self.cum_comm
         c = r.num_computed
+        room = r.kv_tokens - c
+        bs = self.kv.block_size
+        if room >= bs:
+            return False
+        r.ff_tick, r.ff_compute, r.ff_comm = t, self.cum_compute, self.cum_comm
+        r.ff_due = t + room  # its context fills its last block as the step at this tick schedules
+        self._gc[r.ff_due % bs] += 1
         self.ctx_sum += c
         self.n_lazy += 1
         heappush(self._finish, (t + r.output_tokens - r.generated, r.id, r))
-        insort(self._grow, (t + r.kv_tokens - c, r.id, r))
+        return True
 
-    def _add_block(self, due: list[tuple[int, int, Request]], t: int) -> None:
-        """One more KV block on every stage for each due lazy request (its context just filled its
-        last block; the caller checked there are enough): KVSet.try_grow's effect, counted in bulk.
-        Each is due again a block's worth of ticks after t."""
-        bs = self.kv.block_size
-        grow, again = self._grow, t + bs
-        new = [(again, e[1], e[2]) for e in due]
-        if len(new) > 1 and due[0][0] != t:  # (all due at t, as usual: already in id order)
-            new.sort()
-        if grow and grow[-1] > new[0]:  # someone is due later than t + bs: merge
-            grow.extend(new)
-            grow.sort()
-        else:
-            grow.extend(new)
-        managers = self.kv.managers
-        k = len(due)
-        if len(managers) == 1 and type(managers[0]) is BlockCounter:  # the simulator's (instance._kv_set)
-            m = managers[0]
-            held = m.held
-            for _, rid, r in due:
-                held[rid] += 1
-                r.kv_tokens += bs
-            m.num_free -= k
-            m.allocated_total += k
-            return
-        if not all(isinstance(m, BlockCounter) for m in managers):
-            for _, _, r in due:
-                self._sync(r)
-                self.kv.try_grow(r, r.num_computed + 1)
-            return
-        for m in managers:
-            held = m.held
-            for _, rid, _ in due:
-                held[rid] += 1
-            m.num_free -= k
-            m.allocated_total += k
-        for _, _, r in due:
-            r.kv_tokens += bs
+    def _grow_phase(self, t: int, extra: int = 0) -> bool:
+        """The KV growth of the step scheduled at tick t: a block for every lazy request of its
+        phase (the caller adds `extra`, the explicit requests' blocks, to the check: all or none
+        fit), counted on every stage's block counter. False, changing nothing, where blocks are
+        short (the ordinary path then decides who is preempted)."""
+        k = self._gc[t % self.kv.block_size] if t != self._gt else 0
+        if k or extra:
+            managers = self.kv.managers
+            if any(m.num_free < k + extra for m in managers):
+                return False
+            if k:
+                for m in managers:
+                    m.num_free -= k
+                    m.allocated_total += k
+        self._gt = t
+        return True
 
     def step_lazy(self, compute_s: float, comm_s: float) -> None:
         """The step in flight completed: every lazy request in it computed one token (counters only;
@@ -130,87 +134,44 @@ class FastSlotBatcher(SlotBatcher):
                     self._sync(r)
             self.fast = False
             self._finish.clear()
-            self._grow.clear()
             self.explicit.clear()
             self.ctx_sum = self.n_lazy = 0
 
     def _enter(self) -> None:
+        if not all(type(m) is BlockCounter for m in self.kv.managers):
+            raise TypeError("FastSlotBatcher counts KV growth in bulk: its KV must be BlockCounters")
         self.fast = True
         self.ctx_sum = self.n_lazy = 0
         self.explicit = []
+        self._gc = [0] * self.kv.block_size
+        self._gt = self.tick - 1  # nothing grown at this tick yet
         for r in self.running:
-            if r.num_tokens - r.num_computed == 1 and r.generated > 0:
-                self._make_lazy(r)
-            else:
+            if not (r.num_tokens - r.num_computed == 1 and r.generated > 0 and self._make_lazy(r)):
                 r.ff_tick = -1
                 self.explicit.append(r)
-
-    def _due(self, t: int) -> list[tuple[int, int, Request]]:
-        """Take the lazy requests whose context fills its last KV block at tick t (live ones) off the
-        front of the grow list."""
-        grow = self._grow
-        if not grow or grow[0][0] > t:
-            return []  # (the common case)
-        k, n = 1, len(grow)
-        while k < n and grow[k][0] <= t:
-            k += 1
-        due = [e for e in grow[:k] if e[2].finish_s != e[2].finish_s]  # (finished: a stale entry)
-        del grow[:k]
-        return due
 
     def grow_lazy(self) -> bool:
         """The KV growth the next step's schedule makes when every running request is lazy (the
         same as _fast_schedule's); False, changing nothing, where blocks are short (the ordinary
         path then decides who is preempted)."""
-        t = self.tick
-        grow = self._grow
-        if not grow or grow[0][0] > t:
-            return True  # nobody's context fills a block this step (the common case)
-        j, n = 1, len(grow)  # _due, inline: the due ones are a prefix
-        while j < n and grow[j][0] <= t:
-            j += 1
-        due = [e for e in grow[:j] if e[2].finish_s != e[2].finish_s]  # (finished: a stale entry)
-        k = len(due)
-        managers = self.kv.managers
-        if k and (managers[0].num_free < k if len(managers) == 1 else any(m.num_free < k for m in managers)):
-            return False  # (its entries stay: nothing changed)
-        del grow[:j]
-        if not k:
-            return True
-        self._add_block(due, t)
-        if self._grow_log is not None:
-            self._grow_log.append((t, due))
-        return True
+        return self._grow_phase(self.tick)
 
-    def undo_block(self, due: list[tuple[int, int, Request]], t: int) -> None:
-        """Take back grow_lazy's growth at tick t (engine/runahead.py undoing steps past an arrival):
-        the blocks, the requests' KV tokens and their grow entries, as they were before it. The
-        simulator's KV is BlockCounter (counted in bulk by _add_block), which this reverses."""
-        bs = self.kv.block_size
-        ids = {e[1] for e in due}
-        again = t + bs
-        grow = [e for e in self._grow if not (e[0] == again and e[1] in ids)]
-        grow.extend(due)
-        grow.sort()
-        self._grow[:] = grow  # in place: callers hold the list
-        self.count_blocks([(e[2], -1) for e in due])
-
-    def count_blocks(self, blocks: list[tuple[Request, int]]) -> None:
-        """KV blocks added to (or, negative, taken back from) lazy requests on every stage, counted
-        in bulk on the BlockCounters, with the requests' KV tokens (undo_block; the compiled
-        run-ahead's growths, engine/kernelwindow.py). _add_block counts its one block each inline."""
-        total = 0
-        for _, c in blocks:
-            total += c
-        for m in self.kv.managers:
-            held = m.held
-            for r, c in blocks:
-                held[r.id] += c
-            m.num_free -= total
-            m.allocated_total += total
-        bs = self.kv.block_size
-        for r, c in blocks:
-            r.kv_tokens += bs * c
+    def ungrow(self, last: int) -> int:
+        """Take back the KV growths made at ticks after `last` (engine/runahead.py undoing a
+        window's steps past an arrival; nobody turned lazy or finished in between): the blocks
+        on every stage's counter, and the lazy requests' own (owed, kv_owed) with `_gt`. Returns
+        the blocks per stage taken back."""
+        gc, bs = self._gc, self.kv.block_size
+        rounds, rest = divmod(self._gt - last, bs) if self._gt > last else (0, 0)
+        k = rounds * sum(gc)  # every phase grew `rounds` times, then the first `rest` after `last`
+        for t in range(last + 1, last + 1 + rest):
+            k += gc[t % bs]
+        if k:
+            for m in self.kv.managers:
+                m.num_free += k
+                m.allocated_total -= k
+        self._gt = last
+        return k
 
     # --- the batcher's interface -------------------------------------------------------------
     def schedule(self, now: float, admit: bool, growth_reserve: int | Callable[[], int] = 0) -> Batch | None:
@@ -241,18 +202,13 @@ class FastSlotBatcher(SlotBatcher):
         kv = self.kv
         bs = kv.block_size
         # KV growth of every running request, checked all together (then order cannot matter)
-        grow, t = self._grow, self.tick
-        due = self._due(t)
-        blocks = len(due)
+        blocks = 0
         for r in explicit:
             total = r.num_tokens
             if total > r.kv_tokens:
                 blocks += -(-total // bs) - r.kv_tokens // bs
-        if blocks and any(m.num_free < blocks for m in kv.managers):
-            grow[:0] = due  # not enough for all: the ordinary path decides who is preempted
-            return _ORDINARY
-        if due:
-            self._add_block(due, t)
+        if not self._grow_phase(self.tick, blocks):
+            return _ORDINARY  # not enough for all: the ordinary path decides who is preempted
         items: list[tuple[Request, int]] = []
         n_tokens = n_lazy
         attn = kv_read = (self.ctx_sum + n_lazy) if n_lazy else 0
@@ -306,6 +262,7 @@ class FastSlotBatcher(SlotBatcher):
         while fin and fin[0][0] <= t:
             r = heappop(fin)[2]
             self._sync(r)
+            self._gc[r.ff_due % self.kv.block_size] -= 1
             r.finish_s = now
             self.ctx_sum -= r.num_computed
             self.n_lazy -= 1
@@ -322,8 +279,8 @@ class FastSlotBatcher(SlotBatcher):
                         self.kv.free(r)
                         self.load -= self.work(r)
                         finished.append(r)
-                    else:
-                        self._make_lazy(r)  # it decodes from now on
+                    elif not self._make_lazy(r):  # it decodes from now on
+                        r.ff_tick = -1  # (with a block or more of room: explicit still)
             if changed:
                 self.explicit = [r for r in self.explicit if r.ff_tick < 0 and r.finish_s != r.finish_s]
         if finished:

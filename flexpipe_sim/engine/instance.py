@@ -461,7 +461,7 @@ class Instance(RunAhead, CompiledRunAhead):
                 moved[k] = False
                 self.stale_wakes += 1
             if self._window is not None:
-                self._window = slot._grow_log = None  # its steps are done: nothing to take back
+                self._window = None  # its steps are done: nothing to take back
             self.inflight -= 1
             _, batch, compute, comm = flight[k]
             flight[k] = None

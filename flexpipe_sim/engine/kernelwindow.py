@@ -1,12 +1,11 @@
 """Run-ahead windows through the compiled loop (engine/stepkernel.py): Instance's mixin that copies
-its slots, stages and the KV growths a window can need into flat arrays, runs the loop and writes
-the result back, exactly where RunAhead's Python loops would have left it (tests/test_stepkernel.py).
+its slots, stages and KV phase counts into flat arrays, runs the loop and writes the result back,
+exactly where RunAhead's Python loops would have left it (tests/test_stepkernel.py).
 
-The copy costs ~15-25 us per slot, so RunAhead._run_ahead sends a window here only where it is
-likely long enough to gain (one slot on one stage, the most common, has its own direct copy:
-`_run_ahead_compiled_one`). Every lazy request's grow entry goes in
-(each comes due within a block's worth of ticks) as a list, not taken off its grow list; a slot's
-list is rebuilt (sorted) only where some of its requests grew.
+The copy costs several microseconds per slot, so RunAhead._run_ahead sends a window here only where
+it is likely long enough to gain (one slot on one stage, the most common, has its own direct copy:
+`_run_ahead_compiled_one`). KV growth goes in as each slot's lazy requests per phase
+(FastSlotBatcher._gc) and comes back as its last grown tick and the blocks taken.
 
 A several-slot window that stays in RunAhead's Python loop still prices its steps and clocks the
 stages here (`_hybrid_start`/`_hybrid_end` around stepkernel.stage_step): only the stage clocks
@@ -45,11 +44,10 @@ class CompiledRunAhead:
         if not 0 < slots[k].n_lazy <= slots[k].token_budget:
             return False  # slot k's own step cannot be taken this way
         m, P = self.n_active, len(self._plan)
+        bs = self.kv.block_size
         fl: list[float] = []  # F: per slot C_DONE..C_HOPSUM, then stage clocks, sums, ext
-        il: list[int] = []  # I: per slot I_N..I_NEW, then free blocks, goff, gnext, gcnt
-        live: list[list] = []  # per slot, its lazy requests' grow entries (finished requests' dropped)
-        g0: list[int] = []
-        goff = [0]
+        il: list[int] = []  # I: per slot I_N..I_GT, then free blocks, then per slot its KV phase counts
+        gl: list[int] = []
         for i in range(m):
             s = slots[i]
             n = s.n_lazy
@@ -59,15 +57,10 @@ class CompiledRunAhead:
                 if kn[i] != n and not self._kernel_row(kp, i, n):  # (kept while its batch size stays)
                     return None
                 head, back, hop_sum = khd[i]
-                # every live grow entry (each request's is due within a block's worth of ticks);
-                # the grow list is rebuilt from them after, where some grew (_due drops stale ones too)
-                ent = [e for e in s._grow if e[2].finish_s != e[2].finish_s]
-                live.append(ent)
-                g0 += [e[0] for e in ent]
+                gl += s._gc
             else:
                 head = back = hop_sum = 0.0
-                live.append([])
-            goff.append(len(g0))
+                gl += [0] * bs
             f = flight[i] if i != k else None  # slot k schedules first, inside the loop
             if f is not None:  # in flight: the loop takes its completion if it is a steady step
                 batch = f[1]
@@ -76,20 +69,17 @@ class CompiledRunAhead:
             else:
                 f, steady = _IDLE, False
             fl += [f[0], s.cum_compute, s.cum_comm, f[2], f[3], head, back, hop_sum]
-            il += [n, s.tick, s.ctx_sum, s.sampled, s.fast_steps, stop, can, steady, f is not _IDLE, 0, 0, 0]
+            il += [n, s.tick, s.ctx_sum, s.sampled, s.fast_steps, stop, can, steady, f is not _IDLE, 0, 0, 0, s._gt]
         kv, sums, now = self.kv, self._sums, self.env.now
-        G = len(g0)
         fl += self._stage_free
         fl += [sums[0], sums[1], float(sums[2]), 0.0, 0.0, 0.0]
-        il.append(min([mg.num_free for mg in kv.managers]))
-        il += goff
-        il += g0
-        il += [0] * G
+        blocks0 = min([mg.num_free for mg in kv.managers])
+        il.append(blocks0)
+        il += gl
         F = np.array(fl)
         I = np.array(il, np.int64)
         _, RN, REC = self._kbuffers(P)
-        status, who, taken = sk.run(k, now, horizon, K, F, I, _NO_LTS, kind, kv.block_size, oh, False, m, len(kn), P,
-                                    R, G, REC, RN)
+        status, who, taken = sk.run(k, now, horizon, K, F, I, _NO_LTS, kind, bs, oh, False, m, len(kn), P, R, REC, RN)
         if status == sk.FIRST_FAILED:
             return False
         # write the window back: slots, flights, stage clocks, sums, KV growths (the last steps are
@@ -109,18 +99,7 @@ class CompiledRunAhead:
         n_ext, ctx_ext = int(fl[b + P + 4]), fl[b + P + 5]
         self.steps += taken
         self.steps_ahead += taken
-        d = sk.ST_COLS * m + 2 + m  # after the slots: free blocks, goff
-        g1 = il[d: d + G]
-        if g1 != g0:  # KV growths: the grow lists (next due where the window left them), blocks, KV tokens
-            for i in range(m):
-                a, z = goff[i], goff[i + 1]
-                if g1[a:z] != g0[a:z]:
-                    grow = slots[i]._grow
-                    grow[:] = [(g, e[1], e[2]) for g, e in zip(g1[a:z], live[i])]  # in place: callers hold it
-                    grow.sort()
-            cnt = I[d + G: d + 2 * G]
-            flat = [e for ent in live for e in ent]
-            slots[0].count_blocks([(flat[j][2], int(cnt[j])) for j in np.flatnonzero(cnt)])
+        _grown(kv, blocks0 - il[sk.ST_COLS * m])
         if n_ext:
             pr = cost.cost.profile
             pr._warn("decode", f"decode batch {il[sk.I_N]} at context {ctx_ext:.0f}")
@@ -144,23 +123,21 @@ class CompiledRunAhead:
             return None
         head, back, hop_sum = khd[0]
         stop, tick = fin[0][0], s.tick
-        ent = [e for e in s._grow if e[2].finish_s != e[2].finish_s]  # live grow entries
-        g0 = [e[0] for e in ent]
-        G = len(g0)
         lts = self._lts_buf
         if lts is None or len(lts) < stop - tick + 2:  # at most one step per tick before the finishing one
             lts = self._lts_buf = np.empty(max(stop - tick + 2, 256))
         sums, free0, kv, now = self._sums, self._stage_free[0], self.kv, self.env.now
         # F: the slot (nothing in flight), the stage clock, sums and ext;
-        # I: the slot, free blocks, goff, gnext, gcnt (stepkernel.run)
+        # I: the slot, free blocks, its KV phase counts (stepkernel.run)
         F = np.array([0.0, s.cum_compute, s.cum_comm, 0.0, 0.0, head, back, hop_sum, free0,
                       sums[0], sums[1], float(sums[2]), 0.0, 0.0, 0.0])
-        I = np.array([n, tick, s.ctx_sum, s.sampled, s.fast_steps, stop, 1, 0, 0, 0, 0, 0,
-                      min([mg.num_free for mg in kv.managers]), 0, G] + g0 + [0] * G, np.int64)
+        blocks0 = min([mg.num_free for mg in kv.managers])
+        I = np.array([n, tick, s.ctx_sum, s.sampled, s.fast_steps, stop, 1, 0, 0, 0, 0, 0, s._gt, blocks0] + s._gc,
+                     np.int64)
         w0 = (now, free0, tick, s.cum_compute, s.sampled, s.ctx_sum, sums[0], sums[1], sums[2], s.fast_steps,
               self.steps, self.steps_ahead, n)
         _ONE_RN[0] = 0
-        status, _, taken = sk.run(0, now, horizon, K, F, I, lts, kind, kv.block_size, oh, True, 1, len(kn), 1, R, G,
+        status, _, taken = sk.run(0, now, horizon, K, F, I, lts, kind, kv.block_size, oh, True, 1, len(kn), 1, R,
                                   _ONE_REC, _ONE_RN)
         if status == sk.FIRST_FAILED:
             return False
@@ -174,19 +151,12 @@ class CompiledRunAhead:
             self._recent[0].append(tuple(_ONE_REC.tolist()))
         self.steps += taken
         self.steps_ahead += taken
-        d = sk.ST_COLS + 3  # after the slot: free blocks, goff (2)
-        g1 = il[d: d + G]
-        if g1 != g0:  # KV growths: the grow list (next due where the window left them), blocks, KV tokens
-            grow = s._grow
-            grow[:] = [(g, e[1], e[2]) for g, e in zip(g1, ent)]  # in place: callers hold it
-            grow.sort()
-            s.count_blocks([(e[2], c) for e, c in zip(ent, il[d + G: d + 2 * G]) if c])
+        _grown(kv, blocks0 - il[sk.ST_COLS])
         if n_ext:
             pr = self.cost.cost.profile
             pr._warn("decode", f"decode batch {n} at context {fl[14]:.0f}")
             pr.extrapolations += n_ext - 1
-        s._grow_log = None
-        self._window = Window(*w0, lts[:n_lts].tolist(), (ent, g0, g1))
+        self._window = Window(*w0, lts[:n_lts].tolist())
         self.windows_compiled += 1
         return True
 
@@ -214,8 +184,7 @@ class CompiledRunAhead:
         n = s.n_lazy
         if not n or n > s.token_budget or (kn[k] != n and not self._kernel_row(kp, k, n)):
             return None
-        grow = s._grow
-        if grow and grow[0][0] <= s.tick and not s.grow_lazy():
+        if not s._grow_phase(s.tick):
             return None
         P, mk = len(self._plan), len(kn)
         S, RN, _ = self._kbuffers(P)
@@ -290,36 +259,6 @@ class CompiledRunAhead:
         rows = K[a + m + m * P: a + m + m * P + m * R].reshape((m, R))
         return K, tab[0], self.cost._overhead, rows, cmax, hops, [-1] * m, [(0.0, 0.0, 0.0)] * m, R
 
-    def _undo_growths(self, s, grown: tuple[list, list[int], list[int]], tick0: int, last: int) -> None:
-        """Take back the compiled window's KV growths at ticks after `last` (settle). Request j was
-        next due at a[j] when the window began and at z[j] when it ended; in between it grew at
-        max(a, tick0), then every block's worth of ticks (stepkernel._schedule), the last at z - bs."""
-        ent, a, z = grown
-        bs = self.kv.block_size
-        undone: list[tuple] = []  # (request, -blocks taken back)
-        grow = []  # the window's entries, next due where they are after the undo
-        for q, (e, aj, zj) in enumerate(zip(ent, a, z)):
-            g = zj
-            if zj != aj:
-                first = aj if aj > tick0 else tick0
-                if first > last:  # every growth of it was after `last`
-                    c, g = (zj - first) // bs, aj
-                else:
-                    kept = first + (last - first) // bs * bs  # its last growth at or before `last`
-                    c, g = (zj - bs - kept) // bs, kept + bs
-                if c:
-                    undone.append((e[2], -c))
-            grow.append((g, e[1], e[2]))
-            z[q] = g  # the window now ends there (a later settle of it starts from this)
-        if not undone:
-            return
-        s.count_blocks(undone)
-        ids = {e[1] for e in ent}
-        grow += [e for e in s._grow if e[1] not in ids]  # entries the window did not take
-        grow.sort()
-        s._grow[:] = grow  # in place: callers hold the list
-        self.growths_undone -= sum(c for _, c in undone)
-
 
 def _slot_back(s, r: list[int], f: list[float], flight: list, i: int) -> None:
     """Slot i's row of the compiled loop's output (r: its integers, f: its floats) written back
@@ -328,12 +267,21 @@ def _slot_back(s, r: list[int], f: list[float], flight: list, i: int) -> None:
         s.preempted_last = s.admitted_last = 0
         s._step_lazy = r[sk.I_N]
         s._last_fast = True
-    s.tick, s.ctx_sum, s.sampled, s.fast_steps = r[sk.I_TICK], r[sk.I_CTX], r[sk.I_SAMPLED], r[sk.I_FAST]
+    s.tick, s.ctx_sum, s.sampled, s.fast_steps, s._gt = r[sk.I_TICK], r[sk.I_CTX], r[sk.I_SAMPLED], r[sk.I_FAST], r[sk.I_GT]
     s.cum_compute, s.cum_comm = f[sk.C_CUMC], f[sk.C_CUMM]
     if r[sk.I_NEW] == 1:
         flight[i] = (f[sk.C_DONE], STEADY, f[sk.C_COMP], f[sk.C_COMM])
     elif r[sk.I_NEW] == 2:
         flight[i] = (f[sk.C_DONE], None, 0.0, 0.0)  # its process schedules at its completion
+
+
+def _grown(kv, k: int) -> None:
+    """The compiled loop's KV growths, k blocks in all (each request's own: FastSlotBatcher.kv_owed),
+    counted on every stage's block counter."""
+    if k:
+        for mg in kv.managers:
+            mg.num_free -= k
+            mg.allocated_total += k
 
 
 _ONE_REC, _ONE_RN = np.zeros(2), np.zeros(1, np.int64)  # a one-stage window's last step (scratch)

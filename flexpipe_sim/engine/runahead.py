@@ -20,7 +20,8 @@ will admit the queue's head it runs up to that slot's completion.
 An instance of one stage and one slot (most baselines') need not stop at its model's arrivals:
 routing reads only what steady steps leave unchanged (outstanding work, capacity), so most
 arrivals go elsewhere and change nothing here. Its window runs to the next tick, keeping what it
-needs to take steps back (each step's layer time, the KV growths); when the gateway does route a
+needs to take steps back (each step's layer time; the KV growths follow from the slot's phase
+counts, FastSlotBatcher.ungrow); when the gateway does route a
 request here, `settle` takes back the steps the ordinary run would have scheduled after seeing it.
 On the paper's cv4 under ServerlessLLM this ends ~70% fewer windows (docs/results/sim_speed).
 
@@ -60,9 +61,6 @@ class Window(NamedTuple):
     steps_ahead: int
     n: int  # lazy requests in every step
     layer_times: list[float]
-    # the compiled loop's KV growths: (grow entries of the lazy requests, each one's next due tick
-    # at the window's start, and at its end); None where s._grow_log lists them (the Python loop)
-    grown: tuple[list, list[int], list[int]] | None = None
 
 
 class RunAhead:
@@ -231,9 +229,8 @@ class RunAhead:
             # _schedule_ahead(i, c), inline: the batch in flight was the fast path's, so the slot's
             # _last_fast holds its setting
             n = s.n_lazy
-            grow = s._grow
             if ((not n or n > s.token_budget) or (hy is not None and kn[i] != n and not self._kernel_row(kp, i, n))
-                    or (grow and grow[0][0] <= s.tick and not s.grow_lazy())):
+                    or not s._grow_phase(s.tick)):
                 flight[i] = (c, None, 0.0, 0.0)  # its process schedules at c, by the ordinary path
                 break
             if hy is not None:
@@ -282,7 +279,7 @@ class RunAhead:
         steps, sums and order as _schedule_ahead + _submit + FastSlotBatcher.postprocess (with no
         hops the token return and comm are 0.0; _submit's compute is 0.0 + dt == dt).
         Its horizon ignores the model's arrivals: the window (where it began, each step's layer
-        time, the KV growths) is kept so that `settle` can take back the steps past an arrival the
+        time) is kept so that `settle` can take back the steps past an arrival the
         gateway routes here."""
         s = self.slots[0]
         n = s.n_lazy
@@ -290,7 +287,7 @@ class RunAhead:
             return False
         _, nl, hh, sd = self._plan[0]
         layer, head, oh = self.cost.decode_pricing(n)  # layer_head of BatchWork(n, n, kv, kv, n)
-        free, recent, sums, grow, fin = self._stage_free, self._recent[0], self._sums, s._grow, s._finish
+        free, recent, sums, fin = self._stage_free, self._recent[0], self._sums, s._finish
         stop = fin[0][0] if fin else 1 << 62  # the tick whose step finishes someone
         t = self.env.now
         f = free[0]  # the stage's clock; written back once (nothing in the loop reads free[0])
@@ -298,12 +295,11 @@ class RunAhead:
         lts: list[float] = []  # each step's layer time, for `settle`
         self._window = Window(t, f, s.tick, s.cum_compute, s.sampled, s.ctx_sum, sums[0], sums[1], sums[2],
                               s.fast_steps, self.steps, self.steps_ahead, n, lts)
-        s._grow_log = []
         while True:
             # schedule at t: KV growth, then price and submit the step (slot loop, fast path)
-            if grow and grow[0][0] <= s.tick and not s.grow_lazy():
+            if not s._grow_phase(s.tick):
                 if not taken:
-                    self._window = s._grow_log = None
+                    self._window = None
                     return False
                 self._flight[0] = (t, None, 0.0, 0.0)  # KV short: the ordinary path schedules at t
                 break
@@ -346,7 +342,7 @@ class RunAhead:
         if w is None:
             return
         now = self.env.now
-        (t, f, tick0, cum0, sampled0, ctx0, s0, s1, s2, fast0, steps0, ahead0, n, lts, grown) = w
+        (t, f, tick0, cum0, sampled0, ctx0, s0, s1, s2, fast0, steps0, ahead0, n, lts) = w
         if not lts or self._flight[0] is None:
             return
         s = self.slots[0]
@@ -371,13 +367,7 @@ class RunAhead:
             return  # that step is the window's last, still in flight: nothing to take back
         self.steps_undone += len(lts) - j - (self._flight[0][1] is not None)
         del lts[j + 1:]
-        if grown is not None:
-            self._undo_growths(s, grown, tick0, tick0 + j)
-        log = s._grow_log
-        while log and log[-1][0] > tick0 + j:  # growths scheduled by the steps taken back
-            gt, due = log.pop()
-            s.undo_block(due, gt)
-            self.growths_undone += 1
+        self.growths_undone += s.ungrow(tick0 + j)  # KV grown by the steps taken back
         s.tick = tick0 + j
         s.cum_compute = cum
         s.sampled = sampled0 + n * j
@@ -398,10 +388,7 @@ class RunAhead:
         batch. False, changing nothing, where the ordinary path must decide (budget, KV short)."""
         s = self.slots[i]
         n = s.n_lazy
-        if not n or n > s.token_budget:
-            return False
-        grow = s._grow
-        if grow and grow[0][0] <= s.tick and not s.grow_lazy():
+        if not n or n > s.token_budget or not s._grow_phase(s.tick):
             return False
         s.preempted_last = s.admitted_last = 0
         s._step_lazy = n
@@ -444,7 +431,7 @@ STEADY.items, STEADY.has_decode = [], True
 
 # Which loop takes a several-slot instance's next window, from its last one: the Python loop with
 # compiled stage steps costs ~3-4 us per step (one to eight stages), the whole-window compiled one
-# ~15 us per slot to copy in and out (the slot, its requests' grow ticks) plus little per step.
+# ~15 us per slot to copy in and out (the slot, its KV phase counts) plus little per step.
 # Compiled where the last window took at least this many steps per slot (break-even ~5): most of
 # AlpaServe's 8-slot windows (~10 steps) and FlexPipe's (~15 over ~5 slots) stay in Python
 # (measured on the 2-core build machine, whose walls vary by tens of percent;

@@ -14,11 +14,9 @@ A step priced beyond the profile's grid gets the fitted roofline (profiles.Profi
 here too; the loop counts such steps (ext) so the caller warns and counts them as the Python
 lookup would.
 
-A KV growth is counted per lazy request: `gnext[j]` is the tick at which request j fills its last
-block; a step scheduled at tick t grows every request with gnext <= t by one block (all of them, or
-none where fewer blocks are free: the ordinary path then decides), and that request is next due at
-t + block size, as FastSlotBatcher._add_block pushes it. kernelwindow.py passes every live request
-of a slot that can schedule (copying a list costs less than choosing the ones due in the window).
+KV growth is counted by phase, as FastSlotBatcher._grow_phase does: a step of slot i scheduled at
+tick t grows `gc[i, t % bs]` lazy requests by a block each (all of them, or none where fewer blocks
+are free: the ordinary path then decides); the slot's last grown tick goes back into its `_gt`.
 
 `stage_step` is one step's pricing and pass through the stages alone (`_schedule`'s second half),
 for the Python window loop, which keeps the bookkeeping where a window is too short to repay
@@ -61,8 +59,8 @@ SHORT = 2  # a slot could not schedule (KV short): its process schedules by the 
 # columns of the per-slot float state `fs`
 C_DONE, C_CUMC, C_CUMM, C_COMP, C_COMM, C_HEAD, C_BACK, C_HOPSUM = range(8)
 # columns of the per-slot int state `st`
-I_N, I_TICK, I_CTX, I_SAMPLED, I_FAST, I_STOP, I_CAN, I_STEADY, I_ACTIVE, I_TAKEN, I_KV, I_NEW = range(12)
-ST_COLS = 12
+I_N, I_TICK, I_CTX, I_SAMPLED, I_FAST, I_STOP, I_CAN, I_STEADY, I_ACTIVE, I_TAKEN, I_KV, I_NEW, I_GT = range(13)
+ST_COLS = 13
 
 
 @njit(inline="always")
@@ -153,25 +151,20 @@ def _through_stages(i, t, lt, head, oh, nl, hh, sd, hops, free, rec, rec_n):
 
 
 @njit(inline="always")
-def _schedule(i, t, fs, st, hops, kind, rows, cmax, sh, ext, gnext, goff, gcnt, free_blocks, bs,
+def _schedule(i, t, fs, st, hops, kind, rows, cmax, sh, ext, gc, free_blocks, bs,
               nl, hh, sd, oh, free, rec, rec_n, sums, lts, keep_lts):
-    """Slot i's steady step scheduled at t (RunAhead._schedule_ahead): KV growth, pricing, the
-    stages' clocks. Returns the blocks it grew, or -1 where it cannot (the caller stops)."""
+    """Slot i's steady step scheduled at t (RunAhead._schedule_ahead): KV growth (by phase,
+    FastSlotBatcher._grow_phase), pricing, the stages' clocks. Returns the blocks it grew, or -1
+    where it cannot (the caller stops)."""
     if st[i, I_CAN] == 0:
         return -1  # its batch cannot be taken this way (none, or over the token budget)
     tick = st[i, I_TICK]
-    need = 0
-    for j in range(goff[i], goff[i + 1]):
-        if gnext[j] <= tick:
-            need += 1
+    need = gc[i, tick % bs] if st[i, I_GT] != tick else 0
     if need:
         if free_blocks[0] < need:
             return -1
         free_blocks[0] -= need
-        for j in range(goff[i], goff[i + 1]):
-            if gnext[j] <= tick:
-                gnext[j] = tick + bs
-                gcnt[j] += 1
+    st[i, I_GT] = tick
     n = st[i, I_N]
     st[i, I_FAST] += 1
     kv = st[i, I_CTX] + n
@@ -214,15 +207,15 @@ def stage_step(i, t, kv, n, head, K, S, RN, kind, oh, P, mk, R):
 
 
 @njit()
-def run(k, now, horizon, K, F, I, lts, kind, bs, oh, keep_lts, m, mk, P, R, G, REC, RN):
+def run(k, now, horizon, K, F, I, lts, kind, bs, oh, keep_lts, m, mk, P, R, REC, RN):
     """`advance` on flat arrays (a compiled call costs a type check per argument, so fewer
     arguments is most of a short window's cost): K, the instance's plan and pricing (nl, sd, hh per
     stage; per slot the largest context, hop times, pricing row; the cost model's shared numbers),
     F, the floats that change (slot state fs, stage clocks, sums, ext), and I, the integers (slot
-    state st, free blocks, then per lazy request gnext and gcnt, slot by slot from goff); REC and
-    RN, the instance's last-step rings (P x P x 2) and their counts per stage, kept across windows
+    state st, free blocks, then each slot's lazy requests per KV phase, m x bs); REC and RN, the
+    instance's last-step rings (P x P x 2) and their counts per stage, kept across windows
     (kernelwindow.py `_kbuffers`). m slots are active of the mk that K holds rows for; P stages; R
-    numbers in a pricing row; G lazy requests."""
+    numbers in a pricing row; bs tokens in a KV block."""
     nl, sd, hh, cmax, hops, rows, sh = _plan(K, P, mk, R)
     fs = F[0:8 * m].reshape((m, 8))
     b = 8 * m
@@ -233,22 +226,19 @@ def run(k, now, horizon, K, F, I, lts, kind, bs, oh, keep_lts, m, mk, P, R, G, R
     st = I[0:ST_COLS * m].reshape((m, ST_COLS))
     c = ST_COLS * m
     free_blocks = I[c:c + 1]
-    goff = I[c + 1:c + 2 + m]
-    d = c + 2 + m
-    gnext = I[d:d + G]
-    gcnt = I[d + G:d + 2 * G]
-    return advance(k, now, horizon, fs, st, hops, kind, rows, cmax, sh, ext, gnext, goff, gcnt, free_blocks,
+    gc = I[c + 1:c + 1 + m * bs].reshape((m, bs))
+    return advance(k, now, horizon, fs, st, hops, kind, rows, cmax, sh, ext, gc, free_blocks,
                    bs, nl, hh, sd, oh, free, rec, RN, sums, lts, keep_lts)
 
 
 @njit()
-def advance(k, now, horizon, fs, st, hops, kind, rows, cmax, sh, ext, gnext, goff, gcnt, free_blocks,
+def advance(k, now, horizon, fs, st, hops, kind, rows, cmax, sh, ext, gc, free_blocks,
             bs, nl, hh, sd, oh, free, rec, rec_n, sums, lts, keep_lts):
     """RunAhead._run_ahead's loop: slot k schedules at now, then completions in (time, slot) order
     are accounted and their slots' next steps scheduled, up to the first completion at or after
     the horizon, one that finishes a request, or one that is not steady. Returns (status, slot
     that stopped the run or -1, steps taken)."""
-    if _schedule(k, now, fs, st, hops, kind, rows, cmax, sh, ext, gnext, goff, gcnt, free_blocks, bs,
+    if _schedule(k, now, fs, st, hops, kind, rows, cmax, sh, ext, gc, free_blocks, bs,
                  nl, hh, sd, oh, free, rec, rec_n, sums, lts, keep_lts) < 0:
         return FIRST_FAILED, k, 0
     m = st.shape[0]
@@ -273,7 +263,7 @@ def advance(k, now, horizon, fs, st, hops, kind, rows, cmax, sh, ext, gnext, gof
         st[i, I_CTX] += n
         st[i, I_TAKEN] += 1
         taken += 1
-        if _schedule(i, c, fs, st, hops, kind, rows, cmax, sh, ext, gnext, goff, gcnt, free_blocks, bs,
+        if _schedule(i, c, fs, st, hops, kind, rows, cmax, sh, ext, gc, free_blocks, bs,
                      nl, hh, sd, oh, free, rec, rec_n, sums, lts, keep_lts) < 0:
             st[i, I_STEADY] = 0
             st[i, I_NEW] = 2  # its process schedules at c, by the ordinary path
