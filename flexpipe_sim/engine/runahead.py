@@ -431,15 +431,16 @@ STEADY.items, STEADY.has_decode = [], True
 
 # Which loop takes a several-slot instance's next window, from its last one: the Python loop with
 # compiled stage steps costs ~3-4 us per step (one to eight stages), the whole-window compiled one
-# ~15 us per slot to copy in and out (the slot, its KV phase counts) plus little per step.
-# Compiled where the last window took at least this many steps per slot (break-even ~5): most of
-# AlpaServe's 8-slot windows (~10 steps) and FlexPipe's (~15 over ~5 slots) stay in Python
-# (measured on the 2-core build machine, whose walls vary by tens of percent;
-# docs/results/sim_speed/README.md, sitting 7). A one-slot one-stage window (~22 us to copy, ~1.5 us
+# ~8-10 us per slot to copy in and out (the slot, its KV phase counts) plus little per step.
+# Compiled where the last window took at least this many steps per slot: 3 took 3-9% less CPU than
+# 6 (the break-even while each lazy request's KV growth tick was copied) on 30 min of cv4 under
+# FlexPipe, the same under AlpaServe; every window compiled (0) took 5-10% more on both (side by
+# side on the 2-core build machine, whose walls vary by tens of percent; docs/results/sim_speed/
+# README.md, sitting 8). A one-slot one-stage window (~22 us to copy, ~1.5 us
 # per Python step) goes compiled where its next finish is at least _COMPILED_MIN_WORK ticks away:
 # ServerlessLLM's (1-2 requests, ~40 steps) do, the Azure replay's (~80 requests, one finishing
 # every few steps) do not. Choosing by the last window instead
 # (windows there alternate long and short) took 2-10% more CPU on quarter-size ServerlessLLM and
 # static runs; compiling every one made the replay ~20% slower (sitting 6).
 _COMPILED_MIN_WORK = 16
-_COMPILED_STEPS_PER_SLOT = 6
+_COMPILED_STEPS_PER_SLOT = 3
