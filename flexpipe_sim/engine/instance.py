@@ -117,6 +117,8 @@ class Instance(RunAhead, CompiledRunAhead):
         # replace it (then `_moved`: the process wakes at the old time and waits for the new one)
         self._flight: list[tuple[float, Batch | None, float, float] | None] = [None] * n_slots
         self._moved = [False] * n_slots
+        self._aown = [False] * n_slots  # slot held in the compiled windows' arrays (kernelwindow._run_ahead_kept)
+        self._kst = None
         self._procs: list[simpy.Process | None] = [None] * n_slots  # each slot's loop (start, switch)
         self.gpu_time = gpu_time if gpu_time is not None else GpuTimeline()
         self._stage_free = [0.0] * len(stages)  # end of this instance's last step on each stage (FIFO)
@@ -153,6 +155,7 @@ class Instance(RunAhead, CompiledRunAhead):
 
     def materialize(self) -> None:
         """Bring every running request's fields up to date (fast-forwarded slots lag; fastbatch.py)."""
+        self._kflush_all()
         for s in self.slots:
             if isinstance(s, FastSlotBatcher):
                 s.materialize()
@@ -160,6 +163,7 @@ class Instance(RunAhead, CompiledRunAhead):
     @property
     def tokens_generated(self) -> int:
         """Tokens sampled so far (a refactor's dirty set between KV copy rounds)."""
+        self._kflush_all()
         return sum(s.sampled for s in self.slots)
 
     def _set_stages(self, stages: list[StageInfo], cost: PipelineCost) -> None:
@@ -177,6 +181,7 @@ class Instance(RunAhead, CompiledRunAhead):
         self._recent: list[deque[tuple[float, float]]] = [deque(maxlen=n) for _ in range(n)]  # sole stages' last steps
         self._kplan = None  # the plan as arrays for the compiled run-ahead (kernelwindow.py), built on first use
         self._kbuf = None  # compiled windows' buffers: stage clocks, sums, last-step rings (kernelwindow._kbuffers)
+        self._kst = None  # several-slot compiled windows' arrays (kernelwindow._kstate; every slot flushed)
 
     def set_sole(self, k: int, sole: bool) -> list[tuple[float, float]]:
         """GpuTimeline.join/leave: stage k is (not) its GPU's only stage. Returns the steps it kept
@@ -260,6 +265,7 @@ class Instance(RunAhead, CompiledRunAhead):
             self._wake.append(None)
             self._flight.append(None)
             self._moved.append(False)
+            self._aown.append(False)
             self._procs.append(None)
         for k in range(n_new):
             # new slots, and slots an earlier merge retired (their processes ended) get a process
@@ -420,7 +426,7 @@ class Instance(RunAhead, CompiledRunAhead):
 
     def _slot_loop(self, k: int):
         env = self.env
-        flight, moved = self._flight, self._moved
+        flight, moved, own = self._flight, self._moved, self._aown
         while True:
             if k >= self.n_active:  # retired by a merge
                 return
@@ -451,7 +457,7 @@ class Instance(RunAhead, CompiledRunAhead):
             self.inflight += 1
             while True:
                 try:
-                    yield env.timeout(flight[k][0] - env.now)
+                    yield env.timeout((flight[k][0] if not own[k] else self._kdone(k)) - env.now)
                 except simpy.Interrupt:  # `settle` took steps back: wait for the new last one
                     continue
                 if not moved[k]:
@@ -463,6 +469,8 @@ class Instance(RunAhead, CompiledRunAhead):
             if self._window is not None:
                 self._window = None  # its steps are done: nothing to take back
             self.inflight -= 1
+            if own[k]:  # its state is in the compiled windows' arrays (kernelwindow._run_ahead_kept)
+                self._kflush(k)
             _, batch, compute, comm = flight[k]
             flight[k] = None
             if self.paused and self.inflight == 0 and not self._drained_inflight.triggered:

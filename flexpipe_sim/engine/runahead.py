@@ -124,7 +124,7 @@ class RunAhead:
         took = None
         if self._compiled and (
                 (single and slots[0]._finish and slots[0]._finish[0][0] - slots[0].tick >= _COMPILED_MIN_WORK)
-                or (not single and self._klast >= _COMPILED_STEPS_PER_SLOT * self.n_active)):
+                or (not single and (self._klast >= _COMPILED_STEPS_PER_SLOT * self.n_active or True in self._aown))):
             took = self._run_ahead_compiled(k, horizon, single, stops)
         if took is None:
             took = self._run_ahead_single(horizon) if single else self._run_ahead_multi(k, horizon, stops)
@@ -142,13 +142,13 @@ class RunAhead:
         pipeline instance's events on the paper's cv4). The process's wait moves to a new timeout
         at its latest completion; the old one fires with nobody on it. SimPy has no public way to
         move a wait: this does what Process.interrupt does (`_target`, `_resume`, the callbacks)."""
-        env, moved, flight, procs = self.env, self._moved, self._flight, self._procs
+        env, moved, flight, procs, own = self.env, self._moved, self._flight, self._procs, self._aown
         now = env.now
         for i in range(self.n_active):
             if moved[i]:
                 p = procs[i]
                 p._target.callbacks.remove(p._resume)
-                ev = Timeout(env, flight[i][0] - now)
+                ev = Timeout(env, (flight[i][0] if not own[i] else self._kdone(i)) - now)
                 ev.callbacks.append(p._resume)
                 p._target = ev
                 moved[i] = False
@@ -159,6 +159,8 @@ class RunAhead:
         the horizon or the completion of a slot in `stops`. Where the compiled loop is on, each
         step's pricing and stage clocks go through it (stepkernel.stage_step, ~0.5 us a call
         against ~1-3 us in Python for one to eight stages) while the bookkeeping stays here."""
+        if True in self._aown:
+            self._kflush_all()  # (slots held in the compiled windows' arrays)
         slots, flight = self.slots, self._flight
         kp = self._kplan if self._compiled else False
         if kp is None:

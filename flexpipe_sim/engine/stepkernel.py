@@ -238,10 +238,13 @@ def advance(k, now, horizon, fs, st, hops, kind, rows, cmax, sh, ext, gc, free_b
     are accounted and their slots' next steps scheduled, up to the first completion at or after
     the horizon, one that finishes a request, or one that is not steady. Returns (status, slot
     that stopped the run or -1, steps taken)."""
+    m = st.shape[0]
+    for q in range(m):  # (slots kept in the arrays from the last window: what this one does)
+        st[q, I_TAKEN] = 0
+        st[q, I_NEW] = 0
     if _schedule(k, now, fs, st, hops, kind, rows, cmax, sh, ext, gc, free_blocks, bs,
                  nl, hh, sd, oh, free, rec, rec_n, sums, lts, keep_lts) < 0:
         return FIRST_FAILED, k, 0
-    m = st.shape[0]
     taken = 0
     while True:
         i = -1
