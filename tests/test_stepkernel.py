@@ -142,5 +142,6 @@ def test_compiled_loop_gives_the_python_loops_records(policy, whole, monkeypatch
         insts = sim_c.transitions.instances.values()  # and took finishing steps (kernelwindow._take_completion)
         assert any(i._kst is not None for i in insts)
         assert sum(i.finished_ahead for i in insts) > 10
+        assert sum(i.windows_woken for i in insts) > 100  # windows begun at a held slot's completion
     assert len(a) > 1000
     assert a.equals(b), "records differ between the compiled and the Python window loop"

@@ -126,6 +126,7 @@ class Instance(RunAhead, CompiledRunAhead):
         self.outstanding_work = 0.0  # tokens promised to unfinished requests (routing signal)
         self.steps = 0
         self.refactor_ahead = 0  # statistics: steps run ahead while a refactor was under way
+        self.windows_woken = 0  # statistics: windows begun at a held slot's completion (kernelwindow._run_ahead_wake)
         self._on_finish = on_finish
         self.drained = env.event()
         self.n_active = n_slots  # slots in use (a merge retires the extra ones)
@@ -460,12 +461,15 @@ class Instance(RunAhead, CompiledRunAhead):
                     yield env.timeout((flight[k][0] if not own[k] else self._kdone(k)) - env.now)
                 except simpy.Interrupt:  # `settle` took steps back: wait for the new last one
                     continue
-                if not moved[k]:
-                    break
-                # a run-ahead took that step and did not move this wait (RunAhead._retarget does;
-                # kept as the safe fallback: wait for the latest)
-                moved[k] = False
-                self.stale_wakes += 1
+                if moved[k]:
+                    # a run-ahead took that step and did not move this wait (RunAhead._retarget does;
+                    # kept as the safe fallback: wait for the latest)
+                    moved[k] = False
+                    self.stale_wakes += 1
+                    continue
+                if own[k] and not self.paused and self._run_ahead_wake(k):
+                    continue  # a window took this completion and the steps after it: wait for the latest
+                break
             if self._window is not None:
                 self._window = None  # its steps are done: nothing to take back
             self.inflight -= 1

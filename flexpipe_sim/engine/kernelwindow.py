@@ -35,7 +35,8 @@ from .runahead import STEADY, Window
 class CompiledRunAhead:
     """Mixed into Instance beside RunAhead."""
 
-    def _run_ahead_compiled(self, k: int, horizon: float, single: bool, stops: tuple[int, ...] = ()) -> bool | None:
+    def _run_ahead_compiled(self, k: int, horizon: float, single: bool, stops: tuple[int, ...] = (),
+                            wake: bool = False) -> bool | None:
         """_run_ahead's loop (and _run_ahead_single's) in engine/stepkernel.py: the instance's state
         copied into flat arrays (stepkernel.run says their layout), advanced there, and written
         back. None, changing nothing, where the cost model or the KV has no array form (the Python
@@ -47,19 +48,35 @@ class CompiledRunAhead:
             return None
         if single:
             return self._run_ahead_compiled_one(horizon, kp)
-        return self._run_ahead_kept(k, horizon, stops, kp)
+        return self._run_ahead_kept(k, horizon, stops, kp, wake)
 
-    def _run_ahead_kept(self, k: int, horizon: float, stops: tuple[int, ...], kp: tuple) -> bool | None:
+    def _run_ahead_wake(self, k: int) -> bool:
+        """Slot k's process woke at its step's completion (now) while the compiled windows' arrays
+        hold it: where that step finishes nobody, a window takes it and goes on (RunAhead._run_ahead
+        with wake), instead of the slot loop accounting it and the next window copying the slot back
+        in. False, changing nothing, where the slot loop must take it."""
+        I = self._kst[1]
+        r = sk.ST_COLS * k
+        if I[r + sk.I_TICK] + 1 >= I[r + sk.I_STOP]:
+            return False  # it finishes requests
+        if not self._run_ahead(k, True):
+            return False
+        self.windows_woken += 1
+        return True
+
+    def _run_ahead_kept(self, k: int, horizon: float, stops: tuple[int, ...], kp: tuple,
+                        wake: bool = False) -> bool | None:
         """A several-slot window in the compiled loop, its slots' state kept in the instance's arrays
         between windows (`_kstate`): a slot the loop scheduled stays there (`_aown`, its flight
         `_OWNED`) until its process wakes or Python reads it (`_kflush`), so a window copies in only
         the slots Python changed (mostly the one whose process runs now). Where the loop stops at a
         completion it cannot take (a step that finishes requests, or one the ordinary path
         scheduled), it is taken here as RunAhead._run_ahead_multi takes it (nobody waiting) and the
-        loop goes on from it, that slot scheduling first."""
+        loop goes on from it, that slot scheduling first. `wake`: slot k is held, its step completing
+        now; the loop starts there (nobody schedules first)."""
         K, kind, oh, rows, cmax, hops, kn, khd, R = kp
         slots, flight, moved, own = self.slots, self._flight, self._moved, self._aown
-        if not 0 < slots[k].n_lazy <= slots[k].token_budget:
+        if not wake and not 0 < slots[k].n_lazy <= slots[k].token_budget:
             return False  # slot k's own step cannot be taken this way
         m, P, bs = self.n_active, len(self._plan), self.kv.block_size
         F, I = self._kstate(m, P, bs)
@@ -82,8 +99,9 @@ class CompiledRunAhead:
         _, RN, REC = self._kbuffers(P)
         ahead = self._finish_ahead if not self.waiting else None
         k0, total, first = k, 0, True
+        first_k = -1 if wake else k
         while True:
-            status, who, taken = sk.run(k, now, horizon, K, F, I, _NO_LTS, kind, bs, oh, False, m, len(kn), P, R,
+            status, who, taken = sk.run(first_k, now, horizon, K, F, I, _NO_LTS, kind, bs, oh, False, m, len(kn), P, R,
                                         REC, RN)
             if status == sk.FIRST_FAILED:
                 if first:
@@ -121,7 +139,8 @@ class CompiledRunAhead:
                 break
             blocks0 = min([mg.num_free for mg in kv.managers])  # (the finishes freed blocks)
             I[ST * m] = blocks0
-            k, now = who, c  # the loop goes on from this completion, its slot scheduling first
+            k = first_k = who  # the loop goes on from this completion, its slot scheduling first
+            now = c
         for i in held:
             if own[i]:
                 I[ST * i + sk.I_STEADY] = 1

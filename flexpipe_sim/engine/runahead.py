@@ -66,7 +66,7 @@ class Window(NamedTuple):
 class RunAhead:
     """Mixed into Instance: reads and advances its slots, stage clocks and in-flight steps."""
 
-    def _run_ahead(self, k: int) -> bool:
+    def _run_ahead(self, k: int, wake: bool = False) -> bool:
         """Take the instance's steady decode steps, all slots interleaved, without an event each.
 
         Called at slot k's turn to schedule (now). Where every running request decodes (lazy,
@@ -86,7 +86,9 @@ class RunAhead:
         someone waits, whom the freed KV could admit), one of a slot that admits next, or a
         schedule that needs the ordinary path. Every slot's latest step is then in `_flight`, and
         the processes whose step was taken wait for it (`_retarget`).
-        Returns False, changing nothing, where slot k's own step cannot be taken this way."""
+        Returns False, changing nothing, where slot k's own step cannot be taken this way.
+        `wake`: slot k's process woke at the completion (now) of a step its compiled window holds,
+        which the window takes first (kernelwindow._run_ahead_wake)."""
         now = self.env.now
         slots, flight = self.slots, self._flight
         if self.state != "ready" or self._plan is None or not all(self._sole):
@@ -123,7 +125,11 @@ class RunAhead:
         # would cost more).
         before = self.steps_ahead
         took = None
-        if self._compiled and (
+        if wake:
+            took = self._run_ahead_compiled(k, horizon, False, stops, True)
+            if not took:
+                return False
+        elif self._compiled and (
                 (single and slots[0]._finish and slots[0]._finish[0][0] - slots[0].tick >= _COMPILED_MIN_WORK)
                 or (not single and (self._klast >= _COMPILED_STEPS_PER_SLOT * self.n_active or True in self._aown))):
             took = self._run_ahead_compiled(k, horizon, single, stops)

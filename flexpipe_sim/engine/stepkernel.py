@@ -242,9 +242,9 @@ def advance(k, now, horizon, fs, st, hops, kind, rows, cmax, sh, ext, gc, free_b
     for q in range(m):  # (slots kept in the arrays from the last window: what this one does)
         st[q, I_TAKEN] = 0
         st[q, I_NEW] = 0
-    if _schedule(k, now, fs, st, hops, kind, rows, cmax, sh, ext, gc, free_blocks, bs,
-                 nl, hh, sd, oh, free, rec, rec_n, sums, lts, keep_lts) < 0:
-        return FIRST_FAILED, k, 0
+    if k >= 0 and _schedule(k, now, fs, st, hops, kind, rows, cmax, sh, ext, gc, free_blocks, bs,
+                            nl, hh, sd, oh, free, rec, rec_n, sums, lts, keep_lts) < 0:
+        return FIRST_FAILED, k, 0  # (k < 0: nobody schedules first, the loop starts at the least completion)
     taken = 0
     while True:
         i = -1
