@@ -139,7 +139,7 @@ def test_compiled_loop_gives_the_python_loops_records(policy, whole, monkeypatch
     if not whole:  # pipelines' windows priced their steps in the compiled stage step
         assert any(i._kbuf is not None for i in sim_c.transitions.instances.values())
     elif policy == "flexpipe":  # pipelines' compiled windows kept slots in their arrays across windows
-        insts = sim_c.transitions.instances.values()  # and took finishing steps (kernelwindow._take_completion)
+        insts = sim_c.transitions.instances.values()  # and took finishing steps (heldslots._take_completion)
         assert any(i._kst is not None for i in insts)
         assert sum(i.finished_ahead for i in insts) > 10
         assert sum(i.windows_woken for i in insts) > 100  # windows begun at a held slot's completion

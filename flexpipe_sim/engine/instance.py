@@ -39,6 +39,7 @@ from flexpipe_core.batcher import Batch, KVSet, SlotBatcher
 from .fastbatch import FastSlotBatcher
 from .gputime import GpuTimeline
 from . import stepkernel
+from .heldslots import HeldSlots
 from .kernelwindow import CompiledRunAhead
 from .runahead import RunAhead
 from .waitqueue import WaitQueue
@@ -64,7 +65,7 @@ def _kv_set(stages: list[StageInfo], block_size: int) -> KVSet:
     return KVSet([BlockCounter(n, block_size)], watermark_blocks=max(1, n // 100))
 
 
-class Instance(RunAhead, CompiledRunAhead):
+class Instance(RunAhead, CompiledRunAhead, HeldSlots):
     def __init__(
         self,
         env: simpy.Environment,
@@ -117,7 +118,7 @@ class Instance(RunAhead, CompiledRunAhead):
         # replace it (then `_moved`: the process wakes at the old time and waits for the new one)
         self._flight: list[tuple[float, Batch | None, float, float] | None] = [None] * n_slots
         self._moved = [False] * n_slots
-        self._aown = [False] * n_slots  # slot held in the compiled windows' arrays (kernelwindow._run_ahead_kept)
+        self._aown = [False] * n_slots  # slot held in the compiled windows' arrays (heldslots._run_ahead_kept)
         self._kst = None
         self._procs: list[simpy.Process | None] = [None] * n_slots  # each slot's loop (start, switch)
         self.gpu_time = gpu_time if gpu_time is not None else GpuTimeline()
@@ -126,7 +127,7 @@ class Instance(RunAhead, CompiledRunAhead):
         self.outstanding_work = 0.0  # tokens promised to unfinished requests (routing signal)
         self.steps = 0
         self.refactor_ahead = 0  # statistics: steps run ahead while a refactor was under way
-        self.windows_woken = 0  # statistics: windows begun at a held slot's completion (kernelwindow._run_ahead_wake)
+        self.windows_woken = 0  # statistics: windows begun at a held slot's completion (heldslots._run_ahead_wake)
         self._on_finish = on_finish
         self.drained = env.event()
         self.n_active = n_slots  # slots in use (a merge retires the extra ones)
@@ -182,7 +183,7 @@ class Instance(RunAhead, CompiledRunAhead):
         self._recent: list[deque[tuple[float, float]]] = [deque(maxlen=n) for _ in range(n)]  # sole stages' last steps
         self._kplan = None  # the plan as arrays for the compiled run-ahead (kernelwindow.py), built on first use
         self._kbuf = None  # compiled windows' buffers: stage clocks, sums, last-step rings (kernelwindow._kbuffers)
-        self._kst = None  # several-slot compiled windows' arrays (kernelwindow._kstate; every slot flushed)
+        self._kst = None  # several-slot compiled windows' arrays (heldslots._kstate; every slot flushed)
 
     def set_sole(self, k: int, sole: bool) -> list[tuple[float, float]]:
         """GpuTimeline.join/leave: stage k is (not) its GPU's only stage. Returns the steps it kept
@@ -473,7 +474,7 @@ class Instance(RunAhead, CompiledRunAhead):
             if self._window is not None:
                 self._window = None  # its steps are done: nothing to take back
             self.inflight -= 1
-            if own[k]:  # its state is in the compiled windows' arrays (kernelwindow._run_ahead_kept)
+            if own[k]:  # its state is in the compiled windows' arrays (heldslots._run_ahead_kept)
                 self._kflush(k)
             _, batch, compute, comm = flight[k]
             flight[k] = None

@@ -82,13 +82,13 @@ class RunAhead:
         (postprocess) and the slot's next step scheduled and submitted, exactly as the slot loop
         would (same calls, same float sums in the same order). It stops at the first completion
         at or after the horizon, one that finishes a request or was the ordinary path's (in the
-        several-slot loops, `_run_ahead_multi` and kernelwindow's `_run_ahead_kept`: only where
+        several-slot loops, `_run_ahead_multi` and heldslots's `_run_ahead_kept`: only where
         someone waits, whom the freed KV could admit), one of a slot that admits next, or a
         schedule that needs the ordinary path. Every slot's latest step is then in `_flight`, and
         the processes whose step was taken wait for it (`_retarget`).
         Returns False, changing nothing, where slot k's own step cannot be taken this way.
         `wake`: slot k's process woke at the completion (now) of a step its compiled window holds,
-        which the window takes first (kernelwindow._run_ahead_wake)."""
+        which the window takes first (heldslots._run_ahead_wake)."""
         now = self.env.now
         slots, flight = self.slots, self._flight
         if self.state != "ready" or self._plan is None or not all(self._sole):
