@@ -56,6 +56,8 @@ class HeldSlots:
         if not wake and not 0 < slots[k].n_lazy <= slots[k].token_budget:
             return False  # slot k's own step cannot be taken this way
         m, P, bs = self.n_active, len(self._plan), self.kv.block_size
+        if m > 62:
+            return None  # (the loop's bit masks of slots)
         F, I = self._kstate(m, P, bs)
         ST = sk.ST_COLS
         for i in range(m):
@@ -71,15 +73,15 @@ class HeldSlots:
         kv, sums, now = self.kv, self._sums, self.env.now
         b = 8 * m
         F[b: b + P + 6] = self._stage_free + [sums[0], sums[1], float(sums[2]), 0.0, 0.0, 0.0]
-        blocks0 = min([mg.num_free for mg in kv.managers])
+        blocks0 = _free_blocks(kv)
         I[ST * m] = blocks0
         _, RN, REC = self._kbuffers(P)
         ahead = self._finish_ahead if not self.waiting else None
         k0, total, first = k, 0, True
         first_k = -1 if wake else k
         while True:
-            status, who, taken = sk.run(first_k, now, horizon, K, F, I, _NO_LTS, kind, bs, oh, False, m, len(kn), P, R,
-                                        REC, RN)
+            status, who, taken, scheduled, took = sk.run(first_k, now, horizon, K, F, I, _NO_LTS, kind, bs, oh,
+                                                         False, m, len(kn), P, R, REC, RN)
             if status == sk.FIRST_FAILED:
                 if first:
                     for i in held:
@@ -89,16 +91,20 @@ class HeldSlots:
                 break
             total += taken
             first = False
-            new = I[sk.I_NEW: ST * m: ST].tolist()
-            took = I[sk.I_TAKEN: ST * m: ST].tolist()
-            for i in range(m):
-                if new[i] == 1:  # a steady step scheduled: the slot stays in the arrays
+            while scheduled:  # a steady step scheduled: the slot stays in the arrays
+                low = scheduled & -scheduled
+                scheduled ^= low
+                i = low.bit_length() - 1
+                if not own[i]:
                     own[i] = True
                     flight[i] = _OWNED
-                elif new[i] == 2:  # KV short: its process schedules at its completion
-                    self._kflush(i, None)
-                if took[i] and i != k0:
-                    moved[i] = True
+            if status == sk.SHORT:  # KV short: its process schedules at its completion
+                self._kflush(who, None)
+            took &= ~(1 << k0)
+            while took:  # steps taken from slots whose processes wait: their waits move (_retarget)
+                low = took & -took
+                took ^= low
+                moved[low.bit_length() - 1] = True
             fb = int(I[ST * m])
             _grown(kv, blocks0 - fb)
             if status != sk.DONE or who < 0:
@@ -114,7 +120,7 @@ class HeldSlots:
             if not self._kput(who, who, stops, kp, F, I, bs):
                 flight[who] = (c, None, 0.0, 0.0)
                 break
-            blocks0 = min([mg.num_free for mg in kv.managers])  # (the finishes freed blocks)
+            blocks0 = _free_blocks(kv)  # (the finishes freed blocks)
             I[ST * m] = blocks0
             k = first_k = who  # the loop goes on from this completion, its slot scheduling first
             now = c
@@ -198,8 +204,8 @@ class HeldSlots:
         """The instance's arrays for several-slot compiled windows (stepkernel.run's F and I for m
         slots, P stages, blocks of bs tokens), kept across windows; new (every slot out of them)
         where the shape changed (a refactor's switch, after every slot was flushed)."""
-        st = self._kst
-        if st is None or st[2] != (m, P, bs):
+        st = self._kst  # (None after a switch, the only change of m, P or bs: Instance._set_stages)
+        if st is None:
             assert not any(self._aown), "slots still held in the arrays"
             st = self._kst = (np.zeros(8 * m + P + 6), np.zeros(sk.ST_COLS * m + 1 + m * bs, np.int64), (m, P, bs))
         return st[0], st[1]
@@ -233,6 +239,12 @@ class HeldSlots:
         for i in range(len(own)):
             if own[i]:
                 self._kflush(i)
+
+
+def _free_blocks(kv) -> int:
+    """The fewest free blocks of the instance's stages (the simulator's KV: one counter)."""
+    ms = kv.managers
+    return ms[0].num_free if len(ms) == 1 else min([mg.num_free for mg in ms])
 
 
 _IDLE = (0.0, None, 0.0, 0.0)  # a slot with no step in flight (or slot k, about to schedule)

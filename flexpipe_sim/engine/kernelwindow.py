@@ -75,7 +75,7 @@ class CompiledRunAhead:
         w0 = (now, free0, tick, s.cum_compute, s.sampled, s.ctx_sum, sums[0], sums[1], sums[2], s.fast_steps,
               self.steps, self.steps_ahead, n)
         _ONE_RN[0] = 0
-        status, _, taken = sk.run(0, now, horizon, K, F, I, lts, kind, kv.block_size, oh, True, 1, len(kn), 1, R,
+        status, _, taken, _, _ = sk.run(0, now, horizon, K, F, I, lts, kind, kv.block_size, oh, True, 1, len(kn), 1, R,
                                   _ONE_REC, _ONE_RN)
         if status == sk.FIRST_FAILED:
             return False

@@ -215,7 +215,9 @@ def run(k, now, horizon, K, F, I, lts, kind, bs, oh, keep_lts, m, mk, P, R, REC,
     state st, free blocks, then each slot's lazy requests per KV phase, m x bs); REC and RN, the
     instance's last-step rings (P x P x 2) and their counts per stage, kept across windows
     (kernelwindow.py `_kbuffers`). m slots are active of the mk that K holds rows for; P stages; R
-    numbers in a pricing row; bs tokens in a KV block."""
+    numbers in a pricing row; bs tokens in a KV block. Returns advance's (status, slot, steps taken)
+    and two bit masks (m < 63): the slots that scheduled a steady step, those whose completions
+    were taken."""
     nl, sd, hh, cmax, hops, rows, sh = _plan(K, P, mk, R)
     fs = F[0:8 * m].reshape((m, 8))
     b = 8 * m
@@ -227,8 +229,15 @@ def run(k, now, horizon, K, F, I, lts, kind, bs, oh, keep_lts, m, mk, P, R, REC,
     c = ST_COLS * m
     free_blocks = I[c:c + 1]
     gc = I[c + 1:c + 1 + m * bs].reshape((m, bs))
-    return advance(k, now, horizon, fs, st, hops, kind, rows, cmax, sh, ext, gc, free_blocks,
-                   bs, nl, hh, sd, oh, free, rec, RN, sums, lts, keep_lts)
+    status, who, taken = advance(k, now, horizon, fs, st, hops, kind, rows, cmax, sh, ext, gc, free_blocks,
+                                 bs, nl, hh, sd, oh, free, rec, RN, sums, lts, keep_lts)
+    scheduled = took = 0  # bit masks of the slots that scheduled a steady step, whose completions were taken
+    for q in range(m if m < 63 else 0):
+        if st[q, I_NEW] == 1:
+            scheduled |= 1 << q
+        if st[q, I_TAKEN]:
+            took |= 1 << q
+    return status, who, taken, scheduled, took
 
 
 @njit()
