@@ -93,25 +93,29 @@ class RunAhead:
         slots, flight = self.slots, self._flight
         if self.state != "ready" or self._plan is None or not all(self._sole):
             return False
-        reserve = self.kv.watermark + self._running_now() if self.waiting else 0
         stops: tuple[int, ...] = ()  # slots in flight that admit the queue's head when they next schedule
-        # only a least-loaded slot admits (SlotBatcher._least_loaded): one min instead of each asking
-        lmin = min([s.load for s in slots[: self.n_active]]) if reserve else 0.0
+        s = slots[k]
+        if not s.fast or s.explicit:
+            return False  # slot k's own step is not steady
+        wakes = self._wake
         for i in range(self.n_active):
-            s = slots[i]
-            steady = s.fast and not s.explicit
-            if i == k and not steady:
-                return False
-            if i != k and flight[i] is None and (s.running or self._wake[i] is None):
+            if i != k and flight[i] is None and (slots[i].running or wakes[i] is None):
                 return False  # a slot about to schedule at this same time: its turn comes first
             # (a slot in flight with a step that is not steady stops the run where it completes)
-            if (reserve and steady and s.running and s.load <= lmin
-                    and s.would_admit(s.token_budget - s.n_lazy, reserve)):
-                if i == k:
-                    return False
-                # it admits at its step's completion (no other slot can before: loads stay, free KV
-                # only shrinks): the run stops there, its process scheduling by the ordinary path
-                stops += (i,)
+        if self.waiting:
+            reserve = self.kv.watermark + self._running_now()
+            # only a least-loaded slot admits (SlotBatcher._least_loaded): one min instead of each asking
+            lmin = min([s.load for s in slots[: self.n_active]])
+            for i in range(self.n_active):
+                s = slots[i]
+                if (s.fast and not s.explicit and s.running and s.load <= lmin
+                        and s.would_admit(s.token_budget - s.n_lazy, reserve)):
+                    if i == k:
+                        return False
+                    # it admits at its step's completion (no other slot can before: loads stay,
+                    # free KV only shrinks): the run stops there, its process scheduling by the
+                    # ordinary path
+                    stops += (i,)
         # one stage, one slot: its steps past an arrival of the model can be undone (`settle`), so
         # only an arrival routed here ends them, not every arrival of the model
         single = self.n_active == 1 and len(self._plan) == 1
@@ -151,11 +155,12 @@ class RunAhead:
         move a wait: this does what Process.interrupt does (`_target`, `_resume`, the callbacks)."""
         env, moved, flight, procs, own = self.env, self._moved, self._flight, self._procs, self._aown
         now = env.now
+        held = self._kst[0] if self._kst is not None else None  # (a held slot's completion: heldslots)
         for i in range(self.n_active):
             if moved[i]:
                 p = procs[i]
                 p._target.callbacks.remove(p._resume)
-                ev = Timeout(env, (flight[i][0] if not own[i] else self._kdone(i)) - now)
+                ev = Timeout(env, (flight[i][0] if not own[i] else float(held[8 * i])) - now)
                 ev.callbacks.append(p._resume)
                 p._target = ev
                 moved[i] = False

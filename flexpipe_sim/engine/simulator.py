@@ -190,7 +190,7 @@ class Simulation:
         if self.transitions.watch_switches or self.gateway.queues[model]:
             return now  # token watches poll instances every 0.5 ms; a queue goes out when one is ready
         joining = self.transitions.joining
-        if joining and any(joining[s.gpu] for s in inst.stages):
+        if joining and any(s.gpu in joining for s in inst.stages):  # (a GPU leaves it at count 0)
             return now
         h = self._limit
         if inst.refactoring:  # its refactor reads it (KV rounds) and pauses it at known times
