@@ -151,12 +151,6 @@ class FastSlotBatcher(SlotBatcher):
                 r.ff_tick = -1
                 self.explicit.append(r)
 
-    def grow_lazy(self) -> bool:
-        """The KV growth the next step's schedule makes when every running request is lazy (the
-        same as _fast_schedule's); False, changing nothing, where blocks are short (the ordinary
-        path then decides who is preempted)."""
-        return self._grow_phase(self.tick)
-
     def ungrow(self, last: int) -> int:
         """Take back the KV growths made at ticks after `last` (engine/runahead.py undoing a
         window's steps past an arrival; nobody turned lazy or finished in between): the blocks
