@@ -20,7 +20,7 @@ from __future__ import annotations
 import numpy as np
 
 from . import stepkernel as sk
-from .kernelwindow import _grown
+from .kernelwindow import _counters_back, _grown
 from .runahead import STEADY
 
 
@@ -222,14 +222,9 @@ class HeldSlots:
         ST = sk.ST_COLS
         r = I[ST * i: ST * (i + 1)].tolist()
         f = F[8 * i: 8 * i + 8].tolist()
-        s = self.slots[i]
-        if r[sk.I_FAST] != s.fast_steps:  # it scheduled: _schedule_ahead's settings
-            s.preempted_last = s.admitted_last = 0
-            s._step_lazy = r[sk.I_N]
-            s._last_fast = True
-        s.tick, s.ctx_sum, s.sampled, s.fast_steps, s._gt = r[sk.I_TICK], r[sk.I_CTX], r[sk.I_SAMPLED], r[sk.I_FAST], r[sk.I_GT]
-        s.cum_compute, s.cum_comm = f[sk.C_CUMC], f[sk.C_CUMM]
-        self._flight[i] = (f[sk.C_DONE], STEADY, f[sk.C_COMP], f[sk.C_COMM]) if batch is STEADY else (f[sk.C_DONE], None, 0.0, 0.0)
+        _counters_back(self.slots[i], r, f)
+        done = f[sk.C_DONE]
+        self._flight[i] = (done, STEADY, f[sk.C_COMP], f[sk.C_COMM]) if batch is STEADY else (done, None, 0.0, 0.0)
         self._aown[i] = False
 
     def _kflush_all(self) -> None:

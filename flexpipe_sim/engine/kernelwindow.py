@@ -198,15 +198,22 @@ class CompiledRunAhead:
         return K, tab[0], self.cost._overhead, rows, cmax, hops, [-1] * m, [(0.0, 0.0, 0.0)] * m, R
 
 
-def _slot_back(s, r: list[int], f: list[float], flight: list, i: int) -> None:
-    """Slot i's row of the compiled loop's output (r: its integers, f: its floats) written back
-    into it, and its step in flight where it scheduled one."""
-    if r[sk.I_FAST] != s.fast_steps:  # it scheduled: _schedule_ahead's settings
+def _counters_back(s, r: list[int], f: list[float]) -> None:
+    """A slot's row of the compiled loop's arrays (r: its integers, f: its floats) written back
+    into it: its counters and, where it scheduled, _schedule_ahead's settings."""
+    if r[sk.I_FAST] != s.fast_steps:
         s.preempted_last = s.admitted_last = 0
         s._step_lazy = r[sk.I_N]
         s._last_fast = True
-    s.tick, s.ctx_sum, s.sampled, s.fast_steps, s._gt = r[sk.I_TICK], r[sk.I_CTX], r[sk.I_SAMPLED], r[sk.I_FAST], r[sk.I_GT]
+    s.tick, s.ctx_sum, s.sampled = r[sk.I_TICK], r[sk.I_CTX], r[sk.I_SAMPLED]
+    s.fast_steps, s._gt = r[sk.I_FAST], r[sk.I_GT]
     s.cum_compute, s.cum_comm = f[sk.C_CUMC], f[sk.C_CUMM]
+
+
+def _slot_back(s, r: list[int], f: list[float], flight: list, i: int) -> None:
+    """Slot i's row of the compiled loop's output written back into it (_counters_back), and its
+    step in flight where it scheduled one."""
+    _counters_back(s, r, f)
     if r[sk.I_NEW] == 1:
         flight[i] = (f[sk.C_DONE], STEADY, f[sk.C_COMP], f[sk.C_COMM])
     elif r[sk.I_NEW] == 2:

@@ -243,10 +243,11 @@ def run(k, now, horizon, K, F, I, lts, kind, bs, oh, keep_lts, m, mk, P, R, REC,
 @njit()
 def advance(k, now, horizon, fs, st, hops, kind, rows, cmax, sh, ext, gc, free_blocks,
             bs, nl, hh, sd, oh, free, rec, rec_n, sums, lts, keep_lts):
-    """RunAhead._run_ahead's loop: slot k schedules at now, then completions in (time, slot) order
-    are accounted and their slots' next steps scheduled, up to the first completion at or after
-    the horizon, one that finishes a request, or one that is not steady. Returns (status, slot
-    that stopped the run or -1, steps taken)."""
+    """RunAhead._run_ahead's loop: slot k schedules at now (k < 0: nobody does; heldslots.py's
+    window begun at a held slot's completion), then completions in (time, slot) order are
+    accounted and their slots' next steps scheduled, up to the first completion at or after the
+    horizon, one that finishes a request, or one that is not steady. Returns (status, slot that
+    stopped the run or -1, steps taken)."""
     m = st.shape[0]
     for q in range(m):  # (slots kept in the arrays from the last window: what this one does)
         st[q, I_TAKEN] = 0
