@@ -153,12 +153,8 @@ class HeldSlots:
             return False
         fin = s._finish
         if batch.items or (fin and fin[0][0] <= s.tick + 1):
-            if ahead is None or not ahead(len(fin) + len(batch.items)):
+            if not self._postprocess_ahead(s, batch, c, compute, comm, ahead):
                 return False
-            for r in s.postprocess(batch, c, compute, comm):
-                self.outstanding_work -= self.work_of(r)
-                self._on_finish(r)
-                self.finished_ahead += 1
         else:  # FastSlotBatcher.step_lazy: a steady step the loop did not hold as one (its batch size changed)
             s.step_lazy(compute, comm)
         if batch.items:
@@ -207,8 +203,8 @@ class HeldSlots:
         st = self._kst  # (None after a switch, the only change of m, P or bs: Instance._set_stages)
         if st is None:
             assert not any(self._aown), "slots still held in the arrays"
-            st = self._kst = (np.zeros(8 * m + P + 6), np.zeros(sk.ST_COLS * m + 1 + m * bs, np.int64), (m, P, bs))
-        return st[0], st[1]
+            st = self._kst = (np.zeros(8 * m + P + 6), np.zeros(sk.ST_COLS * m + 1 + m * bs, np.int64))
+        return st
 
     def _kdone(self, i: int) -> float:
         """The completion time of held slot i's step in flight."""
@@ -218,7 +214,7 @@ class HeldSlots:
         """Slot i's state out of the arrays into the slot (its counters, the settings of the steady
         step it scheduled) and its step in flight into `_flight` (batch STEADY; None: its process
         schedules at the completion by the ordinary path)."""
-        F, I, _ = self._kst
+        F, I = self._kst
         ST = sk.ST_COLS
         r = I[ST * i: ST * (i + 1)].tolist()
         f = F[8 * i: 8 * i + 8].tolist()

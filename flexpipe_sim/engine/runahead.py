@@ -199,30 +199,10 @@ class RunAhead:
             if c >= horizon or batch is None or not s._last_fast or not s.fast or i in stops:
                 break  # its own process takes it: at/after the horizon, not the fast path, admitting
             fin = s._finish
-            if batch.items:
-                # A step the ordinary path scheduled (an admission, a prefill: explicit requests).
-                # With nobody waiting, its postprocess changes this slot alone (requests sample
-                # their first token and turn lazy, or finish, as below): the slot loop's, at its
-                # completion time. Where a request is still explicit (a prefill in chunks), its
-                # process schedules the next step at c by the ordinary path.
-                if ahead is None or not ahead(len(fin) + len(batch.items)):
+            if batch.items or (fin and fin[0][0] <= s.tick + 1):
+                # The ordinary path's step, or one that finishes requests: `_postprocess_ahead`
+                if not self._postprocess_ahead(s, batch, c, compute, comm, ahead):
                     break
-                for r in s.postprocess(batch, c, compute, comm):
-                    self.outstanding_work -= self.work_of(r)
-                    self._on_finish(r)
-                    self.finished_ahead += 1
-            elif fin and fin[0][0] <= s.tick + 1:
-                # The step finishes requests. With nobody waiting (their KV would admit someone),
-                # nothing here or outside reads what a finish changes before the horizon (routing
-                # reads outstanding work at the model's next arrival; ticks read counts): the slot
-                # loop's postprocess and accounting, at its completion time (the records are sorted
-                # by id, not by when they are written). Not the run's last (its finish ends the run).
-                if ahead is None or not ahead(len(fin)):
-                    break
-                for r in s.postprocess(batch, c, compute, comm):
-                    self.outstanding_work -= self.work_of(r)
-                    self._on_finish(r)
-                    self.finished_ahead += 1
             else:
                 # FastSlotBatcher.step_lazy: postprocess for lazy requests none of which finishes
                 s.tick += 1
@@ -235,8 +215,8 @@ class RunAhead:
             if i != k:
                 moved[i] = True
             if batch.items:
-                if s.explicit:
-                    flight[i] = (c, None, 0.0, 0.0)  # (postprocessed: its process schedules at c)
+                if s.explicit:  # a request still prefilling (in chunks): its process schedules at c
+                    flight[i] = (c, None, 0.0, 0.0)
                     break
                 s.preempted_last = s.admitted_last = 0  # (_schedule_ahead's settings, below)
                 self.nonsteady_ahead += 1
@@ -286,6 +266,24 @@ class RunAhead:
             self._hybrid_end(S, P)
         self.steps += taken
         self.steps_ahead += taken
+        return True
+
+    def _postprocess_ahead(self, s, batch: Batch, c: float, compute: float, comm: float, ahead) -> bool:
+        """A several-slot window's completion at c of slot s's step that the ordinary path
+        scheduled (an admission, a prefill: explicit requests) or that finishes requests, where
+        nobody waits (`ahead`, the backend's guard, else None): the slot loop's postprocess and
+        accounting at its completion time. With nobody waiting (their freed KV would admit
+        someone), it changes this slot alone (requests sample their first token and turn lazy, or
+        finish), and nothing here or outside reads what a finish changes before the horizon
+        (routing reads outstanding work at the model's next arrival; ticks read counts; the records
+        are sorted by id, not by when they are written). Not the run's last finish (it ends the
+        run). False, changing nothing, where the slot's own process must take it."""
+        if ahead is None or not ahead(len(s._finish) + len(batch.items)):
+            return False
+        for r in s.postprocess(batch, c, compute, comm):
+            self.outstanding_work -= self.work_of(r)
+            self._on_finish(r)
+            self.finished_ahead += 1
         return True
 
     def _run_ahead_single(self, horizon: float) -> bool:
