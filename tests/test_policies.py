@@ -13,7 +13,7 @@ from flexpipe_sim.engine.simulator import Simulation
 from flexpipe_sim.policies import registry
 from flexpipe_sim.policies.alpaserve import _gamma_arrivals, lane_attainment
 from flexpipe_core.policyapi import ClusterView, EngineLimits, GPUView, Launch, ModelView, Refactor, StagePlan
-from flexpipe_sim.policies.placement import place_on_server, place_pipeline, stage_need_bytes, usable_bytes
+from flexpipe_sim.policies.placement import could_fit, place_on_server, place_pipeline, stage_need_bytes, usable_bytes
 from flexpipe_sim.scenario import parse_scenario
 
 from .helpers import small_raw
@@ -214,6 +214,38 @@ def test_placement_respects_every_constraint_on_random_fragmented_clusters(data)
         need = stage_need_bytes(view.models["llama2-7b"].spec, 0, 32, view.engine, kv)
         assert not any(usable_bytes(g.free_bytes, view.engine) >= need and not g.models and g.id not in before
                        for g in view.gpus)
+
+
+@settings(max_examples=150, deadline=None)
+@given(data=st.data())
+def test_could_fit_is_whether_any_gpu_set_holds_the_stages(data):
+    """placement.could_fit, the check that spares FlexPipe's refactor search its hopeless greedy
+    placements, says exactly whether some distinct, fitting GPU per stage exists (exhaustive
+    search on small clusters), so place_pipeline's answer never changes by it."""
+    import itertools
+
+    n = data.draw(st.integers(1, 7))
+    free = data.draw(st.lists(st.sampled_from([4, 10, 16, 24, 40, 79]), min_size=n, max_size=n))
+    hosting = data.draw(st.lists(st.booleans(), min_size=n, max_size=n))
+    view = _views([f * 2**30 for f in free], [frozenset({"llama2-7b"}) if h else frozenset() for h in hosting], 2)
+    spec = view.models["llama2-7b"].spec
+    ranges = [(0, 3), (3, 20), (20, 32)][: data.draw(st.integers(1, 3))] if data.draw(st.booleans()) \
+        else spec.even_split(data.draw(st.sampled_from([1, 2, 3, 4])))
+    taken = set(data.draw(st.lists(st.integers(0, n - 1), max_size=2)))
+    kv = data.draw(st.sampled_from([0, 8192, 65536, 200_000]))
+    fixed = {0: n - 1} if data.draw(st.booleans()) and "llama2-7b" in view.gpus[n - 1].models else None
+    free_stages = [k for k in range(len(ranges)) if not fixed or k not in fixed]
+
+    def holds(g, k):
+        f, e = ranges[k]
+        return (g.id not in taken and "llama2-7b" not in g.models and (not fixed or g.id not in fixed.values())
+                and usable_bytes(g.free_bytes, view.engine) >= stage_need_bytes(spec, f, e, view.engine, kv))
+
+    exists = any(all(holds(g, k) for g, k in zip(gs, free_stages))
+                 for gs in itertools.permutations(view.gpus, len(free_stages)))
+    assert could_fit(view, "llama2-7b", ranges, taken, kv, fixed) == exists
+    if place_pipeline(view, "llama2-7b", ranges, set(taken), kv, fixed=fixed) is not None:
+        assert exists
 
 
 def test_isolation_prefers_gpus_without_our_other_models():

@@ -37,6 +37,27 @@ def _proximity(prev: GPUView | None, g: GPUView) -> int:
     return 3
 
 
+def could_fit(view: ClusterView, model: str, ranges: list[tuple[int, int]], taken: set[int], kv_tokens: int = 0,
+              fixed: dict[int, int] | None = None, isolate: int = 0) -> bool:
+    """False where `place_pipeline` surely returns None. Its filters other than memory are the
+    same for every stage, and two stages never share a GPU: the stages, largest need first, need
+    as many distinct GPUs with room (the i-th largest need, i GPUs that hold it). One pass, no
+    ranking; most of FlexPipe's refactor placements, tried every tick on a full cluster, end here."""
+    spec, eng = view.models[model].spec, view.engine
+    needs = sorted((stage_need_bytes(spec, f, e, eng, kv_tokens) for k, (f, e) in enumerate(ranges)
+                    if not fixed or k not in fixed), reverse=True)
+    if not needs:
+        return True
+    util, least = eng.gpu_memory_utilization, needs[-1]
+    room = [u for g in view.gpus
+            if (u := int(g.free_bytes * util)) >= least and g.id not in taken and model not in g.models
+            and not (isolate >= 2 and g.models)]
+    if len(room) < len(needs):
+        return False
+    room.sort(reverse=True)
+    return all(u >= n for u, n in zip(room, needs))
+
+
 def place_pipeline(
     view: ClusterView,
     model: str,
@@ -66,6 +87,8 @@ def place_pipeline(
     `fixed`: stage index -> GPU that already holds this model's stage and keeps a subset of its
     layers (in-place refactoring, Fig. 6): taken as is, no memory check (it only shrinks).
     """
+    if not could_fit(view, model, ranges, taken, kv_tokens, fixed, isolate):
+        return None
     spec = view.models[model].spec
     eng = view.engine
     chosen: list[GPUView] = []

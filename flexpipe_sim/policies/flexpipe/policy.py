@@ -24,7 +24,7 @@ from dataclasses import dataclass
 
 from ...costmodel import slowdown
 from flexpipe_core.policyapi import Action, ClusterView, Launch, ModelView, Refactor, Retire, StagePlan
-from ..placement import place_pipeline, usable_bytes
+from ..placement import could_fit, place_pipeline, usable_bytes
 from .autoscale import affinity, scale_depth, slo_ok
 from .granularity import Chooser
 from .params import FlexPipeParams
@@ -248,14 +248,18 @@ class FlexPipePolicy:
     def _place(self, view: ClusterView, mv: ModelView, ranges, taken: set[int], st: _ModelState,
                fixed: dict[int, int] | None = None) -> Launch | None:
         p = self.p
-        scores = self._scores(view, mv, taken)
         gamma = p.gamma0 * (1 + p.mux_alpha * mv.arrival_cv ** 2)  # Eq. 9
         # A stage must hold the KV of its sized batch or, where no GPU set has that much, the
         # largest KV that fits, down to `min_kv_share` of it (§5: fit stages into free memory).
         banned: set[int] = set()
+        scores: list[dict[int, float] | None] = []  # the affinity scores, once a placement can fit
 
         def place(kv_tokens: int, promised: set[int]) -> Launch | None:
-            return place_pipeline(view, mv.name, ranges, promised | banned, kv_tokens, scores, p.topology, 0,
+            if not could_fit(view, mv.name, ranges, promised | banned, kv_tokens, fixed):
+                return None
+            if not scores:
+                scores.append(self._scores(view, mv, taken))
+            return place_pipeline(view, mv.name, ranges, promised | banned, kv_tokens, scores[0], p.topology, 0,
                                   p.balance, gamma, fixed)
 
         want = st.kv_tokens[len(ranges)]
