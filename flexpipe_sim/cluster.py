@@ -8,6 +8,7 @@ from __future__ import annotations
 
 from collections import OrderedDict
 from dataclasses import dataclass, field
+from typing import ClassVar
 
 import numpy as np
 
@@ -29,6 +30,7 @@ class GPU:
     tenant_sm_frac: float  # SM time used by other tenants (Table 1)
     allocations: dict[str, int] = field(default_factory=dict)  # owner -> bytes (change via allocate/release)
     version: int = 0  # bumped on every allocate/release: views built from this GPU can be cached
+    changes: ClassVar[int] = 0  # bumped with any GPU's version (in any cluster): "did any change?"
 
     @property
     def capacity_bytes(self) -> int:
@@ -57,9 +59,11 @@ class GPU:
             )
         self.allocations[owner] = nbytes
         self.version += 1
+        GPU.changes += 1
 
     def release(self, owner: str) -> int:
         self.version += 1
+        GPU.changes += 1
         return self.allocations.pop(owner)
 
 
@@ -77,6 +81,8 @@ class HostCache:
 
     Keys are (model, first_layer, last_layer) ranges; a hit means a stage loads over PCIe only.
     """
+
+    changes = 0  # bumped when any cache's keys change (in any cluster): "did any change?"
 
     def __init__(self, capacity_bytes: int) -> None:
         self.capacity_bytes = capacity_bytes
@@ -106,6 +112,7 @@ class HostCache:
             self._entries.popitem(last=False)
         self._entries[key] = nbytes
         self._keys = None
+        HostCache.changes += 1
 
 
 @dataclass

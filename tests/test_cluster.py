@@ -92,3 +92,25 @@ def test_cluster_stats_command():
     res = CliRunner().invoke(app, ["cluster", "stats", str(ROOT / "scenarios" / "default.yaml")])
     assert res.exit_code == 0, res.output
     assert "Table 1" in res.output and "GPU memory" in res.output
+
+
+def test_policy_view_follows_the_ledger_and_host_caches():
+    """Simulation.view rebuilds its GPU views (and their tuple) only when some GPU's ledger
+    changed, and the host caches' keys only when some cache's did: a change shows at once,
+    otherwise the same objects come back (policies cache by them)."""
+    from flexpipe_sim.engine.simulator import Simulation
+
+    sim = Simulation(load_scenario(ROOT / "scenarios/default.yaml"))
+    a = sim.view()
+    b = sim.view()
+    assert b.gpus is a.gpus and b.host_cached is a.host_cached
+    g = sim.cluster.gpus[3]
+    g.allocate("llama2-7b/weights/0-4", 2**30)
+    c = sim.view()
+    assert c.gpus is not a.gpus and c.gpus[3].free_bytes == a.gpus[3].free_bytes - 2**30
+    assert "llama2-7b" in c.gpus[3].models and all(c.gpus[i] is a.gpus[i] for i in range(len(a.gpus)) if i != 3)
+    g.release("llama2-7b/weights/0-4")
+    assert sim.view().gpus[3].free_bytes == a.gpus[3].free_bytes
+    server = sim.cluster.servers[g.server]
+    server.host_cache.touch(("llama2-7b", 0, 4), 2**30)
+    assert ("llama2-7b", 0, 4) in sim.view().host_cached[g.server]

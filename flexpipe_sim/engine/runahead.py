@@ -95,8 +95,8 @@ class RunAhead:
             return False
         stops: tuple[int, ...] = ()  # slots in flight that admit the queue's head when they next schedule
         s = slots[k]
-        if not s.fast or s.explicit:
-            return False  # slot k's own step is not steady
+        if not s.fast or s.explicit or not (wake or 0 < s.n_lazy <= s.token_budget):
+            return False  # slot k's own step is not steady (or it is idle: woken to admit)
         wakes = self._wake
         for i in range(self.n_active):
             if i != k and flight[i] is None and (slots[i].running or wakes[i] is None):

@@ -18,7 +18,7 @@ import numpy as np
 
 import simpy
 
-from ..cluster import Cluster, build_cluster
+from ..cluster import GPU, Cluster, HostCache, build_cluster
 from ..costmodel import CostModel, LoadRates, ProfileCostModel
 from ..hardware import LinkKind
 from ..policies import registry
@@ -98,6 +98,10 @@ class Simulation:
         }
         self.decide_wall_s: list[float] = []
         self._gpu_views: dict[int, tuple[int, GPUView]] = {}
+        self._gpus: tuple[GPUView, ...] | None = None  # the last view's GPUs, as of GPU.changes
+        self._gpus_at = -1
+        self._cached: dict[int, frozenset] = {}  # the last view's host caches, as of HostCache.changes
+        self._cached_at = -1
         self._inst_views: dict[int, tuple[list, InstanceView]] = {}  # id -> (its stages, last view)
         self._model_views_static = self._static_model_facts()
         self.gateway.typical_prompt = {m: f[1] for m, f in self._model_views_static.items() if f[1] > 0}
@@ -203,6 +207,9 @@ class Simulation:
         if arrivals:  # (without: the instance takes back what an arrival routed to it must not see)
             arr = self._arrivals_of[model]
             i = bisect_left(arr, now)
+            released = self._released_of[model]
+            if i < released:  # arrivals at now already routed (the one that woke this slot, say)
+                i = released
             if i < len(arr) and arr[i] < h:
                 h = arr[i]
         return min(h, self._next_control, self._next_sample, self._limit)
@@ -331,15 +338,19 @@ class Simulation:
 
     def view(self) -> ClusterView:
         cl = self.cluster
-        # GPU views are rebuilt only for GPUs whose ledger changed (1,000-GPU clusters, every second)
-        cache = self._gpu_views
-        gpus = []
-        for g in cl.gpus:
-            c = cache.get(g.id)
-            if c is None or c[0] != g.version:
-                c = cache[g.id] = (g.version, self._gpu_view(g))
-            gpus.append(c[1])
-        gpus = tuple(gpus)
+        # GPU views are rebuilt only for GPUs whose ledger changed (1,000-GPU clusters, every
+        # second), the tuple only when some GPU's did (the same tuple: policies may cache by it)
+        gpus = self._gpus
+        if gpus is None or self._gpus_at != GPU.changes:
+            cache = self._gpu_views
+            views = []
+            for g in cl.gpus:
+                c = cache.get(g.id)
+                if c is None or c[0] != g.version:
+                    c = cache[g.id] = (g.version, self._gpu_view(g))
+                views.append(c[1])
+            gpus = self._gpus = tuple(views)
+            self._gpus_at = GPU.changes
         instances = tuple(self._instance_view(i) for i in self.transitions.instances.values())
         models = {}
         queued: dict[str, int] = {m: len(q) for m, q in self.gateway.queues.items()}
@@ -354,7 +365,10 @@ class Simulation:
         e = self.sc.engine
         limits = EngineLimits(e.block_size, e.token_budget, e.max_seqs, e.gpu_memory_utilization,
                               int(e.workspace_gb * 2**30))
-        cached = {s.id: s.host_cache.keys() for s in cl.servers}
+        if self._cached_at != HostCache.changes:
+            self._cached = {s.id: s.host_cache.keys() for s in cl.servers}
+            self._cached_at = HostCache.changes
+        cached = self._cached
         return ClusterView(self.env.now, gpus, instances, models, limits, cl.gpus[0].spec, cached,
                            self.transitions.load_rates.storage_bytes_per_s)
 

@@ -75,6 +75,11 @@ class FlexPipePolicy:
         self._hosted: dict[tuple[str, int], float] = {}  # (model, server) -> last time it hosted the model
         self._last_refactor: dict[int, float] = {}
         self._kv_at: dict[tuple[str, tuple[int, ...]], int] = {}  # (model, GPUs) -> KV tokens per stage placed
+        # could_fit's answers while the GPUs' views stay the same objects (the backend rebuilds a
+        # GPU's view only when its ledger changes): a refactor that finds no room is tried again
+        # every tick, with the same question
+        self._fits: dict[tuple, bool] = {}
+        self._fits_gpus: tuple = ()
 
     def decide(self, view: ClusterView) -> list[Action]:
         for g in view.gpus:
@@ -254,8 +259,17 @@ class FlexPipePolicy:
         banned: set[int] = set()
         scores: list[dict[int, float] | None] = []  # the affinity scores, once a placement can fit
 
+        if self._fits_gpus != view.gpus:  # (identical views compare in a pointer test each)
+            self._fits.clear()
+            self._fits_gpus = view.gpus
+        fits, fixed_key = self._fits, tuple(fixed.items()) if fixed else ()
+
         def place(kv_tokens: int, promised: set[int]) -> Launch | None:
-            if not could_fit(view, mv.name, ranges, promised | banned, kv_tokens, fixed):
+            key = (mv.name, tuple(ranges), frozenset(promised | banned), kv_tokens, fixed_key)
+            ok = fits.get(key)
+            if ok is None:
+                ok = fits[key] = could_fit(view, mv.name, ranges, promised | banned, kv_tokens, fixed)
+            if not ok:
                 return None
             if not scores:
                 scores.append(self._scores(view, mv, taken))
