@@ -390,15 +390,22 @@ class Instance(RunAhead, CompiledRunAhead, HeldSlots):
         if slots[0].peers is None or self.state != "ready" or self.paused:
             self._wake_slots()
             return
-        lmin = min([s.load for s in slots[:n]])
-        first = True
+        lmin = None  # the least load of the active slots, once an idle one is found
+        woke = False
         for k, ev in enumerate(wake):
-            if ev is not None and (k >= n or (first and slots[k].load <= lmin)):
-                if k < n:
-                    first = False
-                wake[k] = None
-                self.idle_wakes += 1
-                ev.succeed()
+            if ev is None:
+                continue
+            if k < n:
+                if woke:
+                    continue
+                if lmin is None:
+                    lmin = min([s.load for s in slots[:n]])
+                if slots[k].load > lmin:
+                    continue
+                woke = True
+            wake[k] = None
+            self.idle_wakes += 1
+            ev.succeed()
 
     def _submit(self, start: float, batch: Batch) -> tuple[float, float, float]:
         """Push a micro-batch through the stages from `start`; returns (done, compute, comm).
