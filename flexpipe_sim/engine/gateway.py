@@ -56,36 +56,6 @@ class Gateway:
 
         min(fitting, key=score).enqueue(r)
 
-    def surely_elsewhere(self, inst: Instance, prompt_tokens: int, max_tokens: int, pending: list[int]) -> bool:
-        """Whether the next arrival of inst's model (these prompt and max tokens), once the arrivals
-        before it (`pending`: their prompts, none routed yet) are routed, surely goes to another
-        instance, whatever finishes before it: inst's outstanding work is what it will be then (its
-        run-ahead takes no finish past the first of these arrivals: engine/heldslots.py), and some
-        ready instance Y, not refactoring (its capacity stays), that fits the request scores lower
-        than inst even with every pending request added to Y and none of Y's finishes counted
-        (outstanding work only falls between arrivals; the score grows with it). A relative margin
-        of 1e-9 covers the other order of float sums (one ulp is ~1e-16). Readiness changes only at
-        controller ticks, which bound every window; an instance turning ready only adds candidates."""
-        if max_tokens > inst.kv.capacity_tokens:
-            return True  # it cannot go here
-        prompt = self.typical_prompt.get(inst.model, float(prompt_tokens))
-
-        def score(i: Instance, work: float) -> float:  # arrive's score
-            over = work / i.kv.capacity_tokens
-            return work / i.capacity_tokens_per_s(prompt) * (over if over > 1.0 else 1.0)
-
-        mine = score(inst, inst.outstanding_work + (prompt_tokens + inst.expected_output))
-        for y in self.instances[inst.model]:
-            if y is inst or y.state != "ready" or y.refactoring or max_tokens > y.kv.capacity_tokens:
-                continue
-            work = y.outstanding_work
-            for p in pending:
-                work += p + y.expected_output
-            work += prompt_tokens + y.expected_output
-            if score(y, work) * (1.0 + 1e-9) < mine:
-                return True
-        return False
-
     def add(self, inst: Instance) -> None:
         self.instances[inst.model].append(inst)
         q = self.queues[inst.model]

@@ -11,13 +11,8 @@ Python as the Python loop takes it (nobody waiting) and the loop goes on from it
 process that wakes at a step finishing nobody starts the next window from that completion
 (`_run_ahead_wake`) instead of the slot loop accounting it and the window copying the slot back in.
 
-A window that reaches its horizon at an arrival of its model that surely goes to another instance
-(Simulation._beyond, Gateway.surely_elsewhere) goes on to the next bound, taking no finish from
-there on (routing then reads this instance's outstanding work as of that arrival): on the paper's
-cv4 under FlexPipe ~40% of these windows ended at such arrivals, and ~80% of those now go on.
-
-Every window's steps are the ones the slot loop would take, to the bit (tests/test_stepkernel.py
-compares whole runs' records with RunAhead's Python loop; tests/test_fastforward.py, step by step).
+Every window leaves the state RunAhead's Python loop would have left, to the bit
+(tests/test_stepkernel.py compares whole runs' records; tests/test_fastforward.py, step by step).
 """
 
 from __future__ import annotations
@@ -115,16 +110,7 @@ class HeldSlots:
             if status != sk.DONE or who < 0:
                 break
             c = float(F[8 * who])
-            if c >= horizon:
-                # the horizon an arrival of the model that surely goes elsewhere (every completion is
-                # after it, none ties it): go on to the next bound, taking no finish from here on
-                later = self._beyond(self, horizon) if c > horizon and self._beyond is not None else None
-                if later is None:
-                    break
-                horizon, ahead, first_k, blocks0 = later, None, -1, fb
-                self.arrivals_passed += 1
-                continue
-            if who in stops or not self._take_completion(who, c, ahead):
+            if c >= horizon or who in stops or not self._take_completion(who, c, ahead):
                 break
             total += 1
             if who != k0:

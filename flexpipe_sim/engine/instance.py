@@ -84,7 +84,6 @@ class Instance(RunAhead, CompiledRunAhead, HeldSlots):
         compiled: bool = False,
         horizon: Callable[["Instance", float, bool], float] | None = None,
         finish_ahead: Callable[[int], bool] | None = None,
-        beyond: Callable[["Instance", float], float | None] | None = None,
     ) -> None:
         self.env = env
         self.id = instance_id
@@ -99,8 +98,6 @@ class Instance(RunAhead, CompiledRunAhead, HeldSlots):
         # the backend's horizon: (instance, now, arrivals?) -> the earliest time anything else may touch us
         self._horizon = horizon if fast_forward else None
         self._finish_ahead = finish_ahead  # (n) -> may a run-ahead finish n requests early (the backend's)
-        self._beyond = beyond  # (instance, horizon) -> a later horizon past an arrival routed elsewhere, or None
-        self.arrivals_passed = 0  # statistics: windows gone on past an arrival of the model routed elsewhere
         self.steps_ahead = 0  # statistics: steps taken inside run-ahead windows
         self._window = None  # runahead.Window: a run-ahead that `settle` may take back (runahead.py)
         self._compiled = compiled and stepkernel.AVAILABLE  # windows' steps in numba (stepkernel.py)

@@ -88,7 +88,7 @@ class Simulation:
             gpu_memory_utilization=e.gpu_memory_utilization, workspace_bytes=int(e.workspace_gb * 2**30),
             expected_output={n: self.workload.mean_output_of(i) for i, n in enumerate(self.workload.model_names)},
             prewarm=e.prewarm, fast_forward=e.fast_forward, compiled=e.compiled, horizon=self._horizon,
-            finish_ahead=self._may_finish_ahead, beyond=self._beyond,
+            finish_ahead=self._may_finish_ahead,
             load_rates=LoadRates(c.storage_gb_s * 1e9, c.cluster_storage_gb_s * 1e9, c.gpus_per_pcie_uplink),
         )
         self.policy = registry.create(sc.policy.name, sc.policy.params, sc)
@@ -111,10 +111,6 @@ class Simulation:
         # each model's arrival times, sorted (the horizon's next arrival; the policy view's recent window)
         self._arrivals_np = {name: w.arrival_s[w.model_idx == i].astype(float) for i, name in enumerate(w.model_names)}
         self._arrivals_of = {name: a.tolist() for name, a in self._arrivals_np.items()}
-        # and their prompt and most KV tokens (Request.max_tokens), for routing ahead (_beyond)
-        self._prompts_of = {name: w.prompt_tokens[w.model_idx == i].tolist() for i, name in enumerate(w.model_names)}
-        self._max_tokens_of = {name: (w.prompt_tokens[w.model_idx == i] + w.output_tokens[w.model_idx == i] - 1).tolist()
-                               for i, name in enumerate(w.model_names)}
         self._next_control = self._next_sample = 0.0
         self._limit = sc.horizon_s + sc.drain_s
 
@@ -217,34 +213,6 @@ class Simulation:
             if i < len(arr) and arr[i] < h:
                 h = arr[i]
         return min(h, self._next_control, self._next_sample, self._limit)
-
-    def _beyond(self, inst, h: float) -> float | None:
-        """How far a window of `inst` stopped at h (its horizon) may go on, where h is only the next
-        arrival of its model (no tick, end or refactor) and that arrival, with any other at h,
-        surely goes to another instance (Gateway.surely_elsewhere: the window then takes no finish
-        past h, so the routing reads inst's work as of h). The next such bound, or None where the
-        window must stop. Nothing else reads or changes inst before the next arrival or tick."""
-        model = inst.model
-        if inst.refactoring or self.transitions.watch_switches or self.gateway.queues[model]:
-            return None
-        joining = self.transitions.joining
-        if joining and any(s.gpu in joining for s in inst.stages):
-            return None
-        end = min(self._next_control, self._next_sample, self._limit)
-        if h >= end:
-            return None
-        arr, released = self._arrivals_of[model], self._released_of[model]
-        j = bisect_left(arr, h, released)
-        if j >= len(arr) or arr[j] != h:
-            return None
-        prompts, most = self._prompts_of[model], self._max_tokens_of[model]
-        pending = prompts[released:j]  # arrivals this window went past already (none routed yet)
-        while j < len(arr) and arr[j] == h:
-            if not self.gateway.surely_elsewhere(inst, prompts[j], most[j], pending):
-                return None
-            pending.append(prompts[j])
-            j += 1
-        return min(arr[j], end) if j < len(arr) else end
 
     def _feeder(self):
         w, env = self.workload, self.env

@@ -47,7 +47,6 @@ class Transitions:
     compiled: bool = False  # run-ahead windows in the numba loop (engine/stepkernel.py)
     horizon: Callable[[Instance, float, bool], float] | None = None  # run-ahead bound (engine/runahead.py), from the backend
     finish_ahead: Callable[[int], bool] | None = None  # may a run-ahead finish this many requests (engine/runahead.py)
-    beyond: Callable[[Instance, float], float | None] | None = None  # a window past an arrival routed elsewhere (heldslots.py)
     joining: Counter[int] = field(default_factory=Counter)  # GPU -> stages loading onto it (launches, refactors)
     watch_switches: bool = False  # record token times around refactors (heterosim; turns run-ahead off)
     instances: dict[int, Instance] = field(default_factory=dict)
@@ -202,7 +201,7 @@ class Transitions:
             block_size=self.block_size, token_budget=self.token_budget, max_seqs=self.max_seqs,
             expected_output=self.expected_output[a.model], on_finish=self.on_finish, gpu_time=self.gpu_time,
             fast_forward=self.fast_forward, compiled=self.compiled, horizon=self.horizon,
-            finish_ahead=self.finish_ahead, beyond=self.beyond,
+            finish_ahead=self.finish_ahead,
         )
         self.instances[iid] = inst
         self.joining.update(s.gpu for s in infos)  # until they start: no run-ahead on these GPUs
