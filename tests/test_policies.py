@@ -216,7 +216,7 @@ def test_placement_respects_every_constraint_on_random_fragmented_clusters(data)
                        for g in view.gpus)
 
 
-@settings(max_examples=150, deadline=None)
+@settings(max_examples=100, deadline=None)
 @given(data=st.data())
 def test_could_fit_is_whether_any_gpu_set_holds_the_stages(data):
     """placement.could_fit, the check that spares FlexPipe's refactor search its hopeless greedy
