@@ -105,10 +105,17 @@ class Profile:
         return g
 
     def prefill_layer_s(self, tokens: float) -> float:
+        memo = self.__dict__.get("_prefill_memo")  # inside the grid, per token count: every prefill asks
+        if memo is None:
+            memo = self.__dict__["_prefill_memo"] = {}
+        t = memo.get(tokens)
+        if t is not None:
+            return t
         ln, lt, _, _, _, n_max, _, _, t_min, _ = self._grids()
         if tokens <= n_max:
             lx = max(math.log(tokens), ln[0]) if tokens > 0 else ln[0]
-            return math.exp(_interp(lx, ln, lt))
+            t = memo[tokens] = math.exp(_interp(lx, ln, lt))
+            return t
         self._warn("prefill", f"prefill of {tokens:.0f} tokens")
         a, b = self._fit("prefill")
         return max(a + b * tokens, t_min)

@@ -121,3 +121,19 @@ def test_derive_command(tmp_path):
     assert res.exit_code == 0, res.output
     p = load_profile(out)
     assert p.kind == "derived" and p.gpu_kind == "l40s"
+
+
+def test_prefill_lookups_memoised_inside_the_grid_and_counted_beyond():
+    """Profile.prefill_layer_s keeps its answers inside the measured grid (every prefill asks);
+    beyond it every lookup still counts as an extrapolation (the run's notes report them)."""
+    prof = load_profile(ROOT / "calibrate/profiles/a100-80gb-llama2-7b-vidur.json")
+    fresh = load_profile(ROOT / "calibrate/profiles/a100-80gb-llama2-7b-vidur.json")
+    n_max = float(prof.raw["prefill"]["tokens"][-1])
+    for tokens in (1, 17, 300, 301.0, int(n_max)):
+        first = prof.prefill_layer_s(tokens)
+        assert prof.prefill_layer_s(tokens) == first == fresh.prefill_layer_s(float(tokens))
+    before = prof.extrapolations
+    with pytest.warns(Warning):
+        prof.prefill_layer_s(2 * n_max)
+    prof.prefill_layer_s(2 * n_max)
+    assert prof.extrapolations == before + 2

@@ -80,11 +80,16 @@ class FlexPipePolicy:
         # every tick, with the same question
         self._fits: dict[tuple, bool] = {}
         self._fits_gpus: tuple = ()
+        self._hosting: list[tuple[str, int]] = []  # (model, server) of every stage, as of _hosting_gpus
+        self._hosting_gpus: tuple | None = None
 
     def decide(self, view: ClusterView) -> list[Action]:
-        for g in view.gpus:
-            for m in g.models:
-                self._hosted[(m, g.server)] = view.now
+        if self._hosting_gpus is not view.gpus:  # (the backend gives the same tuple while no ledger changed)
+            self._hosting = [(m, g.server) for g in view.gpus for m in g.models]
+            self._hosting_gpus = view.gpus
+        hosted, now = self._hosted, view.now
+        for key in self._hosting:
+            hosted[key] = now
         actions: list[Action] = []
         taken: set[int] = set()
         wants: list[_Want] = []
